@@ -1,0 +1,103 @@
+"""The agent's TOML config, validated up front into typed objects.
+
+An error names the file and the dotted key, e.g. ``agent.toml: mqtt.port: Input should be a
+valid integer``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+import tomllib
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import ConfigError
+
+DeviceId = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DeviceConfig(_Section):
+    id: DeviceId
+    groups: tuple[DeviceId, ...] = ()
+    state_dir: Path = Path("/var/lib/edgewise")
+
+
+class MqttConfig(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=1883, ge=1, le=65535)
+    username: str | None = None
+    password: str | None = None
+    keepalive: int = Field(default=30, ge=5)
+    topic_root: str = "edgewise"
+    reconnect_max_delay: float = Field(default=30.0, gt=0)
+
+
+class TrustConfig(_Section):
+    public_keys: tuple[Path, ...] = Field(min_length=1)
+
+
+class SourceConfig(_Section):
+    """``uri`` is a file path, a camera index (``"0"``), ``/dev/videoN`` or an RTSP/HTTP URL."""
+
+    kind: Literal["video", "camera", "stream"] = "video"
+    uri: str
+    loop: bool = False
+    # Files are paced at their own frame rate, like a camera; False reads as fast as inference.
+    realtime: bool = True
+    width: int | None = Field(default=None, gt=0)
+    height: int | None = Field(default=None, gt=0)
+    fps: float | None = Field(default=None, gt=0)
+
+
+class RuntimeConfig(_Section):
+    intra_op_threads: int = Field(default=1, ge=0)
+    inter_op_threads: int = Field(default=1, ge=0)
+    providers: tuple[str, ...] = ("CPUExecutionProvider",)
+
+
+class AgentConfig(_Section):
+    device: DeviceConfig
+    mqtt: MqttConfig = MqttConfig()
+    trust: TrustConfig
+    source: SourceConfig
+    runtime: RuntimeConfig = RuntimeConfig()
+
+
+def _describe(exc: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(p) for p in err['loc']) or '(top level)'}: {err['msg']}"
+        for err in exc.errors()
+    )
+
+
+def load_config(path: Path) -> AgentConfig:
+    """Read and validate a config file; relative paths inside it resolve against its folder."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    try:
+        config = AgentConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: {_describe(exc)}") from exc
+    base = path.resolve().parent
+    source = config.source
+    if source.kind == "video":
+        source = source.model_copy(update={"uri": str(base / source.uri)})
+    return config.model_copy(
+        update={
+            "device": config.device.model_copy(
+                update={"state_dir": base / config.device.state_dir}
+            ),
+            "trust": TrustConfig(public_keys=tuple(base / p for p in config.trust.public_keys)),
+            "source": source,
+        }
+    )

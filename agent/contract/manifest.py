@@ -1,0 +1,93 @@
+"""The package manifest: what a model is, how to feed it, and how to read its output.
+
+Validated with pydantic (``extra="forbid"``) so a wrong or unknown field is named in the error.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .errors import ManifestError
+from .preprocess import PreprocessSpec
+
+SCHEMA_VERSION = 1
+DEFAULT_CHUNK_SIZE = 128 * 1024
+
+_SEMVER = r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)$"
+SemVer = Annotated[str, Field(pattern=_SEMVER)]
+Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+Name = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")]
+
+
+def parse_semver(version: str) -> tuple[int, int, int]:
+    """``"1.2.3"`` to ``(1, 2, 3)`` so versions compare numerically."""
+    match = re.match(_SEMVER, version)
+    if not match:
+        raise ValueError(f"not a MAJOR.MINOR.PATCH version: {version!r}")
+    major, minor, patch = (int(g) for g in match.groups())
+    return major, minor, patch
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelFile(_Strict):
+    """The model body, and the chunks it travels in."""
+
+    path: str = "model.onnx"
+    sha256: Sha256
+    size: int = Field(gt=0)
+    chunk_size: int = Field(default=DEFAULT_CHUNK_SIZE, gt=0)
+    chunks: tuple[Sha256, ...]
+
+    @model_validator(mode="after")
+    def _chunk_count(self) -> ModelFile:
+        expected = math.ceil(self.size / self.chunk_size)
+        if len(self.chunks) != expected:
+            raise ValueError(f"{len(self.chunks)} chunk hashes for {expected} chunks")
+        return self
+
+
+class InputSpec(_Strict):
+    name: str
+    shape: tuple[int | None, ...]  # None marks a dynamic axis (the batch)
+    dtype: Literal["float32", "uint8", "int8"] = "float32"
+
+
+class ClassificationSpec(_Strict):
+    kind: Literal["classification"] = "classification"
+    labels: tuple[str, ...] = Field(min_length=1)
+    top_k: int = Field(default=1, gt=0)
+    softmax: bool = True  # True when the model outputs logits
+
+
+class Manifest(_Strict):
+    schema_version: Literal[1] = SCHEMA_VERSION
+    name: Name
+    version: SemVer
+    created_at: str
+    model: ModelFile
+    input: InputSpec
+    preprocess: PreprocessSpec
+    postprocess: ClassificationSpec
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    min_agent_version: SemVer = "0.1.0"
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Manifest:
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise ManifestError(f"invalid manifest: {exc}") from exc
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    @property
+    def semver(self) -> tuple[int, int, int]:
+        return parse_semver(self.version)

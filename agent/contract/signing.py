@@ -1,0 +1,137 @@
+"""Ed25519 signatures over canonical JSON manifests.
+
+On the wire a package announcement is an envelope::
+
+    {"manifest": {...}, "signatures": [{"key_id": "...", "alg": "ed25519", "sig": "<base64>"}]}
+
+The signed bytes are :func:`canonical_json` of ``manifest`` (sorted keys, no whitespace, UTF-8),
+so any party re-serialising the parsed object gets the same bytes back. Several signatures let a
+fleet rotate keys: a device accepts the envelope if any signature is by a key it trusts.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from .errors import ManifestError, SignatureError
+from .manifest import Manifest
+
+
+def canonical_json(obj: Any) -> bytes:
+    return json.dumps(
+        obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    ).encode("utf-8")
+
+
+def key_id(public_key: Ed25519PublicKey) -> str:
+    """Short stable name of a public key: the first 16 hex digits of sha256(raw key)."""
+    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return hashlib.sha256(raw).hexdigest()[:16]
+
+
+def generate_keypair(private_path: Path, public_path: Path) -> str:
+    """Write a new Ed25519 key pair as PEM (private key mode 0600); returns its key id."""
+    private = Ed25519PrivateKey.generate()
+    pem = private.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(pem)
+    os.chmod(private_path, 0o600)
+    public = private.public_key()
+    public_path.write_bytes(
+        public.public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    return key_id(public)
+
+
+def load_private_key(path: Path) -> Ed25519PrivateKey:
+    key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
+    if not isinstance(key, Ed25519PrivateKey):
+        raise SignatureError(f"{path}: not an Ed25519 private key")
+    return key
+
+
+def load_public_key(path: Path) -> Ed25519PublicKey:
+    try:
+        key = serialization.load_pem_public_key(Path(path).read_bytes())
+    except (ValueError, OSError) as exc:
+        raise SignatureError(f"{path}: cannot read public key: {exc}") from exc
+    if not isinstance(key, Ed25519PublicKey):
+        raise SignatureError(f"{path}: not an Ed25519 public key")
+    return key
+
+
+def sign_manifest(manifest: Manifest, private_key: Ed25519PrivateKey) -> bytes:
+    """The wire envelope (UTF-8 JSON bytes) for a manifest, signed by one key."""
+    body = manifest.to_dict()
+    signature = private_key.sign(canonical_json(body))
+    envelope = {
+        "manifest": body,
+        "signatures": [
+            {
+                "key_id": key_id(private_key.public_key()),
+                "alg": "ed25519",
+                "sig": base64.b64encode(signature).decode("ascii"),
+            }
+        ],
+    }
+    return canonical_json(envelope)
+
+
+class TrustStore:
+    """The public keys a device accepts packages from."""
+
+    def __init__(self, keys: Iterable[Ed25519PublicKey]):
+        self._keys = {key_id(k): k for k in keys}
+        if not self._keys:
+            raise SignatureError("no trusted public keys configured")
+
+    @classmethod
+    def from_files(cls, paths: Iterable[Path]) -> TrustStore:
+        return cls(load_public_key(p) for p in paths)
+
+    @property
+    def key_ids(self) -> list[str]:
+        return sorted(self._keys)
+
+    def verify(self, envelope: bytes) -> Manifest:
+        """Check an envelope's signature and schema; returns the manifest or raises."""
+        try:
+            data = json.loads(envelope)
+            body, signatures = data["manifest"], data["signatures"]
+            if not isinstance(body, dict) or not isinstance(signatures, list):
+                raise TypeError("manifest must be an object and signatures a list")
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ManifestError(f"not a signed manifest envelope: {exc}") from exc
+        signed_bytes = canonical_json(body)
+        seen = []
+        for entry in signatures:
+            kid = entry.get("key_id") if isinstance(entry, dict) else None
+            seen.append(str(kid))
+            key = self._keys.get(kid) if isinstance(kid, str) else None
+            if key is None or entry.get("alg") != "ed25519":
+                continue
+            try:
+                key.verify(base64.b64decode(entry["sig"], validate=True), signed_bytes)
+            except (InvalidSignature, ValueError, KeyError) as exc:
+                raise SignatureError(
+                    f"signature by trusted key {kid} does not verify: manifest altered or forged"
+                ) from exc
+            return Manifest.from_dict(body)
+        raise SignatureError(
+            f"manifest signed by untrusted key(s) {seen or 'none'}; trusted: {self.key_ids}"
+        )

@@ -1,0 +1,72 @@
+"""The MQTT topic tree. Every topic in the project is built here and nowhere else.
+
+{root}/v1/deploy/device/{device_id}   retained signed manifest for one device
+{root}/v1/deploy/group/{group}        retained signed manifest for a group
+{root}/v1/deploy/all                  retained signed manifest for the whole fleet
+{root}/v1/blobs/{sha256}/{index}      retained model chunk (content-addressed)
+{root}/v1/devices/{device_id}/status  retained online/offline (birth and last will)
+{root}/v1/devices/{device_id}/results inference results
+{root}/v1/devices/{device_id}/events  deploy outcomes and errors
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+_FORBIDDEN = set("+#/\x00")
+
+
+def _segment(value: str, what: str) -> str:
+    if not value or _FORBIDDEN & set(value):
+        raise ValueError(f"{what} {value!r} cannot be an MQTT topic segment (empty, '/', '+', '#')")
+    return value
+
+
+@dataclass(frozen=True)
+class Topics:
+    """Builds topics under one root (``edgewise`` unless a deployment shares its broker)."""
+
+    root: str = "edgewise"
+
+    @property
+    def _base(self) -> str:
+        return f"{_segment(self.root, 'topic root')}/v1"
+
+    def deploy_device(self, device_id: str) -> str:
+        return f"{self._base}/deploy/device/{_segment(device_id, 'device id')}"
+
+    def deploy_group(self, group: str) -> str:
+        return f"{self._base}/deploy/group/{_segment(group, 'group')}"
+
+    def deploy_all(self) -> str:
+        return f"{self._base}/deploy/all"
+
+    def blob_chunk(self, sha256: str, index: int) -> str:
+        return f"{self._base}/blobs/{_segment(sha256, 'sha256')}/{index}"
+
+    def blob_chunks(self, sha256: str) -> str:
+        """Filter matching every chunk of one blob."""
+        return f"{self._base}/blobs/{_segment(sha256, 'sha256')}/+"
+
+    def device(self, device_id: str, leaf: str) -> str:
+        return f"{self._base}/devices/{_segment(device_id, 'device id')}/{leaf}"
+
+    def status(self, device_id: str) -> str:
+        return self.device(device_id, "status")
+
+    def results(self, device_id: str) -> str:
+        return self.device(device_id, "results")
+
+    def events(self, device_id: str) -> str:
+        return self.device(device_id, "events")
+
+    def all_devices(self, leaf: str) -> str:
+        """Filter matching one leaf of every device, e.g. all results."""
+        return f"{self._base}/devices/+/{leaf}"
+
+    def device_of(self, topic: str) -> str:
+        """The device id in a ``devices/{id}/...`` topic."""
+        parts = topic.split("/")
+        if len(parts) < 5 or parts[2] != "devices":
+            raise ValueError(f"not a device topic: {topic!r}")
+        return parts[3]

@@ -1,0 +1,21 @@
+"""The agent's exceptions. Contract errors (manifests, signatures) live in ``agent.contract``."""
+
+
+class AgentError(Exception):
+    """Base class for errors raised by the agent."""
+
+
+class ConfigError(AgentError):
+    """The config file is missing, unreadable or invalid; the message names file and key."""
+
+
+class SourceError(AgentError):
+    """A frame source cannot be opened or stopped producing frames."""
+
+
+class ModelLoadError(AgentError):
+    """ONNX Runtime cannot load a model, or it does not match its manifest."""
+
+
+class DeployError(AgentError):
+    """A package could not be fetched or installed; what was serving keeps serving."""

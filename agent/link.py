@@ -1,0 +1,105 @@
+"""The agent's MQTT connection (paho-mqtt 2.x): reconnects by itself, re-subscribes, sends a
+retained birth message on every connect and leaves a retained last will."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+import paho.mqtt.client as mqtt
+
+from .config import MqttConfig
+
+log = logging.getLogger(__name__)
+
+MessageHandler = Callable[[str, bytes], None]
+
+
+class MqttLink:
+    """One paho client, its network thread, and the subscriptions the agent holds.
+
+    Handlers run on paho's network thread: they must only hand work to a queue.
+    """
+
+    def __init__(
+        self,
+        config: MqttConfig,
+        client_id: str,
+        will: tuple[str, bytes],
+        birth: Callable[[], tuple[str, bytes]],
+    ):
+        self._config = config
+        self._birth = birth
+        self._filters: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self.connected = threading.Event()
+        client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=mqtt.MQTTv311,
+            clean_session=True,
+        )
+        if config.username:
+            client.username_pw_set(config.username, config.password)
+        client.will_set(will[0], will[1], qos=1, retain=True)
+        client.reconnect_delay_set(min_delay=1, max_delay=int(config.reconnect_max_delay))
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        self._client = client
+
+    def start(self) -> None:
+        self._client.connect_async(self._config.host, self._config.port, self._config.keepalive)
+        self._client.loop_start()
+
+    def stop(self, goodbye: tuple[str, bytes] | None = None, timeout: float = 2.0) -> None:
+        """Publish a last message (e.g. offline status), then disconnect."""
+        if goodbye and self.connected.is_set():
+            info = self._client.publish(goodbye[0], goodbye[1], qos=1, retain=True)
+            info.wait_for_publish(timeout)
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    def subscribe(self, topic_filter: str, handler: MessageHandler, qos: int = 1) -> None:
+        def on_message(_client: mqtt.Client, _userdata: object, msg: mqtt.MQTTMessage) -> None:
+            handler(msg.topic, msg.payload)
+
+        with self._lock:
+            self._filters[topic_filter] = qos
+        self._client.message_callback_add(topic_filter, on_message)
+        if self.connected.is_set():
+            self._client.subscribe(topic_filter, qos)
+
+    def unsubscribe(self, topic_filter: str) -> None:
+        with self._lock:
+            self._filters.pop(topic_filter, None)
+        self._client.message_callback_remove(topic_filter)
+        self._client.unsubscribe(topic_filter)
+
+    def publish(
+        self, topic: str, payload: bytes, qos: int = 1, retain: bool = False
+    ) -> mqtt.MQTTMessageInfo:
+        return self._client.publish(topic, payload, qos=qos, retain=retain)
+
+    def announce(self) -> None:
+        """Re-send the birth message, e.g. after the serving model changed."""
+        if self.connected.is_set():
+            topic, payload = self._birth()
+            self._client.publish(topic, payload, qos=1, retain=True)
+
+    def _on_connect(self, client, _userdata, _flags, reason_code, _properties) -> None:  # type: ignore[no-untyped-def]
+        if reason_code.is_failure:
+            log.error("broker refused connection: %s", reason_code)
+            return
+        log.info("connected to %s:%d", self._config.host, self._config.port)
+        with self._lock:
+            filters = list(self._filters.items())
+        if filters:
+            client.subscribe(filters)
+        self.connected.set()
+        self.announce()
+
+    def _on_disconnect(self, _client, _userdata, _flags, reason_code, _properties) -> None:  # type: ignore[no-untyped-def]
+        if self.connected.is_set():
+            log.warning("disconnected from broker: %s", reason_code)
+        self.connected.clear()

@@ -1,0 +1,132 @@
+"""The frame path: a capture thread fills a latest-frame slot, an inference thread drains it.
+
+Each thread owns one job and stops on a shared event. A camera never waits for inference: a frame
+not yet taken when the next arrives is dropped and counted. A file read faster than real time
+blocks instead, so every frame of it is inferred.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+from .errors import SourceError
+from .runtime import Inference, ModelSession
+from .sources import Frame, FrameSource
+
+log = logging.getLogger(__name__)
+
+MAX_REOPEN_DELAY = 30.0
+
+
+class FrameSlot:
+    def __init__(self, block: bool):
+        self._block = block
+        self._frame: Frame | None = None
+        self._closed = False
+        self._cond = threading.Condition()
+        self.dropped = 0
+
+    def put(self, frame: Frame, stop: threading.Event) -> None:
+        with self._cond:
+            while self._block and self._frame is not None and not stop.is_set():
+                self._cond.wait(0.2)
+            if self._frame is not None:
+                self.dropped += 1
+            self._frame = frame
+            self._cond.notify_all()
+
+    def take(self, timeout: float) -> Frame | None:
+        with self._cond:
+            if self._frame is None and not self._closed:
+                self._cond.wait(timeout)
+            frame, self._frame = self._frame, None
+            self._cond.notify_all()
+            return frame
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    @property
+    def exhausted(self) -> bool:
+        with self._cond:
+            return self._closed and self._frame is None
+
+
+class ModelSlot:
+    """The session serving now; swapped between two frames by the deployer."""
+
+    def __init__(self) -> None:
+        self._session: ModelSession | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def current(self) -> ModelSession | None:
+        with self._lock:
+            return self._session
+
+    def swap(self, session: ModelSession) -> ModelSession | None:
+        with self._lock:
+            old, self._session = self._session, session
+            return old
+
+
+class CaptureWorker(threading.Thread):
+    """Reads the source into the slot; reopens it with capped backoff when it fails."""
+
+    def __init__(self, source: FrameSource, slot: FrameSlot, stop: threading.Event):
+        super().__init__(name="capture", daemon=True)
+        self._source, self._slot, self._halt = source, slot, stop
+
+    def run(self) -> None:
+        delay = 1.0
+        try:
+            while not self._halt.is_set():
+                try:
+                    self._source.open()
+                    delay = 1.0
+                    while not self._halt.is_set():
+                        frame = self._source.read(self._halt)
+                        if frame is None:
+                            log.info("end of %s", self._source.config.uri)
+                            return
+                        self._slot.put(frame, self._halt)
+                except SourceError as exc:
+                    log.warning("%s; reopening in %.0f s", exc, delay)
+                    self._source.close()
+                    self._halt.wait(delay)
+                    delay = min(delay * 2, MAX_REOPEN_DELAY)
+        finally:
+            self._source.close()
+            self._slot.close()
+
+
+ResultSink = Callable[[Frame, ModelSession, Inference], None]
+
+
+class InferenceWorker(threading.Thread):
+    """Runs the serving model on each frame taken from the slot and hands results on."""
+
+    def __init__(self, slot: FrameSlot, models: ModelSlot, sink: ResultSink, stop: threading.Event):
+        super().__init__(name="inference", daemon=True)
+        self._slot, self._models, self._sink, self._halt = slot, models, sink, stop
+        self.frames_without_model = 0
+
+    def run(self) -> None:
+        while not self._halt.is_set() and not self._slot.exhausted:
+            frame = self._slot.take(timeout=0.2)
+            if frame is None:
+                continue
+            session = self._models.current
+            if session is None:
+                self.frames_without_model += 1
+                continue
+            try:
+                inference = session.infer(frame.image)
+            except Exception:  # one bad frame must not stop the camera
+                log.exception("inference failed on frame %d", frame.index)
+                continue
+            self._sink(frame, session, inference)

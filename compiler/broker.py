@@ -1,0 +1,124 @@
+"""A local MQTT broker for the demo and tests: Mosquitto when installed, else amqtt in-process."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+
+class BrokerError(Exception):
+    """The broker could not be started."""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(host: str, port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return
+        except OSError as exc:
+            if time.monotonic() > deadline:
+                raise BrokerError(f"nothing listening on {host}:{port} after {timeout} s") from exc
+            time.sleep(0.05)  # polling a port that has no event to wait on
+
+
+class MosquittoBroker:
+    """A ``mosquitto`` process on its own port and config file, for the lifetime of the object."""
+
+    kind = "mosquitto"
+
+    def __init__(self, port: int | None = None, extra_config: str = ""):
+        self.host, self.port = "127.0.0.1", port or free_port()
+        self._dir = tempfile.TemporaryDirectory(prefix="edgewise-mosquitto-")
+        self.config_path = Path(self._dir.name) / "mosquitto.conf"
+        self.config_path.write_text(
+            f"listener {self.port} {self.host}\nallow_anonymous true\npersistence false\n"
+            f"{extra_config}"
+        )
+        self.log_path = Path(self._dir.name) / "mosquitto.log"
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> MosquittoBroker:
+        binary = shutil.which("mosquitto")
+        if binary is None:
+            raise BrokerError("mosquitto is not installed")
+        with open(self.log_path, "wb") as log:
+            self._proc = subprocess.Popen(
+                [binary, "-c", str(self.config_path)], stdout=log, stderr=subprocess.STDOUT
+            )
+        try:
+            wait_for_port(self.host, self.port)
+        except BrokerError:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        if self._proc and self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+        self._proc = None
+
+    def close(self) -> None:
+        self.stop()
+        self._dir.cleanup()
+
+
+class EmbeddedBroker:
+    """amqtt running on its own event loop thread (the demo's fallback without mosquitto)."""
+
+    kind = "amqtt"
+
+    def __init__(self, port: int | None = None):
+        self.host, self.port = "127.0.0.1", port or free_port()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="amqtt", daemon=True)
+        self._broker = None
+
+    def start(self) -> EmbeddedBroker:
+        try:
+            from amqtt.broker import Broker
+        except ImportError as exc:
+            raise BrokerError("neither mosquitto nor amqtt is installed") from exc
+        config = {
+            "listeners": {"default": {"type": "tcp", "bind": f"{self.host}:{self.port}"}},
+            "plugins": {
+                "amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}
+            },
+        }
+        self._thread.start()
+        self._broker = Broker(config, loop=self._loop)
+        asyncio.run_coroutine_threadsafe(self._broker.start(), self._loop).result(10)
+        wait_for_port(self.host, self.port)
+        return self
+
+    def stop(self) -> None:
+        if self._broker is not None:
+            asyncio.run_coroutine_threadsafe(self._broker.shutdown(), self._loop).result(10)
+            self._broker = None
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+
+    close = stop
+
+
+def start_local_broker(prefer_embedded: bool = False) -> MosquittoBroker | EmbeddedBroker:
+    if shutil.which("mosquitto") and not prefer_embedded:
+        return MosquittoBroker().start()
+    return EmbeddedBroker().start()

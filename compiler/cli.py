@@ -1,0 +1,183 @@
+"""``edgewise``: compile models into signed packages, push them to devices, read their results."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from agent.contract import ContractError, Topics, generate_keypair
+
+EXIT_ACCURACY = 2  # the accuracy budget was missed; no package written
+EXIT_FAILED = 1
+
+
+def _target(value: str) -> str:
+    kind, sep, name = value.partition(":")
+    if not sep or kind not in ("device",) or not name:
+        raise argparse.ArgumentTypeError(f"{value!r}: expected device:ID")
+    return name
+
+
+def _broker_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=1883)
+    parser.add_argument("--username")
+    parser.add_argument("--password")
+    parser.add_argument("--topic-root", default="edgewise")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edgewise", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train the demo CNN on the bundled digits set")
+    train.add_argument("--out", type=Path, required=True, help="pickled nn.Module to write")
+    train.add_argument("--epochs", type=int, default=6)
+    train.add_argument("--seed", type=int, default=0)
+
+    keygen = sub.add_parser("keygen", help="write an Ed25519 signing key pair")
+    keygen.add_argument("--out", type=Path, required=True, help="folder for signing.key/.pub")
+
+    comp = sub.add_parser("compile", help="export, int8-quantize, evaluate and sign a model")
+    comp.add_argument("model", help="pickled nn.Module file, or package.module:factory")
+    comp.add_argument("--weights", type=Path, help="state_dict for a factory")
+    comp.add_argument("--name", required=True)
+    comp.add_argument("--version", required=True)
+    comp.add_argument("--key", type=Path, required=True, help="Ed25519 private key (PEM)")
+    comp.add_argument("--out", type=Path, default=Path("packages"))
+    comp.add_argument("--max-accuracy-drop", type=float, default=1.0, help="top-1 points")
+    comp.add_argument(
+        "--calibration", choices=["minmax", "entropy", "percentile"], default="minmax"
+    )
+    comp.add_argument("--target", choices=["x86-vnni", "x86-avx2", "arm64"])
+    comp.add_argument("--chunk-size", type=int, default=128 * 1024)
+    comp.add_argument("--seed", type=int, default=0, help="seed of the digits train/test split")
+
+    push = sub.add_parser("push", help="publish a package to a device")
+    push.add_argument("package", type=Path)
+    push.add_argument("--to", type=_target, required=True, metavar="device:ID")
+    _broker_args(push)
+
+    results = sub.add_parser("results", help="print results devices publish")
+    results.add_argument("--device", help="one device; default all")
+    results.add_argument("--count", type=int, help="stop after this many results")
+    results.add_argument("--timeout", type=float, default=3600, help="stop after this idle time")
+    results.add_argument("--json", action="store_true", help="JSON Lines instead of a summary")
+    _broker_args(results)
+
+    demo = sub.add_parser("demo", help="train, compile, push and run the agent end to end")
+    demo.add_argument("--workdir", type=Path, default=Path("demo-out"))
+    demo.add_argument("--digits", type=int, default=100)
+    demo.add_argument(
+        "--embedded-broker", action="store_true", help="use amqtt even if mosquitto exists"
+    )
+    return parser
+
+
+def _address(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from .mqtt import BrokerAddress
+
+    return BrokerAddress(args.host, args.port, args.username, args.password)
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.command == "keygen":
+        args.out.mkdir(parents=True, exist_ok=True)
+        kid = generate_keypair(args.out / "signing.key", args.out / "signing.pub")
+        print(f"key {kid}: {args.out / 'signing.key'} (keep secret), {args.out / 'signing.pub'}")
+        return 0
+    if args.command == "train":
+        import torch
+
+        from .demo_model import digits_cnn, torch_accuracy, train_classifier
+        from .digits import PREPROCESS, train_test_split
+
+        train, test = train_test_split(seed=args.seed)
+        model = train_classifier(
+            digits_cnn(), train, PREPROCESS, epochs=args.epochs, seed=args.seed
+        )
+        torch.save(model, args.out)
+        print(f"held-out accuracy {torch_accuracy(model, test, PREPROCESS):.4f} -> {args.out}")
+        return 0
+    if args.command == "compile":
+        from .digits import LABELS, PREPROCESS, train_test_split
+        from .loading import load_torch_model
+        from .pipeline import AccuracyBudgetError, CompileOptions, compile_model
+
+        model = load_torch_model(args.model, args.weights)
+        train, test = train_test_split(seed=args.seed)
+        options = CompileOptions(
+            name=args.name, version=args.version, signing_key=args.key, out_dir=args.out,
+            labels=LABELS, max_accuracy_drop=args.max_accuracy_drop,
+            calibration=args.calibration, target=args.target, chunk_size=args.chunk_size,
+        )  # fmt: skip
+        try:
+            result = compile_model(model, train, test, PREPROCESS, options)
+        except AccuracyBudgetError as exc:
+            print(f"edgewise: {exc}", file=sys.stderr)
+            return EXIT_ACCURACY
+        print(json.dumps(result.report.metrics(), indent=2))
+        print(f"package: {result.package.root}")
+        return 0
+    if args.command == "push":
+        from .mqtt import connect, disconnect
+        from .package import read_package
+        from .push import push_package
+
+        package = read_package(args.package)
+        client = connect(_address(args))
+        try:
+            push_package(client, Topics(args.topic_root), package, args.to)
+        finally:
+            disconnect(client)
+        print(f"pushed {package.manifest.name} {package.manifest.version} to device:{args.to}")
+        return 0
+    if args.command == "results":
+        from .mqtt import connect, disconnect
+        from .results import DeviceFeed, format_result
+
+        client = connect(_address(args))
+        shown = 0
+        try:
+            feed = DeviceFeed(client, Topics(args.topic_root), args.device)
+            for kind, message in feed.messages(args.timeout):
+                print(json.dumps(message) if args.json else f"[{kind}] " + (
+                    format_result(message) if kind == "results" else json.dumps(message)
+                ), flush=True)  # fmt: skip
+                shown += kind == "results"
+                if args.count and shown >= args.count:
+                    break
+        finally:
+            disconnect(client)
+        return 0
+    if args.command == "demo":
+        from .demo import run_demo
+
+        outcome = run_demo(args.workdir, args.digits, args.embedded_broker)
+        return 0 if outcome.results and outcome.accuracy >= 0.9 else EXIT_FAILED
+    raise AssertionError(args.command)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    from .loading import ModelInputError
+    from .mqtt import BrokerUnavailable
+    from .push import PushError
+
+    try:
+        return _run(args)
+    except (ContractError, ModelInputError, BrokerUnavailable, PushError, OSError) as exc:
+        print(f"edgewise: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

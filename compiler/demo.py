@@ -1,0 +1,112 @@
+"""``edgewise demo``: the whole path once, on this machine.
+
+train → compile → start a broker → start the agent on a video of digits → push → print live
+results and their accuracy against the digits shown → stop everything it started.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from agent.contract import Topics, generate_keypair
+
+from .broker import start_local_broker
+from .demo_model import digits_cnn, train_classifier
+from .digits import LABELS, PREPROCESS, train_test_split
+from .mqtt import BrokerAddress, connect, disconnect
+from .pipeline import CompileOptions, compile_model
+from .push import push_package
+from .results import DeviceFeed, format_result
+from .video import write_digits_video
+
+log = logging.getLogger(__name__)
+DEVICE = "demo-cam"
+
+
+@dataclass(frozen=True)
+class DemoOutcome:
+    results: int
+    correct: int
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / self.results if self.results else 0.0
+
+
+def write_agent_config(
+    path: Path, *, port: int, public_key: Path, video: Path, state: Path
+) -> None:
+    path.write_text(
+        f'[device]\nid = "{DEVICE}"\nstate_dir = "{state}"\n\n'
+        f'[mqtt]\nhost = "127.0.0.1"\nport = {port}\n\n'
+        f'[trust]\npublic_keys = ["{public_key}"]\n\n'
+        f'[source]\nkind = "video"\nuri = "{video}"\nloop = true\n'
+    )
+
+
+def run_demo(workdir: Path, digits: int = 100, prefer_embedded: bool = False) -> DemoOutcome:
+    workdir.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(2)
+    train, test = train_test_split(seed=0)
+    print("== 1. train the demo CNN on scikit-learn digits (28×28)")
+    model = train_classifier(digits_cnn(), train, PREPROCESS, epochs=6)
+    print("== 2. compile: export, verify, int8 quantize, evaluate, sign")
+    key, pub = workdir / "signing.key", workdir / "signing.pub"
+    generate_keypair(key, pub)
+    options = CompileOptions(
+        name="digits-cnn",
+        version="1.0.0",
+        signing_key=key,
+        out_dir=workdir / "packages",
+        labels=LABELS,
+    )
+    compiled = compile_model(model, train, test, PREPROCESS, options)
+    r = compiled.report
+    print(
+        f"   fp32 accuracy {r.fp32.accuracy:.4f}  {r.fp32.ort_latency_1t.p50_ms:.3f} ms | "
+        f"int8 accuracy {r.int8.accuracy:.4f}  {r.int8.ort_latency_1t.p50_ms:.3f} ms  "
+        f"(ORT, batch 1, 1 thread) -> {compiled.package.root}"
+    )
+    video = workdir / "digits.avi"
+    truth = write_digits_video(video, test, count=digits)
+    broker = start_local_broker(prefer_embedded)
+    print(f"== 3. broker: {broker.kind} on {broker.host}:{broker.port}")
+    config = workdir / "agent.toml"
+    write_agent_config(
+        config, port=broker.port, public_key=pub, video=video, state=workdir / "state"
+    )
+    agent = subprocess.Popen([sys.executable, "-m", "agent.cli", "run", "--config", str(config)])
+    client = connect(BrokerAddress(broker.host, broker.port))
+    topics = Topics()
+    try:
+        feed = DeviceFeed(client, topics, DEVICE)
+        print(f"== 4. push {options.name} {options.version} to {DEVICE}")
+        push_package(client, topics, compiled.package, DEVICE)
+        print("== 5. results from the device")
+        correct = seen = 0
+        deadline = time.monotonic() + 120
+        for kind, message in feed.messages(timeout=30):
+            if kind == "events":
+                print(f"   event: {message}")
+            elif kind == "results":
+                seen += 1
+                correct += message["label"] == str(truth[message["frame"]])
+                if seen % 25 == 0 or seen <= 5:
+                    print(f"   {format_result(message)}  [running accuracy {correct / seen:.3f}]")
+            if seen >= len(truth) or time.monotonic() > deadline:
+                break
+    finally:
+        disconnect(client)
+        agent.terminate()
+        agent.wait(10)
+        broker.close()
+    outcome = DemoOutcome(seen, correct)
+    print(f"== done: {outcome.results} results, accuracy {outcome.accuracy:.3f} vs digits shown")
+    return outcome

@@ -1,0 +1,89 @@
+"""PyTorch → ONNX with the dynamo exporter, verified numerically against torch."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+from torch import nn
+
+OPSET = 18
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+
+log = logging.getLogger(__name__)
+
+
+class ExportError(Exception):
+    """The exported graph does not reproduce the torch model's outputs."""
+
+
+@dataclass(frozen=True)
+class ExportCheck:
+    max_abs_diff: float
+    top1_agreement: float
+
+
+def export_onnx(model: nn.Module, example: np.ndarray, path: Path, opset: int = OPSET) -> Path:
+    """Export with a dynamic batch axis and the weights inside the file.
+
+    The dynamo exporter (torch's default since 2.9) is used deliberately: the TorchScript
+    exporter is deprecated, and dynamo's graph is what later torch versions keep supporting.
+    """
+    model = model.eval()
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            model,
+            (torch.from_numpy(example),),
+            dynamo=True,
+            opset_version=opset,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_shapes=({0: batch},),
+            external_data=False,
+            verbose=False,
+        )
+    if program is None:
+        raise ExportError("torch.onnx.export returned no program")
+    program.save(str(path), external_data=False)
+    return path
+
+
+def ort_session(path: Path, threads: int = 1) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def ort_outputs(path: Path, x: np.ndarray, threads: int = 0, batch: int = 256) -> np.ndarray:
+    session = ort_session(path, threads)
+    name = session.get_inputs()[0].name
+    return np.concatenate(
+        [session.run(None, {name: x[i : i + batch]})[0] for i in range(0, len(x), batch)]
+    )
+
+
+@torch.no_grad()
+def verify_export(
+    model: nn.Module, path: Path, x: np.ndarray, atol: float = 1e-3, min_agreement: float = 0.99
+) -> ExportCheck:
+    """Run torch and ORT on the same real inputs; raise if they disagree."""
+    expected = model.eval()(torch.from_numpy(x)).numpy()
+    got = ort_outputs(path, x)
+    check = ExportCheck(
+        max_abs_diff=float(np.abs(expected - got).max()),
+        top1_agreement=float((expected.argmax(1) == got.argmax(1)).mean()),
+    )
+    if check.max_abs_diff > atol or check.top1_agreement < min_agreement:
+        raise ExportError(f"ONNX export diverges from torch: {check}")
+    log.info("export verified: max |diff| %.2e, top-1 agreement %.4f", *vars(check).values())
+    return check

@@ -1,0 +1,60 @@
+"""The cloud side's MQTT client (paho-mqtt 2.x), connected before it is returned."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from dataclasses import dataclass
+
+import paho.mqtt.client as mqtt
+
+
+class BrokerUnavailable(Exception):
+    """The broker could not be reached or refused the connection."""
+
+
+@dataclass(frozen=True)
+class BrokerAddress:
+    host: str = "127.0.0.1"
+    port: int = 1883
+    username: str | None = None
+    password: str | None = None
+
+
+def connect(
+    address: BrokerAddress, client_id: str | None = None, timeout: float = 10.0
+) -> mqtt.Client:
+    """A started client (network loop running); raises BrokerUnavailable on failure."""
+    client = mqtt.Client(
+        mqtt.CallbackAPIVersion.VERSION2,
+        client_id=client_id or f"edgewise-{uuid.uuid4().hex[:8]}",
+        protocol=mqtt.MQTTv311,
+    )
+    if address.username:
+        client.username_pw_set(address.username, address.password)
+    connected = threading.Event()
+    refused: list[str] = []
+
+    def on_connect(_c, _u, _f, reason_code, _p):  # type: ignore[no-untyped-def]
+        if reason_code.is_failure:
+            refused.append(str(reason_code))
+        connected.set()
+
+    client.on_connect = on_connect
+    try:
+        client.connect(address.host, address.port, keepalive=30)
+    except OSError as exc:
+        raise BrokerUnavailable(
+            f"cannot reach broker {address.host}:{address.port}: {exc}"
+        ) from exc
+    client.loop_start()
+    if not connected.wait(timeout) or refused:
+        client.loop_stop()
+        reason = refused[0] if refused else f"no answer in {timeout} s"
+        raise BrokerUnavailable(f"broker {address.host}:{address.port} refused: {reason}")
+    return client
+
+
+def disconnect(client: mqtt.Client) -> None:
+    client.disconnect()
+    client.loop_stop()

@@ -1,0 +1,86 @@
+"""A package on disk: a folder with the model and its signed manifest envelope.
+
+NAME-VERSION/
+    model.onnx
+    manifest.json   signed envelope, exactly the bytes sent on the wire
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from agent.contract import (
+    DEFAULT_CHUNK_SIZE,
+    ClassificationSpec,
+    InputSpec,
+    Manifest,
+    ManifestError,
+    PreprocessSpec,
+    describe_model_file,
+    load_private_key,
+    sign_manifest,
+)
+
+ENVELOPE = "manifest.json"
+
+
+@dataclass(frozen=True)
+class Package:
+    root: Path
+    envelope: bytes
+    manifest: Manifest
+
+    @property
+    def model_path(self) -> Path:
+        return self.root / self.manifest.model.path
+
+
+def write_package(
+    out_dir: Path,
+    model_path: Path,
+    *,
+    name: str,
+    version: str,
+    input_spec: InputSpec,
+    preprocess: PreprocessSpec,
+    postprocess: ClassificationSpec,
+    metrics: dict[str, Any],
+    signing_key: Path,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> Package:
+    root = Path(out_dir) / f"{name}-{version}"
+    staging = root.with_name(root.name + ".tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    shutil.copyfile(model_path, staging / "model.onnx")
+    manifest = Manifest(
+        name=name,
+        version=version,
+        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        model=describe_model_file(staging / "model.onnx", chunk_size),
+        input=input_spec,
+        preprocess=preprocess,
+        postprocess=postprocess,
+        metrics=metrics,
+    )
+    envelope = sign_manifest(manifest, load_private_key(signing_key))
+    (staging / ENVELOPE).write_bytes(envelope)
+    shutil.rmtree(root, ignore_errors=True)
+    staging.rename(root)
+    return Package(root, envelope, manifest)
+
+
+def read_package(root: Path) -> Package:
+    """Read a package folder (no signature check: the device does that)."""
+    root = Path(root)
+    try:
+        envelope = (root / ENVELOPE).read_bytes()
+        manifest = Manifest.from_dict(json.loads(envelope)["manifest"])
+    except (OSError, ValueError, KeyError) as exc:
+        raise ManifestError(f"{root}: not a package: {exc}") from exc
+    return Package(root, envelope, manifest)

@@ -1,0 +1,66 @@
+"""``edgewise results``: read results (and deploy events) that devices publish."""
+
+from __future__ import annotations
+
+import json
+import queue
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import paho.mqtt.client as mqtt
+
+from agent.contract import Topics
+
+
+class DeviceFeed:
+    """Subscribes to one device's (or every device's) results and events."""
+
+    def __init__(self, client: mqtt.Client, topics: Topics, device_id: str | None = None):
+        self._inbox: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue()
+        self._client = client
+        self._filters = [
+            topics.results(device_id) if device_id else topics.all_devices("results"),
+            topics.events(device_id) if device_id else topics.all_devices("events"),
+        ]
+        client.on_message = self._on_message
+        for topic_filter in self._filters:
+            client.subscribe(topic_filter, qos=1)
+
+    def _on_message(self, _client: mqtt.Client, _userdata: object, msg: mqtt.MQTTMessage) -> None:
+        kind = msg.topic.rsplit("/", 1)[-1]
+        try:
+            self._inbox.put((kind, json.loads(msg.payload)))
+        except ValueError:
+            self._inbox.put(("invalid", {"topic": msg.topic, "payload": msg.payload[:200].hex()}))
+
+    def messages(self, timeout: float) -> Iterator[tuple[str, dict[str, Any]]]:
+        """(kind, message) pairs — kind is ``results`` or ``events`` — until ``timeout`` passes
+        without one."""
+        while True:
+            try:
+                yield self._inbox.get(timeout=timeout)
+            except queue.Empty:
+                return
+
+    def wait_for(self, kind: str, timeout: float) -> dict[str, Any] | None:
+        """The next message of one kind within ``timeout`` seconds, skipping the others."""
+        deadline = time.monotonic() + timeout
+        while (remaining := deadline - time.monotonic()) > 0:
+            try:
+                got, message = self._inbox.get(timeout=remaining)
+            except queue.Empty:
+                break
+            if got == kind:
+                return message
+        return None
+
+
+def format_result(result: dict[str, Any]) -> str:
+    latency = result.get("latency_ms", {})
+    model = result.get("model", {})
+    return (
+        f"{result.get('device')} #{result.get('seq')} frame {result.get('frame')}: "
+        f"{result.get('label')} ({result.get('score', 0):.3f})  "
+        f"infer {latency.get('inference', 0):.2f} ms  {model.get('name')} {model.get('version')}"
+    )
