@@ -60,12 +60,17 @@ class RuntimeConfig(_Section):
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
 
 
+class DeployConfig(_Section):
+    fetch_timeout: float = Field(default=120.0, gt=0, description="seconds for all chunks")
+
+
 class AgentConfig(_Section):
     device: DeviceConfig
     mqtt: MqttConfig = MqttConfig()
     trust: TrustConfig
     source: SourceConfig
     runtime: RuntimeConfig = RuntimeConfig()
+    deploy: DeployConfig = DeployConfig()
 
 
 def _describe(exc: ValidationError) -> str:

@@ -38,13 +38,11 @@ class Deployer(threading.Thread):
         models: ModelSlot,
         report: EventSink,
         stop: threading.Event,
-        fetch_timeout: float = 120.0,
     ):
         super().__init__(name="deployer", daemon=True)
         self._config, self._link, self._trust, self._store = config, link, trust, store
         self._models, self._report, self._halt = models, report, stop
         self._topics = Topics(config.mqtt.topic_root)
-        self._fetch_timeout = fetch_timeout
         self._inbox: queue.Queue[tuple[str, bytes]] = queue.Queue()
 
     def deploy_topics(self) -> list[str]:
@@ -82,7 +80,7 @@ class Deployer(threading.Thread):
         log.info("fetching %s %s (%d bytes)", manifest.name, manifest.version, manifest.model.size)
         partial = self._store.partial_path(manifest)
         fetcher = ChunkFetcher(self._link, self._topics, manifest.model)
-        body = fetcher.fetch(partial, self._fetch_timeout, self._halt)
+        body = fetcher.fetch(partial, self._config.deploy.fetch_timeout, self._halt)
         installed = self._store.install(manifest, envelope, body)
         session = ModelSession(installed.model_path, manifest, self._config.runtime)
         self._models.swap(session)

@@ -62,7 +62,7 @@ class MqttLink:
 
     def subscribe(self, topic_filter: str, handler: MessageHandler, qos: int = 1) -> None:
         def on_message(_client: mqtt.Client, _userdata: object, msg: mqtt.MQTTMessage) -> None:
-            handler(msg.topic, msg.payload)
+            handler(msg.topic, bytes(msg.payload))
 
         with self._lock:
             self._filters[topic_filter] = qos
@@ -87,7 +87,7 @@ class MqttLink:
             topic, payload = self._birth()
             self._client.publish(topic, payload, qos=1, retain=True)
 
-    def _on_connect(self, client, _userdata, _flags, reason_code, _properties) -> None:  # type: ignore[no-untyped-def]
+    def _on_connect(self, client, _userdata, _flags, reason_code, _properties) -> None:
         if reason_code.is_failure:
             log.error("broker refused connection: %s", reason_code)
             return
@@ -99,7 +99,7 @@ class MqttLink:
         self.connected.set()
         self.announce()
 
-    def _on_disconnect(self, _client, _userdata, _flags, reason_code, _properties) -> None:  # type: ignore[no-untyped-def]
-        if self.connected.is_set():
-            log.warning("disconnected from broker: %s", reason_code)
+    def _on_disconnect(self, _client, _userdata, _flags, reason_code, _properties) -> None:
+        if reason_code.is_failure:
+            log.warning("disconnected from broker: %s; reconnecting", reason_code)
         self.connected.clear()

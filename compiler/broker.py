@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import shutil
 import socket
 import subprocess
@@ -34,6 +35,11 @@ def wait_for_port(host: str, port: int, timeout: float = 10.0) -> None:
             time.sleep(0.05)  # polling a port that has no event to wait on
 
 
+def mosquitto_binary() -> str | None:
+    """Debian installs it in /usr/sbin, which a non-root PATH may lack."""
+    return shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin:/usr/local/sbin")
+
+
 class MosquittoBroker:
     """A ``mosquitto`` process on its own port and config file, for the lifetime of the object."""
 
@@ -51,7 +57,7 @@ class MosquittoBroker:
         self._proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> MosquittoBroker:
-        binary = shutil.which("mosquitto")
+        binary = mosquitto_binary()
         if binary is None:
             raise BrokerError("mosquitto is not installed")
         with open(self.log_path, "wb") as log:
@@ -102,23 +108,33 @@ class EmbeddedBroker:
                 "amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}
             },
         }
+        for noisy in ("amqtt", "transitions"):  # they log every state change at INFO
+            logging.getLogger(noisy).setLevel(logging.CRITICAL)
         self._thread.start()
         self._broker = Broker(config, loop=self._loop)
         asyncio.run_coroutine_threadsafe(self._broker.start(), self._loop).result(10)
         wait_for_port(self.host, self.port)
         return self
 
-    def stop(self) -> None:
+    async def _shutdown(self) -> None:
         if self._broker is not None:
-            asyncio.run_coroutine_threadsafe(self._broker.shutdown(), self._loop).result(10)
-            self._broker = None
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(5)
+            await self._broker.shutdown()
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def stop(self) -> None:
+        if self._thread.is_alive():
+            asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(10)
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(5)
+        self._broker = None
 
     close = stop
 
 
 def start_local_broker(prefer_embedded: bool = False) -> MosquittoBroker | EmbeddedBroker:
-    if shutil.which("mosquitto") and not prefer_embedded:
+    if mosquitto_binary() and not prefer_embedded:
         return MosquittoBroker().start()
     return EmbeddedBroker().start()

@@ -41,14 +41,24 @@ class DemoOutcome:
 
 
 def write_agent_config(
-    path: Path, *, port: int, public_key: Path, video: Path, state: Path
-) -> None:
+    path: Path,
+    *,
+    port: int,
+    public_keys: list[Path],
+    video: Path,
+    state: Path,
+    device: str = DEVICE,
+    extra: str = "",
+) -> Path:
+    """A minimal agent config: this device, a local broker, a looping video."""
+    keys = ", ".join(f'"{k}"' for k in public_keys)
     path.write_text(
-        f'[device]\nid = "{DEVICE}"\nstate_dir = "{state}"\n\n'
+        f'[device]\nid = "{device}"\nstate_dir = "{state}"\n\n'
         f'[mqtt]\nhost = "127.0.0.1"\nport = {port}\n\n'
-        f'[trust]\npublic_keys = ["{public_key}"]\n\n'
-        f'[source]\nkind = "video"\nuri = "{video}"\nloop = true\n'
+        f"[trust]\npublic_keys = [{keys}]\n\n"
+        f'[source]\nkind = "video"\nuri = "{video}"\nloop = true\n\n{extra}'
     )
+    return path
 
 
 def run_demo(workdir: Path, digits: int = 100, prefer_embedded: bool = False) -> DemoOutcome:
@@ -80,7 +90,7 @@ def run_demo(workdir: Path, digits: int = 100, prefer_embedded: bool = False) ->
     print(f"== 3. broker: {broker.kind} on {broker.host}:{broker.port}")
     config = workdir / "agent.toml"
     write_agent_config(
-        config, port=broker.port, public_key=pub, video=video, state=workdir / "state"
+        config, port=broker.port, public_keys=[pub], video=video, state=workdir / "state"
     )
     agent = subprocess.Popen([sys.executable, "-m", "agent.cli", "run", "--config", str(config)])
     client = connect(BrokerAddress(broker.host, broker.port))

@@ -36,6 +36,8 @@ def export_onnx(model: nn.Module, example: np.ndarray, path: Path, opset: int = 
     exporter is deprecated, and dynamo's graph is what later torch versions keep supporting.
     """
     model = model.eval()
+    # The exporter warns about every torchvision op it cannot register when torchvision is absent.
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     batch = torch.export.Dim("batch", min=1, max=1024)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")

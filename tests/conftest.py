@@ -1,0 +1,63 @@
+"""Shared fixtures: real brokers, the trained demo model, keys and a compiled package."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from agent.contract import generate_keypair
+from compiler.broker import MosquittoBroker
+from compiler.demo_model import digits_cnn, train_classifier
+from compiler.digits import LABELS, PREPROCESS, Split, train_test_split
+from compiler.mqtt import BrokerAddress, connect, disconnect
+from compiler.pipeline import CompileOptions, CompileResult, compile_model
+
+
+@pytest.fixture(scope="session")
+def digits() -> tuple[Split, Split]:
+    return train_test_split(seed=0)
+
+
+@pytest.fixture(scope="session")
+def trained_model(digits):  # type: ignore[no-untyped-def]
+    torch.set_num_threads(2)
+    return train_classifier(digits_cnn(), digits[0], PREPROCESS, epochs=6, progress=False)
+
+
+@pytest.fixture(scope="session")
+def signing_keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("keys")
+    generate_keypair(root / "signing.key", root / "signing.pub")
+    return root / "signing.key", root / "signing.pub"
+
+
+@pytest.fixture(scope="session")
+def compiled(trained_model, digits, signing_keys, tmp_path_factory) -> CompileResult:  # type: ignore[no-untyped-def]
+    options = CompileOptions(
+        name="digits-cnn",
+        version="1.0.0",
+        signing_key=signing_keys[0],
+        out_dir=tmp_path_factory.mktemp("packages"),
+        labels=LABELS,
+        chunk_size=64 * 1024,  # several chunks, so reassembly is exercised
+    )
+    return compile_model(trained_model, digits[0], digits[1], PREPROCESS, options)
+
+
+@pytest.fixture
+def mosquitto() -> Iterator[MosquittoBroker]:
+    """A private mosquitto on a free port, stopped after the test."""
+    broker = MosquittoBroker().start()
+    yield broker
+    broker.close()
+
+
+@pytest.fixture
+def cloud(mosquitto):  # type: ignore[no-untyped-def]
+    """A connected cloud-side client on the test's broker."""
+    client = connect(BrokerAddress(mosquitto.host, mosquitto.port))
+    yield client
+    disconnect(client)

@@ -1,0 +1,30 @@
+"""Helpers the tests share: the agent as a subprocess, and waiting on broker messages."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+
+
+class AgentProcess:
+    """The real ``edgewise-agent`` console script as a subprocess."""
+
+    def __init__(self, config: Path, *args: str, prelude: list[str] | None = None):
+        cmd = [*(prelude or [str(BIN / "edgewise-agent")]), "run", "--config", str(config), *args]
+        self.log = config.with_suffix(".log")
+        self._log_file = open(self.log, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(cmd, stdout=self._log_file, stderr=subprocess.STDOUT)
+
+    def stop(self, timeout: float = 10) -> int:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            self._log_file.close()
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")

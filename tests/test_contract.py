@@ -1,0 +1,146 @@
+"""The wire contract: topics, manifest schema, canonical JSON and Ed25519 signatures."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from agent.contract import (
+    IntegrityError,
+    Manifest,
+    ManifestError,
+    SignatureError,
+    Topics,
+    TrustStore,
+    canonical_json,
+    describe_model_file,
+    generate_keypair,
+    load_private_key,
+    load_public_key,
+    sign_manifest,
+)
+from agent.store import verify_model_file
+from compiler.digits import LABELS, PREPROCESS
+
+
+@pytest.fixture
+def model_file(tmp_path: Path) -> Path:
+    path = tmp_path / "model.onnx"
+    path.write_bytes(bytes(range(256)) * 1000)  # 256,000 bytes: 4 chunks of 64 KiB
+    return path
+
+
+@pytest.fixture
+def manifest(model_file: Path) -> Manifest:
+    return Manifest(
+        name="digits-cnn",
+        version="1.2.3",
+        created_at="2026-11-28T00:00:00+00:00",
+        model=describe_model_file(model_file, 64 * 1024),
+        input={"name": "input", "shape": [None, 1, 28, 28]},
+        preprocess=PREPROCESS,
+        postprocess={"labels": LABELS},
+        metrics={"int8_accuracy": 0.98},
+    )
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> tuple[Path, Path]:
+    generate_keypair(tmp_path / "a.key", tmp_path / "a.pub")
+    return tmp_path / "a.key", tmp_path / "a.pub"
+
+
+def test_sign_verify_round_trip(manifest: Manifest, keys: tuple[Path, Path]) -> None:
+    envelope = sign_manifest(manifest, load_private_key(keys[0]))
+    assert TrustStore.from_files([keys[1]]).verify(envelope) == manifest
+
+
+def test_envelope_is_canonical_json(manifest: Manifest, keys: tuple[Path, Path]) -> None:
+    envelope = sign_manifest(manifest, load_private_key(keys[0]))
+    assert canonical_json(json.loads(envelope)) == envelope
+
+
+def test_private_key_is_owner_only(keys: tuple[Path, Path]) -> None:
+    assert keys[0].stat().st_mode & 0o777 == 0o600
+
+
+@pytest.mark.parametrize("offset", [40, 200, -60])
+def test_one_byte_change_in_manifest_fails(manifest, keys, offset: int) -> None:  # type: ignore[no-untyped-def]
+    envelope = bytearray(sign_manifest(manifest, load_private_key(keys[0])))
+    body_start = envelope.index(b'"manifest":') + 12
+    index = body_start + offset if offset > 0 else envelope.index(b'"signatures"') + offset
+    # Swap one digit or letter for another so the JSON still parses.
+    envelope[index] = ord("1") if envelope[index] != ord("1") else ord("2")
+    with pytest.raises((SignatureError, ManifestError)):
+        TrustStore.from_files([keys[1]]).verify(bytes(envelope))
+
+
+def test_changed_value_fails_signature(manifest, keys) -> None:  # type: ignore[no-untyped-def]
+    envelope = json.loads(sign_manifest(manifest, load_private_key(keys[0])))
+    envelope["manifest"]["version"] = "9.9.9"
+    with pytest.raises(SignatureError, match="does not verify"):
+        TrustStore.from_files([keys[1]]).verify(canonical_json(envelope))
+
+
+def test_untrusted_key_is_rejected_by_name(manifest, keys, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    generate_keypair(tmp_path / "rogue.key", tmp_path / "rogue.pub")
+    envelope = sign_manifest(manifest, load_private_key(tmp_path / "rogue.key"))
+    trust = TrustStore.from_files([keys[1]])
+    with pytest.raises(SignatureError, match="untrusted key") as info:
+        trust.verify(envelope)
+    assert trust.key_ids[0] in str(info.value)
+
+
+def test_any_trusted_key_of_several_verifies(manifest, keys, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    generate_keypair(tmp_path / "new.key", tmp_path / "new.pub")
+    envelope = sign_manifest(manifest, load_private_key(tmp_path / "new.key"))
+    trust = TrustStore([load_public_key(keys[1]), load_public_key(tmp_path / "new.pub")])
+    assert trust.verify(envelope).version == "1.2.3"
+
+
+def test_one_byte_change_in_model_fails(manifest: Manifest, model_file: Path) -> None:
+    verify_model_file(model_file, manifest)
+    data = bytearray(model_file.read_bytes())
+    data[1234] ^= 0x01
+    model_file.write_bytes(bytes(data))
+    with pytest.raises(IntegrityError, match="sha256"):
+        verify_model_file(model_file, manifest)
+
+
+def test_truncated_model_fails_size(manifest: Manifest, model_file: Path) -> None:
+    model_file.write_bytes(model_file.read_bytes()[:-1])
+    with pytest.raises(IntegrityError, match="bytes"):
+        verify_model_file(model_file, manifest)
+
+
+def test_manifest_errors_name_the_field(manifest: Manifest) -> None:
+    data = manifest.to_dict()
+    with pytest.raises(ManifestError, match="version"):
+        Manifest.from_dict({**data, "version": "1.2"})
+    with pytest.raises(ManifestError, match="surprise"):
+        Manifest.from_dict({**data, "surprise": 1})
+    with pytest.raises(ManifestError, match="chunk"):
+        Manifest.from_dict(
+            {**data, "model": {**data["model"], "chunks": data["model"]["chunks"][:1]}}
+        )
+
+
+def test_malformed_envelope_is_a_manifest_error(keys: tuple[Path, Path]) -> None:
+    trust = TrustStore.from_files([keys[1]])
+    for payload in (b"not json", b"{}", b'{"manifest": [], "signatures": []}'):
+        with pytest.raises(ManifestError, match="envelope"):
+            trust.verify(payload)
+
+
+def test_topics_are_built_in_one_place() -> None:
+    topics = Topics("edgewise")
+    assert topics.deploy_device("cam-1") == "edgewise/v1/deploy/device/cam-1"
+    assert topics.deploy_group("lobby") == "edgewise/v1/deploy/group/lobby"
+    assert topics.deploy_all() == "edgewise/v1/deploy/all"
+    assert topics.results("cam-1") == "edgewise/v1/devices/cam-1/results"
+    assert topics.blob_chunk("ab" * 32, 3) == f"edgewise/v1/blobs/{'ab' * 32}/3"
+    assert topics.device_of(topics.status("cam-1")) == "cam-1"
+    with pytest.raises(ValueError, match="device id"):
+        topics.results("cam/+")
