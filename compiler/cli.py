@@ -93,13 +93,11 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "train":
         import torch
 
-        from .demo_model import digits_cnn, torch_accuracy, train_classifier
+        from .demo_model import torch_accuracy, train_demo_model
         from .digits import PREPROCESS, train_test_split
 
         train, test = train_test_split(seed=args.seed)
-        model = train_classifier(
-            digits_cnn(), train, PREPROCESS, epochs=args.epochs, seed=args.seed
-        )
+        model = train_demo_model(train, PREPROCESS, epochs=args.epochs, seed=args.seed)
         torch.save(model, args.out)
         print(f"held-out accuracy {torch_accuracy(model, test, PREPROCESS):.4f} -> {args.out}")
         return 0

@@ -18,7 +18,7 @@ import torch
 from agent.contract import Topics, generate_keypair
 
 from .broker import start_local_broker
-from .demo_model import digits_cnn, train_classifier
+from .demo_model import train_demo_model
 from .digits import LABELS, PREPROCESS, train_test_split
 from .mqtt import BrokerAddress, connect, disconnect
 from .pipeline import CompileOptions, compile_model
@@ -66,7 +66,7 @@ def run_demo(workdir: Path, digits: int = 100, prefer_embedded: bool = False) ->
     torch.set_num_threads(2)
     train, test = train_test_split(seed=0)
     print("== 1. train the demo CNN on scikit-learn digits (28×28)")
-    model = train_classifier(digits_cnn(), train, PREPROCESS, epochs=6)
+    model = train_demo_model(train, PREPROCESS)
     print("== 2. compile: export, verify, int8 quantize, evaluate, sign")
     key, pub = workdir / "signing.key", workdir / "signing.pub"
     generate_keypair(key, pub)

@@ -62,6 +62,14 @@ def train_classifier(
     return model.eval()
 
 
+def train_demo_model(
+    train: Split, spec: PreprocessSpec, *, epochs: int = 6, seed: int = 0, progress: bool = True
+) -> nn.Module:
+    """The seed recipe's CNN, initialised and trained deterministically from ``seed``."""
+    torch.manual_seed(seed)
+    return train_classifier(digits_cnn(), train, spec, epochs=epochs, seed=seed, progress=progress)
+
+
 @torch.no_grad()
 def torch_accuracy(model: nn.Module, split: Split, spec: PreprocessSpec) -> float:
     logits = model.eval()(torch.from_numpy(preprocess_batch(split.images, spec)))

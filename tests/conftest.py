@@ -10,7 +10,7 @@ import torch
 
 from agent.contract import generate_keypair
 from compiler.broker import MosquittoBroker
-from compiler.demo_model import digits_cnn, train_classifier
+from compiler.demo_model import train_demo_model
 from compiler.digits import LABELS, PREPROCESS, Split, train_test_split
 from compiler.mqtt import BrokerAddress, connect, disconnect
 from compiler.pipeline import CompileOptions, CompileResult, compile_model
@@ -24,7 +24,7 @@ def digits() -> tuple[Split, Split]:
 @pytest.fixture(scope="session")
 def trained_model(digits):  # type: ignore[no-untyped-def]
     torch.set_num_threads(2)
-    return train_classifier(digits_cnn(), digits[0], PREPROCESS, epochs=6, progress=False)
+    return train_demo_model(digits[0], PREPROCESS, progress=False)
 
 
 @pytest.fixture(scope="session")
