@@ -12,9 +12,7 @@ import threading
 import time
 from pathlib import Path
 
-
-class BrokerError(Exception):
-    """The broker could not be started."""
+from .errors import BrokerError
 
 
 def free_port() -> int:

@@ -10,6 +10,8 @@ from pathlib import Path
 
 from agent.contract import ContractError, Topics, generate_keypair
 
+from .errors import CompilerError
+
 EXIT_ACCURACY = 2  # the accuracy budget was missed; no package written
 EXIT_FAILED = 1
 
@@ -103,8 +105,9 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     if args.command == "compile":
         from .digits import LABELS, PREPROCESS, train_test_split
+        from .errors import AccuracyBudgetError
         from .loading import load_torch_model
-        from .pipeline import AccuracyBudgetError, CompileOptions, compile_model
+        from .pipeline import CompileOptions, compile_model
 
         model = load_torch_model(args.model, args.weights)
         train, test = train_test_split(seed=args.seed)
@@ -166,13 +169,9 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
     )
-    from .loading import ModelInputError
-    from .mqtt import BrokerUnavailable
-    from .push import PushError
-
     try:
         return _run(args)
-    except (ContractError, ModelInputError, BrokerUnavailable, PushError, OSError) as exc:
+    except (ContractError, CompilerError, OSError) as exc:
         print(f"edgewise: {exc}", file=sys.stderr)
         return EXIT_FAILED
 

@@ -12,15 +12,13 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
+from .errors import ExportError
+
 OPSET = 18
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 
 log = logging.getLogger(__name__)
-
-
-class ExportError(Exception):
-    """The exported graph does not reproduce the torch model's outputs."""
 
 
 @dataclass(frozen=True)

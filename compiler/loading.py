@@ -8,9 +8,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-
-class ModelInputError(Exception):
-    """The model argument names nothing loadable as an ``nn.Module``."""
+from .errors import ModelInputError
 
 
 def load_torch_model(source: str, weights: Path | None = None) -> nn.Module:

@@ -8,9 +8,7 @@ from dataclasses import dataclass
 
 import paho.mqtt.client as mqtt
 
-
-class BrokerUnavailable(Exception):
-    """The broker could not be reached or refused the connection."""
+from .errors import BrokerUnavailable
 
 
 @dataclass(frozen=True)

@@ -17,16 +17,13 @@ from agent import __version__
 from agent.contract import ClassificationSpec, InputSpec, PreprocessSpec, preprocess_batch
 
 from .digits import Split
+from .errors import AccuracyBudgetError
 from .export import INPUT_NAME, OPSET, export_onnx, ort_outputs, verify_export
 from .measure import Latency, ort_latency, time_calls
 from .package import Package, write_package
 from .quantize import Calibration, Target, detect_target, quantize_int8
 
 log = logging.getLogger(__name__)
-
-
-class AccuracyBudgetError(Exception):
-    """int8 accuracy dropped further below fp32 than allowed; no package was written."""
 
 
 @dataclass(frozen=True)

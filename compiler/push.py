@@ -8,13 +8,10 @@ import paho.mqtt.client as mqtt
 
 from agent.contract import Topics, iter_chunks
 
+from .errors import PushError
 from .package import Package
 
 log = logging.getLogger(__name__)
-
-
-class PushError(Exception):
-    """The broker did not acknowledge part of the package."""
 
 
 def _confirm(info: mqtt.MQTTMessageInfo, what: str, timeout: float) -> None:

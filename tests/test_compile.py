@@ -13,9 +13,10 @@ from helpers import BIN
 
 from agent.contract import TrustStore, preprocess_batch
 from compiler.digits import LABELS, PREPROCESS
-from compiler.export import ExportError, export_onnx, verify_export
+from compiler.errors import AccuracyBudgetError, ExportError
+from compiler.export import export_onnx, verify_export
 from compiler.package import read_package
-from compiler.pipeline import AccuracyBudgetError, CompileOptions, compile_model
+from compiler.pipeline import CompileOptions, compile_model
 
 
 def test_int8_accuracy_within_one_point_of_fp32(compiled) -> None:  # type: ignore[no-untyped-def]
