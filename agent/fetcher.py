@@ -16,7 +16,7 @@ import threading
 import time
 from pathlib import Path
 
-from .contract import ModelFile, Topics
+from .contract import BlobSpec, Topics
 from .errors import DeployError
 from .link import MqttLink
 
@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 
 class ChunkFetcher:
-    def __init__(self, link: MqttLink, topics: Topics, model: ModelFile):
+    def __init__(self, link: MqttLink, topics: Topics, model: BlobSpec):
         self._link, self._topics, self._model = link, topics, model
         self._inbox: queue.Queue[tuple[str, bytes]] = queue.Queue()
 

@@ -8,11 +8,12 @@ import logging
 import sys
 from pathlib import Path
 
-from agent.contract import ContractError, Topics, generate_keypair
+from agent.contract import ContractError, PreprocessSpec, Topics, generate_keypair
 
 from .errors import CompilerError
+from .quantize import CALIBRATIONS, TARGETS
 
-EXIT_ACCURACY = 2  # the accuracy budget was missed; no package written
+EXIT_COMPILE = 2  # compile failed (bad input, missed accuracy budget); no package written
 EXIT_FAILED = 1
 
 
@@ -21,6 +22,16 @@ def _target(value: str) -> str:
     if not sep or kind not in ("device",) or not name:
         raise argparse.ArgumentTypeError(f"{value!r}: expected device:ID")
     return name
+
+
+def _fraction(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        number = -1.0
+    if not 0 < number < 1:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a fraction in (0, 1)")
+    return number
 
 
 def _broker_args(parser: argparse.ArgumentParser) -> None:
@@ -44,20 +55,32 @@ def _parser() -> argparse.ArgumentParser:
     keygen = sub.add_parser("keygen", help="write an Ed25519 signing key pair")
     keygen.add_argument("--out", type=Path, required=True, help="folder for signing.key/.pub")
 
-    comp = sub.add_parser("compile", help="export, int8-quantize, evaluate and sign a model")
-    comp.add_argument("model", help="pickled nn.Module file, or package.module:factory")
+    comp = sub.add_parser("compile", help="prune, export, int8-quantize, evaluate and sign a model")
+    comp.add_argument(
+        "model", help="ONNX, TorchScript or pickled nn.Module file, or package.module:factory"
+    )
     comp.add_argument("--weights", type=Path, help="state_dict for a factory")
     comp.add_argument("--name", required=True)
     comp.add_argument("--version", required=True)
     comp.add_argument("--key", type=Path, required=True, help="Ed25519 private key (PEM)")
     comp.add_argument("--out", type=Path, default=Path("packages"))
-    comp.add_argument("--max-accuracy-drop", type=float, default=1.0, help="top-1 points")
     comp.add_argument(
-        "--calibration", choices=["minmax", "entropy", "percentile"], default="minmax"
+        "--data", default="digits", help="'digits', an image folder (<label>/<image>) or an .npz"
     )
-    comp.add_argument("--target", choices=["x86-vnni", "x86-avx2", "arm64"])
+    comp.add_argument(
+        "--preprocess", type=Path, help="TOML/JSON preprocessing spec (default: the data's own)"
+    )
+    comp.add_argument("--seed", type=int, default=0, help="seed of the train/held-out split")
+    prune = comp.add_mutually_exclusive_group()
+    prune.add_argument("--prune-ratio", type=_fraction, help="share of channels to remove")
+    prune.add_argument("--target-macs", type=_fraction, help="prune to this fraction of MACs")
+    comp.add_argument("--recovery-epochs", type=int, default=3)
+    comp.add_argument("--max-accuracy-drop", type=float, default=1.0, help="top-1 points")
+    comp.add_argument("--calibration", choices=CALIBRATIONS, default="minmax")
+    comp.add_argument("--calibration-samples", type=int, default=256)
+    comp.add_argument("--target", choices=TARGETS, help="default: this machine's ISA")
     comp.add_argument("--chunk-size", type=int, default=128 * 1024)
-    comp.add_argument("--seed", type=int, default=0, help="seed of the digits train/test split")
+    comp.add_argument("--no-html", action="store_true", help="skip the HTML report")
 
     push = sub.add_parser("push", help="publish a package to a device")
     push.add_argument("package", type=Path)
@@ -86,6 +109,54 @@ def _address(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     return BrokerAddress(args.host, args.port, args.username, args.password)
 
 
+def _read_spec(path: Path) -> PreprocessSpec:
+    import tomllib
+    from pydantic import ValidationError
+
+    from .datasets import DataError
+
+    try:
+        text = path.read_text()
+        data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+        return PreprocessSpec.model_validate(data)
+    except (OSError, ValueError, ValidationError) as exc:
+        raise DataError(f"--preprocess {path}: {exc}") from exc
+
+
+def _compile(args: argparse.Namespace) -> int:
+    """Every failure exits 2 with one line and leaves no package behind."""
+    from .datasets import DataError, load_dataset
+    from .loading import load_model
+    from .pipeline import CompileOptions, compile_model
+    from .report import format_table
+
+    try:
+        source = load_model(args.model, args.weights)
+        dataset = load_dataset(args.data, seed=args.seed)
+        spec = _read_spec(args.preprocess) if args.preprocess else dataset.preprocess
+        if spec is None:
+            raise DataError(
+                f"--data {args.data}: give --preprocess (size, colour, scale, mean/std)"
+            )
+        options = CompileOptions(
+            name=args.name, version=args.version, signing_key=args.key, out_dir=args.out,
+            max_accuracy_drop=args.max_accuracy_drop, calibration=args.calibration,
+            calibration_samples=args.calibration_samples, target=args.target,
+            chunk_size=args.chunk_size, prune_ratio=args.prune_ratio,
+            target_macs=args.target_macs, recovery_epochs=args.recovery_epochs,
+            html=not args.no_html, progress=sys.stderr.isatty(),
+        )  # fmt: skip
+        result = compile_model(source, dataset, spec, options)
+    except (CompilerError, ContractError, OSError) as exc:
+        print(f"edgewise: compile failed: {exc}", file=sys.stderr)
+        return EXIT_COMPILE
+    print(format_table(result.report))
+    print(f"package: {result.package.root}")
+    if result.html:
+        print(f"report:  {result.html}")
+    return 0
+
+
 def _run(args: argparse.Namespace) -> int:
     if args.command == "keygen":
         args.out.mkdir(parents=True, exist_ok=True)
@@ -104,26 +175,7 @@ def _run(args: argparse.Namespace) -> int:
         print(f"held-out accuracy {torch_accuracy(model, test, PREPROCESS):.4f} -> {args.out}")
         return 0
     if args.command == "compile":
-        from .digits import LABELS, PREPROCESS, train_test_split
-        from .errors import AccuracyBudgetError
-        from .loading import load_torch_model
-        from .pipeline import CompileOptions, compile_model
-
-        model = load_torch_model(args.model, args.weights)
-        train, test = train_test_split(seed=args.seed)
-        options = CompileOptions(
-            name=args.name, version=args.version, signing_key=args.key, out_dir=args.out,
-            labels=LABELS, max_accuracy_drop=args.max_accuracy_drop,
-            calibration=args.calibration, target=args.target, chunk_size=args.chunk_size,
-        )  # fmt: skip
-        try:
-            result = compile_model(model, train, test, PREPROCESS, options)
-        except AccuracyBudgetError as exc:
-            print(f"edgewise: {exc}", file=sys.stderr)
-            return EXIT_ACCURACY
-        print(json.dumps(result.report.metrics(), indent=2))
-        print(f"package: {result.package.root}")
-        return 0
+        return _compile(args)
     if args.command == "push":
         from .mqtt import connect, disconnect
         from .package import read_package

@@ -18,11 +18,14 @@ import torch
 from agent.contract import Topics, generate_keypair
 
 from .broker import start_local_broker
+from .datasets import load_dataset
 from .demo_model import train_demo_model
-from .digits import LABELS, PREPROCESS, train_test_split
+from .digits import PREPROCESS
+from .loading import SourceModel
 from .mqtt import BrokerAddress, connect, disconnect
 from .pipeline import CompileOptions, compile_model
 from .push import push_package
+from .report import format_table
 from .results import DeviceFeed, format_result
 from .video import write_digits_video
 
@@ -64,10 +67,10 @@ def write_agent_config(
 def run_demo(workdir: Path, digits: int = 100, prefer_embedded: bool = False) -> DemoOutcome:
     workdir.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(2)
-    train, test = train_test_split(seed=0)
+    dataset = load_dataset("digits", seed=0)
     print("== 1. train the demo CNN on scikit-learn digits (28×28)")
-    model = train_demo_model(train, PREPROCESS)
-    print("== 2. compile: export, verify, int8 quantize, evaluate, sign")
+    model = train_demo_model(dataset.train, PREPROCESS)
+    print("== 2. compile: prune 50%, recover, export, verify, int8 quantize, evaluate, sign")
     key, pub = workdir / "signing.key", workdir / "signing.pub"
     generate_keypair(key, pub)
     options = CompileOptions(
@@ -75,17 +78,13 @@ def run_demo(workdir: Path, digits: int = 100, prefer_embedded: bool = False) ->
         version="1.0.0",
         signing_key=key,
         out_dir=workdir / "packages",
-        labels=LABELS,
+        prune_ratio=0.5,
     )
-    compiled = compile_model(model, train, test, PREPROCESS, options)
-    r = compiled.report
-    print(
-        f"   fp32 accuracy {r.fp32.accuracy:.4f}  {r.fp32.ort_latency_1t.p50_ms:.3f} ms | "
-        f"int8 accuracy {r.int8.accuracy:.4f}  {r.int8.ort_latency_1t.p50_ms:.3f} ms  "
-        f"(ORT, batch 1, 1 thread) -> {compiled.package.root}"
-    )
+    compiled = compile_model(SourceModel("eager", model), dataset, PREPROCESS, options)
+    print(format_table(compiled.report))
+    print(f"   package {compiled.package.root}, report {compiled.html}")
     video = workdir / "digits.avi"
-    truth = write_digits_video(video, test, count=digits)
+    truth = write_digits_video(video, dataset.test, count=digits)
     broker = start_local_broker(prefer_embedded)
     print(f"== 3. broker: {broker.kind} on {broker.host}:{broker.port}")
     config = workdir / "agent.toml"

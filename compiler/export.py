@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import re
+import traceback
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,29 +29,51 @@ class ExportCheck:
     top1_agreement: float
 
 
+def _unsupported_ops(exc: BaseException) -> list[str]:
+    """Operator names an exporter failure mentions (e.g. ``aten.linalg_eig``)."""
+    text = "".join(traceback.format_exception(exc))
+    found = re.findall(r"OpOverload\(op='([\w.]+)'", text) + re.findall(
+        r"torch\.ops\.([\w]+\.[\w]+)", text
+    )
+    return sorted(set(found))
+
+
 def export_onnx(model: nn.Module, example: np.ndarray, path: Path, opset: int = OPSET) -> Path:
     """Export with a dynamic batch axis and the weights inside the file.
 
-    The dynamo exporter (torch's default since 2.9) is used deliberately: the TorchScript
-    exporter is deprecated, and dynamo's graph is what later torch versions keep supporting.
+    Eager modules go through the dynamo exporter (torch's default since 2.9; the TorchScript
+    exporter is deprecated). TorchScript modules cannot be traced by torch.export, so they take
+    the TorchScript exporter, the one path that reads them.
     """
     model = model.eval()
     # The exporter warns about every torchvision op it cannot register when torchvision is absent.
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
-    batch = torch.export.Dim("batch", min=1, max=1024)
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        program = torch.onnx.export(
-            model,
-            (torch.from_numpy(example),),
-            dynamo=True,
-            opset_version=opset,
-            input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
-            dynamic_shapes=({0: batch},),
-            external_data=False,
-            verbose=False,
-        )
+    args = (torch.from_numpy(example),)
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            if isinstance(model, torch.jit.ScriptModule):
+                torch.onnx.export(
+                    model, args, str(path), dynamo=False, opset_version=opset,
+                    input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                    dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+                )  # fmt: skip
+                return path
+            program = torch.onnx.export(
+                model,
+                args,
+                dynamo=True,
+                opset_version=opset,
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=1024)},),
+                external_data=False,
+                verbose=False,
+            )
+    except Exception as exc:  # the exporters raise many unrelated types
+        ops = _unsupported_ops(exc)
+        detail = f"unsupported op(s) {', '.join(ops)}" if ops else str(exc).splitlines()[0]
+        raise ExportError(f"cannot export to ONNX: {detail}") from exc
     if program is None:
         raise ExportError("torch.onnx.export returned no program")
     program.save(str(path), external_data=False)

@@ -16,17 +16,19 @@ from typing import Any
 
 from agent.contract import (
     DEFAULT_CHUNK_SIZE,
+    BlobSpec,
     ClassificationSpec,
     InputSpec,
     Manifest,
     ManifestError,
     PreprocessSpec,
-    describe_model_file,
+    describe_blob,
     load_private_key,
     sign_manifest,
 )
 
 ENVELOPE = "manifest.json"
+GOLDEN = "golden.npz"
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,13 @@ class Package:
     @property
     def model_path(self) -> Path:
         return self.root / self.manifest.model.path
+
+    def blobs(self) -> list[tuple[BlobSpec, Path]]:
+        """Every file that travels with the package, and where it lies."""
+        files = [(self.manifest.model, self.model_path)]
+        if self.manifest.golden is not None:
+            files.append((self.manifest.golden, self.root / self.manifest.golden.path))
+        return files
 
 
 def write_package(
@@ -52,21 +61,25 @@ def write_package(
     metrics: dict[str, Any],
     signing_key: Path,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
+    golden: Path | None = None,
 ) -> Package:
     root = Path(out_dir) / f"{name}-{version}"
     staging = root.with_name(root.name + ".tmp")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     shutil.copyfile(model_path, staging / "model.onnx")
+    if golden is not None:
+        shutil.copyfile(golden, staging / GOLDEN)
     manifest = Manifest(
         name=name,
         version=version,
         created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        model=describe_model_file(staging / "model.onnx", chunk_size),
+        model=describe_blob(staging / "model.onnx", chunk_size),
         input=input_spec,
         preprocess=preprocess,
         postprocess=postprocess,
         metrics=metrics,
+        golden=describe_blob(staging / GOLDEN, chunk_size) if golden is not None else None,
     )
     envelope = sign_manifest(manifest, load_private_key(signing_key))
     (staging / ENVELOPE).write_bytes(envelope)

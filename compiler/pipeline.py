@@ -1,27 +1,45 @@
-"""``edgewise compile``: export → verify → quantize → evaluate → sign, as plain steps."""
+"""``edgewise compile``: load → prune + recover → export + verify → quantize within the accuracy
+budget → measure every stage → sign a package with its report and golden inputs.
+
+Each step is a plain function of its own module; this one only strings them together.
+"""
 
 from __future__ import annotations
 
 import logging
+import platform
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import onnxruntime
 import torch
 from torch import nn
 
 from agent import __version__
 from agent.contract import ClassificationSpec, InputSpec, PreprocessSpec, preprocess_batch
+from agent.contract import load_private_key as _load_private_key
 
-from .digits import Split
-from .errors import AccuracyBudgetError
-from .export import INPUT_NAME, OPSET, export_onnx, ort_outputs, verify_export
-from .measure import Latency, ort_latency, time_calls
+from .datasets import DataError, Dataset
+from .demo_model import train_classifier
+from .errors import AccuracyBudgetError, CompilerError
+from .export import OPSET, ExportCheck, export_onnx, ort_session, verify_export
+from .loading import SourceModel
+from .measure import Evaluation, StageMetrics, evaluate, onnx_params, stage_metrics, torch_latency
 from .package import Package, write_package
-from .quantize import Calibration, Target, detect_target, quantize_int8
+from .prune import LayerChange, layer_changes, macs_and_params, prune_channels, prune_to_macs
+from .quantize import (
+    Calibration,
+    Target,
+    detect_target,
+    prepare,
+    quantize_within_budget,
+    weighted_layers,
+)
 
 log = logging.getLogger(__name__)
 
@@ -32,123 +50,248 @@ class CompileOptions:
     version: str
     signing_key: Path
     out_dir: Path
-    labels: tuple[str, ...]
-    max_accuracy_drop: float = 1.0  # top-1 points
+    max_accuracy_drop: float = 1.0  # top-1 points below fp32
     calibration_samples: int = 256
     calibration: Calibration = "minmax"
     target: Target | None = None
     chunk_size: int = 128 * 1024
-
-
-@dataclass(frozen=True)
-class StageReport:
-    accuracy: float
-    size_bytes: int
-    ort_latency_1t: Latency
-
-
-@dataclass(frozen=True)
-class CompileReport:
-    fp32: StageReport
-    int8: StageReport
-    torch_latency_1t: Latency
-    export_max_abs_diff: float
-    export_top1_agreement: float
-    int8_top1_agreement: float
-    environment: dict[str, Any]
-
-    def metrics(self) -> dict[str, Any]:
-        """What goes into the manifest's ``metrics``."""
-        return {
-            "fp32_accuracy": round(self.fp32.accuracy, 5),
-            "int8_accuracy": round(self.int8.accuracy, 5),
-            "int8_top1_agreement": round(self.int8_top1_agreement, 5),
-            "fp32_bytes": self.fp32.size_bytes,
-            "int8_bytes": self.int8.size_bytes,
-            "fp32_ort_p50_ms_1t": round(self.fp32.ort_latency_1t.p50_ms, 4),
-            "int8_ort_p50_ms_1t": round(self.int8.ort_latency_1t.p50_ms, 4),
-            "torch_p50_ms_1t": round(self.torch_latency_1t.p50_ms, 4),
-            "export_max_abs_diff": self.export_max_abs_diff,
-            **self.environment,
-        }
+    prune_ratio: float | None = None  # share of channels removed per layer
+    target_macs: float | None = None  # or: prune until MACs are this fraction of the original
+    recovery_epochs: int = 3
+    recovery_lr: float = 5e-4
+    golden_count: int = 4
+    progress: bool = True
+    html: bool = True
 
 
 @dataclass(frozen=True)
 class CompileResult:
     package: Package
-    report: CompileReport
+    report: dict[str, Any]
+    html: Path | None
 
 
-def _stage(path: Path, top1: np.ndarray, labels: np.ndarray, x: np.ndarray) -> StageReport:
-    accuracy = float((top1 == labels).mean())
-    return StageReport(accuracy, path.stat().st_size, ort_latency(path, x, threads=1))
-
-
-@torch.no_grad()
-def _torch_latency(model: nn.Module, sample: np.ndarray) -> Latency:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def check_signing_key(path: Path) -> None:
+    """Fail before any work when the key cannot sign."""
     try:
-        tensor = torch.from_numpy(sample)
-        return time_calls(lambda: model(tensor))
-    finally:
-        torch.set_num_threads(threads)
+        _load_private_key(path)
+    except (OSError, ValueError, TypeError, CompilerError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise CompilerError(f"signing key {path}: {reason}") from exc
+    except Exception as exc:  # cryptography's errors for non-PEM bytes
+        raise CompilerError(f"signing key {path}: not an Ed25519 private key (PEM)") from exc
+
+
+def check_input_fits(model_path: Path, x: np.ndarray) -> None:
+    """Calibration/evaluation tensors must match the model's input shape and dtype."""
+    expected = ort_session(model_path).get_inputs()[0]
+    shape = [d if isinstance(d, int) else None for d in expected.shape]
+    fits = len(shape) == x.ndim and all(
+        d is None or d == s for d, s in zip(shape, x.shape, strict=True)
+    )
+    if not fits or expected.type != "tensor(float)" or x.dtype != np.float32:
+        raise DataError(
+            f"preprocessed data {x.dtype} {list(x.shape[1:])} does not fit the model input "
+            f"{expected.name!r} {expected.type} {expected.shape[1:]}: check --preprocess"
+        )
+
+
+def _export(model: nn.Module, x: np.ndarray, path: Path) -> ExportCheck:
+    export_onnx(model, x[:2], path)
+    return verify_export(model, path, x)
+
+
+def _prune(
+    source: nn.Module, dataset: Dataset, spec: PreprocessSpec, options: CompileOptions
+) -> tuple[nn.Module, list[LayerChange]]:
+    example = torch.from_numpy(preprocess_batch(dataset.test.images[:1], spec))
+    if options.target_macs is not None:
+        pruned, ratio = prune_to_macs(source, example, options.target_macs)
+        log.info("MACs target %.2f met at channel ratio %.3f", options.target_macs, ratio)
+    else:
+        assert options.prune_ratio is not None
+        pruned = prune_channels(source, example, options.prune_ratio)
+    if options.recovery_epochs > 0:
+        pruned = train_classifier(
+            pruned, dataset.train, spec, epochs=options.recovery_epochs, lr=options.recovery_lr,
+            progress=options.progress,
+        )  # fmt: skip
+    return pruned.eval(), layer_changes(source, pruned)
+
+
+def _layer_rows(
+    quant_model: Path,
+    changes: list[LayerChange],
+    float_nodes: set[str],
+    sensitivity: dict[str, float],
+) -> list[dict[str, Any]]:
+    by_name = {c.name: c for c in changes}
+    rows = []
+    for layer in weighted_layers(quant_model):
+        change = by_name.get(layer.layer)
+        rows.append(
+            {
+                "name": layer.layer,
+                "op": layer.op,
+                "channels_before": change.channels_before if change else None,
+                "channels_after": change.channels_after if change else None,
+                "pruning_ratio": round(change.ratio, 4) if change else None,
+                "quantized": layer.node not in float_nodes,
+                "sensitivity": sensitivity.get(layer.node),
+            }
+        )
+    return rows
+
+
+def _golden(int8_path: Path, x: np.ndarray, count: int, path: Path) -> Path:
+    inputs = x[:count]
+    session = ort_session(int8_path)
+    outputs = session.run(None, {session.get_inputs()[0].name: inputs})[0]
+    np.savez(path, inputs=inputs, outputs=outputs)
+    return path
 
 
 def compile_model(
-    model: nn.Module, calib: Split, test: Split, spec: PreprocessSpec, options: CompileOptions
+    source: SourceModel, dataset: Dataset, spec: PreprocessSpec, options: CompileOptions
 ) -> CompileResult:
-    model = model.eval()
-    x_test = preprocess_batch(test.images, spec)
-    x_cal = preprocess_batch(calib.images[: options.calibration_samples], spec)
+    check_signing_key(options.signing_key)
+    pruning = options.prune_ratio is not None or options.target_macs is not None
+    if pruning and not source.prunable:
+        log.warning("%s input: pruning skipped (needs an eager nn.Module)", source.kind)
+        pruning = False
+    x_test = preprocess_batch(dataset.test.images, spec)
+    x_cal = preprocess_batch(dataset.train.images[: options.calibration_samples], spec)
+    y_test = dataset.test.labels
     target = options.target or detect_target()
-    with tempfile.TemporaryDirectory() as tmp:
-        fp32_path, int8_path = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
-        export_onnx(model, x_test[:2], fp32_path)
-        check = verify_export(model, fp32_path, x_test)
-        quantize_int8(
-            fp32_path, int8_path, x_cal, INPUT_NAME, method=options.calibration, target=target
+    stages: dict[str, StageMetrics] = {}
+    report: dict[str, Any] = {"model": {"name": options.name, "version": options.version}}
+    with tempfile.TemporaryDirectory(prefix="edgewise-compile-") as tmp:
+        work = Path(tmp)
+        fp32_path = work / "fp32.onnx"
+        if source.module is not None:
+            check_input_fits_torch(source.module, x_test)
+            example = torch.from_numpy(x_test[:1])
+            if source.kind == "eager":
+                macs, params = macs_and_params(source.module, example)
+            else:
+                macs, params = None, sum(p.numel() for p in source.module.parameters())
+            report["export"] = vars(_export(source.module, x_test, fp32_path))
+            report["torch_eager"] = _latency_dict(torch_latency(source.module, x_test))
+        else:
+            assert source.onnx_path is not None
+            shutil.copyfile(source.onnx_path, fp32_path)
+            macs, params = None, onnx_params(fp32_path)
+        check_input_fits(fp32_path, x_test)
+        fp32 = evaluate(fp32_path, x_test, y_test)
+        reference_top1 = fp32.logits.argmax(1)
+        stages["fp32"] = stage_metrics(
+            fp32_path, fp32, reference_top1, x_test, params=params, macs=macs
         )
-        fp32_top1 = ort_outputs(fp32_path, x_test).argmax(1)
-        int8_top1 = ort_outputs(int8_path, x_test).argmax(1)
-        fp32 = _stage(fp32_path, fp32_top1, test.labels, x_test)
-        int8 = _stage(int8_path, int8_top1, test.labels, x_test)
-        agreement = float((fp32_top1 == int8_top1).mean())
-        drop = (fp32.accuracy - int8.accuracy) * 100
-        log.info(
-            "accuracy fp32 %.4f int8 %.4f (drop %.2f points)", fp32.accuracy, int8.accuracy, drop
-        )
-        if drop > options.max_accuracy_drop:
-            raise AccuracyBudgetError(
-                f"int8 top-1 {int8.accuracy:.4f} is {drop:.2f} points below fp32 "
-                f"{fp32.accuracy:.4f}; --max-accuracy-drop allows {options.max_accuracy_drop}"
+
+        float_path, float_eval, changes = fp32_path, fp32, []
+        if pruning:
+            assert source.module is not None
+            pruned, changes = _prune(source.module, dataset, spec, options)
+            float_path = work / "pruned.onnx"
+            report["export_pruned"] = vars(_export(pruned, x_test, float_path))
+            float_eval = evaluate(float_path, x_test, y_test)
+            p_macs, p_params = macs_and_params(pruned, torch.from_numpy(x_test[:1]))
+            stages["pruned"] = stage_metrics(
+                float_path, float_eval, reference_top1, x_test, params=p_params, macs=p_macs
             )
-        report = CompileReport(
-            fp32=fp32,
-            int8=int8,
-            torch_latency_1t=_torch_latency(model, x_test[:1]),
-            export_max_abs_diff=check.max_abs_diff,
-            export_top1_agreement=check.top1_agreement,
-            int8_top1_agreement=agreement,
-            environment={
-                "target": target,
-                "opset": OPSET,
-                "calibration": options.calibration,
-                "torch_version": torch.__version__,
-                "onnxruntime_version": onnxruntime.__version__,
-                "compiler_version": __version__,
-            },
+            _check_budget("pruned", fp32.accuracy, float_eval.accuracy, options.max_accuracy_drop)
+
+        prepared = prepare(float_path, work / "prepared.onnx")
+        outcome = quantize_within_budget(
+            prepared, work, x_cal, _input_name(fp32_path),
+            evaluate=lambda path: _as_pair(evaluate(path, x_test, y_test)),
+            reference_accuracy=fp32.accuracy, max_drop_points=options.max_accuracy_drop,
+            target=target, method=options.calibration, progress=options.progress,
+        )  # fmt: skip
+        int8_eval = evaluate(outcome.path, x_test, y_test)
+        last = stages.get("pruned", stages["fp32"])
+        stages["int8"] = stage_metrics(
+            outcome.path, int8_eval, reference_top1, x_test, params=last.params, macs=last.macs
         )
+        float_nodes = {layer.node for layer in outcome.float_layers}
+        report |= {
+            "stages": {name: m.to_dict() for name, m in stages.items()},
+            "budget": {
+                "max_accuracy_drop": options.max_accuracy_drop,
+                "accuracy_drop": round((fp32.accuracy - int8_eval.accuracy) * 100, 3),
+                "met": True,
+            },
+            "layers": _layer_rows(prepared, changes, float_nodes, outcome.sensitivity),
+            "float_layers": [layer.layer for layer in outcome.float_layers],
+            "environment": _environment(target, options.calibration),
+        }
+        golden = _golden(outcome.path, x_test, options.golden_count, work / "golden.npz")
         package = write_package(
             options.out_dir,
-            int8_path,
+            outcome.path,
             name=options.name,
             version=options.version,
-            input_spec=InputSpec(name=INPUT_NAME, shape=tuple(spec.input_shape(None))),
+            input_spec=InputSpec(name=_input_name(outcome.path), shape=_input_shape(outcome.path)),
             preprocess=spec,
-            postprocess=ClassificationSpec(labels=options.labels),
-            metrics=report.metrics(),
+            postprocess=ClassificationSpec(labels=dataset.labels),
+            metrics=report,
             signing_key=options.signing_key,
             chunk_size=options.chunk_size,
+            golden=golden,
         )
-    return CompileResult(package, report)
+    html = None
+    if options.html:
+        from .report import write_html
+
+        html = write_html(report, package.root.with_name(package.root.name + ".html"))
+    return CompileResult(package, report, html)
+
+
+def check_input_fits_torch(module: nn.Module, x: np.ndarray) -> None:
+    try:
+        with torch.no_grad():
+            module.eval()(torch.from_numpy(x[:1]))
+    except RuntimeError as exc:
+        raise DataError(
+            f"preprocessed data {x.dtype} {list(x.shape[1:])} does not fit the model: "
+            f"{str(exc).splitlines()[0]} (check --preprocess)"
+        ) from exc
+
+
+def _check_budget(stage: str, reference: float, accuracy: float, max_drop: float) -> None:
+    drop = (reference - accuracy) * 100
+    if drop > max_drop:
+        raise AccuracyBudgetError(
+            f"{stage} model top-1 {accuracy:.4f} is {drop:.2f} points below fp32 {reference:.4f} "
+            f"before quantization; --max-accuracy-drop allows {max_drop} (prune less or recover "
+            "longer)"
+        )
+
+
+def _as_pair(result: Evaluation) -> tuple[float, np.ndarray]:
+    return result.accuracy, result.logits
+
+
+def _latency_dict(latency: Any) -> dict[str, float]:
+    return {"p50_ms_1t": round(latency.p50_ms, 4), "p99_ms_1t": round(latency.p99_ms, 4)}
+
+
+def _input_name(path: Path) -> str:
+    return ort_session(path).get_inputs()[0].name
+
+
+def _input_shape(path: Path) -> tuple[int | None, ...]:
+    return tuple(d if isinstance(d, int) else None for d in ort_session(path).get_inputs()[0].shape)
+
+
+def _environment(target: Target, calibration: Calibration) -> dict[str, Any]:
+    return {
+        "torch_version": torch.__version__,
+        "onnxruntime_version": onnxruntime.__version__,
+        "onnx_version": onnx.__version__,
+        "opset": OPSET,
+        "target": target,
+        "calibration": calibration,
+        "compiler_version": __version__,
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
+    }

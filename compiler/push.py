@@ -25,9 +25,10 @@ def push_package(
 ) -> None:
     """Chunks go first (retained, QoS 1), so they are all on the broker when the manifest lands."""
     model = package.manifest.model
-    for index, chunk in enumerate(iter_chunks(package.model_path, model.chunk_size)):
-        info = client.publish(topics.blob_chunk(model.sha256, index), chunk, qos=1, retain=True)
-        _confirm(info, f"chunk {index}", timeout)
+    for blob, path in package.blobs():
+        for index, chunk in enumerate(iter_chunks(path, blob.chunk_size)):
+            info = client.publish(topics.blob_chunk(blob.sha256, index), chunk, qos=1, retain=True)
+            _confirm(info, f"{path.name} chunk {index}", timeout)
     deploy_topic = topics.deploy_device(device_id)
     _confirm(
         client.publish(deploy_topic, package.envelope, qos=1, retain=True), "manifest", timeout

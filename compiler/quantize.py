@@ -1,13 +1,18 @@
-"""Static int8 quantization with ONNX Runtime (QDQ, per-channel weights), calibrated on data."""
+"""Static int8 quantization with ONNX Runtime (QDQ, per-channel weights), calibrated on real data,
+with per-layer sensitivity and float fallback when the accuracy budget is missed."""
 
 from __future__ import annotations
 
+import ast
+import logging
 import platform
-import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
+import onnx
 from onnxruntime.quantization import (
     CalibrationDataReader,
     CalibrationMethod,
@@ -16,14 +21,23 @@ from onnxruntime.quantization import (
     quantize_static,
 )
 from onnxruntime.quantization.shape_inference import quant_pre_process
+from tqdm import tqdm
+
+from .errors import AccuracyBudgetError
+
+log = logging.getLogger(__name__)
 
 Target = Literal["x86-vnni", "x86-avx2", "arm64"]
 Calibration = Literal["minmax", "entropy", "percentile"]
+TARGETS: tuple[Target, ...] = ("x86-vnni", "x86-avx2", "arm64")
+CALIBRATIONS: tuple[Calibration, ...] = ("minmax", "entropy", "percentile")
 _METHODS = {
     "minmax": CalibrationMethod.MinMax,
     "entropy": CalibrationMethod.Entropy,
     "percentile": CalibrationMethod.Percentile,
 }
+WEIGHTED_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
+CALIBRATION_BATCH = 16
 
 
 def detect_target() -> Target:
@@ -37,38 +51,166 @@ def detect_target() -> Target:
     return "x86-vnni" if ("avx512_vnni" in flags or "avx_vnni" in flags) else "x86-avx2"
 
 
+def target_settings(target: Target) -> dict[str, object]:
+    """Settings known to be accurate per ISA (onnxruntime's quantization guidance).
+
+    x86 with VNNI: u8 activations × s8 weights. x86 AVX2 without VNNI: the u8s8 kernels sum pairs
+    in 16 bits and can saturate, so weights use a 7-bit range (reduce_range). arm64: s8s8, which
+    its dot-product kernels run natively.
+    """
+    activation = QuantType.QInt8 if target == "arm64" else QuantType.QUInt8
+    return {
+        "activation_type": activation,
+        "weight_type": QuantType.QInt8,
+        "reduce_range": target == "x86-avx2",
+    }
+
+
 class _ArrayReader(CalibrationDataReader):
-    def __init__(self, input_name: str, x: np.ndarray, batch: int = 1):
-        self._batches = iter([{input_name: x[i : i + batch]} for i in range(0, len(x), batch)])
+    def __init__(self, input_name: str, x: np.ndarray, progress: bool):
+        # Equal batches only: the histogram calibrators stack them into one array.
+        if len(x) >= CALIBRATION_BATCH:
+            x = x[: len(x) - len(x) % CALIBRATION_BATCH]
+        self._batches = iter(range(0, len(x), CALIBRATION_BATCH))
+        self._x, self._name = x, input_name
+        self._bar = tqdm(
+            total=len(x), desc="calibrate", unit="img", disable=not progress, leave=False
+        )
 
     def get_next(self) -> dict[str, np.ndarray] | None:
-        return next(self._batches, None)
+        start = next(self._batches, None)
+        if start is None:
+            self._bar.close()
+            return None
+        batch = self._x[start : start + CALIBRATION_BATCH]
+        self._bar.update(len(batch))
+        return {self._name: batch}
 
 
-def quantize_int8(
-    fp32_path: Path,
+@dataclass(frozen=True)
+class QuantLayer:
+    """A weighted ONNX node, named after the torch module it came from when the exporter said."""
+
+    node: str
+    op: str
+    layer: str
+
+
+def prepare(fp32_path: Path, out_path: Path) -> Path:
+    """onnxruntime's pre-processing: shape inference and graph optimisation before quantizing."""
+    quant_pre_process(str(fp32_path), str(out_path), skip_symbolic_shape=True)
+    return out_path
+
+
+def _torch_name(node: onnx.NodeProto) -> str | None:
+    for prop in node.metadata_props:
+        if prop.key == "pkg.torch.onnx.name_scopes":
+            scopes = ast.literal_eval(prop.value)
+            return ".".join(scopes[1:-1]) or None
+    return None
+
+
+def weighted_layers(model_path: Path) -> list[QuantLayer]:
+    graph = onnx.load(str(model_path), load_external_data=False).graph
+    return [
+        QuantLayer(n.name, n.op_type, _torch_name(n) or n.name)
+        for n in graph.node
+        if n.op_type in WEIGHTED_OPS
+    ]
+
+
+def quantize(
+    prepared: Path,
     out_path: Path,
     calibration: np.ndarray,
     input_name: str,
     *,
+    target: Target,
     method: Calibration = "minmax",
-    target: Target | None = None,
+    exclude: Sequence[str] = (),
+    only: Sequence[str] | None = None,
+    progress: bool = False,
 ) -> Path:
-    """u8 activations and s8 per-channel weights; on x86 without VNNI the u8s8 kernels can
-    overflow their 16-bit accumulators, so weights use a reduced 7-bit range there."""
-    target = target or detect_target()
-    with tempfile.TemporaryDirectory() as tmp:
-        prepared = Path(tmp) / "prepared.onnx"
-        quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
-        quantize_static(
-            str(prepared),
-            str(out_path),
-            _ArrayReader(input_name, calibration),
-            quant_format=QuantFormat.QDQ,
-            per_channel=True,
-            reduce_range=target == "x86-avx2",
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            calibrate_method=_METHODS[method],
-        )
+    """QDQ int8 with per-channel weights; ``exclude`` node names stay float, ``only`` restricts
+    quantization to the named nodes (sensitivity analysis)."""
+    quantize_static(
+        str(prepared),
+        str(out_path),
+        _ArrayReader(input_name, calibration, progress),
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        calibrate_method=_METHODS[method],
+        nodes_to_exclude=list(exclude),
+        nodes_to_quantize=list(only) if only is not None else None,
+        **target_settings(target),  # type: ignore[arg-type]
+    )
     return out_path
+
+
+Evaluate = Callable[[Path], tuple[float, np.ndarray]]  # model → (accuracy, logits)
+
+
+@dataclass
+class QuantOutcome:
+    path: Path
+    accuracy: float
+    float_layers: list[QuantLayer] = field(default_factory=list)
+    sensitivity: dict[str, float] = field(default_factory=dict)  # node → relative logit MSE
+
+
+def _relative_mse(got: np.ndarray, reference: np.ndarray) -> float:
+    return float(np.mean((got - reference) ** 2) / max(np.mean(reference**2), 1e-12))
+
+
+def quantize_within_budget(
+    prepared: Path,
+    workdir: Path,
+    calibration: np.ndarray,
+    input_name: str,
+    *,
+    evaluate: Evaluate,
+    reference_accuracy: float,
+    max_drop_points: float,
+    target: Target,
+    method: Calibration = "minmax",
+    progress: bool = False,
+) -> QuantOutcome:
+    """Quantize everything; if top-1 falls more than ``max_drop_points`` below
+    ``reference_accuracy`` (fp32), rank layers by how much quantizing each one alone disturbs the
+    logits, and keep the most sensitive ones in float, one more per retry, until the budget is
+    met. Raises AccuracyBudgetError otherwise."""
+    floor = reference_accuracy - max_drop_points / 100
+
+    def attempt(name: str, **kwargs: object) -> tuple[Path, float, np.ndarray]:
+        path = quantize(
+            prepared, workdir / f"{name}.onnx", calibration, input_name,
+            target=target, method=method, **kwargs,  # type: ignore[arg-type]
+        )  # fmt: skip
+        accuracy, logits = evaluate(path)
+        return path, accuracy, logits
+
+    path, accuracy, _ = attempt("int8", progress=progress)
+    if accuracy >= floor:
+        return QuantOutcome(path, accuracy)
+    layers = weighted_layers(prepared)
+    _, reference_logits = evaluate(prepared)
+    log.info(
+        "int8 top-1 %.4f misses the budget (floor %.4f); measuring per-layer sensitivity",
+        accuracy, floor,
+    )  # fmt: skip
+    sensitivity = {}
+    for i, layer in enumerate(tqdm(layers, desc="sensitivity", disable=not progress, leave=False)):
+        _, _, logits = attempt(f"only-{i}", only=[layer.node])
+        sensitivity[layer.node] = _relative_mse(logits, reference_logits)
+    ranked = sorted(layers, key=lambda layer: sensitivity[layer.node], reverse=True)
+    for k in range(1, len(ranked)):
+        kept = ranked[:k]
+        path, accuracy, _ = attempt(f"fallback-{k}", exclude=[layer.node for layer in kept])
+        log.info("%d layer(s) in float: top-1 %.4f", k, accuracy)
+        if accuracy >= floor:
+            return QuantOutcome(path, accuracy, kept, sensitivity)
+    raise AccuracyBudgetError(
+        f"int8 top-1 {accuracy:.4f} stays more than {max_drop_points} points below fp32 "
+        f"{reference_accuracy:.4f} even with {len(ranked) - 1} of {len(ranked)} layers in float "
+        "(--max-accuracy-drop)"
+    )

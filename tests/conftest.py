@@ -10,21 +10,23 @@ import torch
 
 from agent.contract import generate_keypair
 from compiler.broker import MosquittoBroker
+from compiler.datasets import Dataset, load_dataset
 from compiler.demo_model import train_demo_model
-from compiler.digits import LABELS, PREPROCESS, Split, train_test_split
+from compiler.digits import PREPROCESS
+from compiler.loading import SourceModel
 from compiler.mqtt import BrokerAddress, connect, disconnect
 from compiler.pipeline import CompileOptions, CompileResult, compile_model
 
 
 @pytest.fixture(scope="session")
-def digits() -> tuple[Split, Split]:
-    return train_test_split(seed=0)
+def digits() -> Dataset:
+    return load_dataset("digits", seed=0)
 
 
 @pytest.fixture(scope="session")
 def trained_model(digits):  # type: ignore[no-untyped-def]
     torch.set_num_threads(2)
-    return train_demo_model(digits[0], PREPROCESS, progress=False)
+    return train_demo_model(digits.train, PREPROCESS, progress=False)
 
 
 @pytest.fixture(scope="session")
@@ -41,10 +43,11 @@ def compiled(trained_model, digits, signing_keys, tmp_path_factory) -> CompileRe
         version="1.0.0",
         signing_key=signing_keys[0],
         out_dir=tmp_path_factory.mktemp("packages"),
-        labels=LABELS,
         chunk_size=64 * 1024,  # several chunks, so reassembly is exercised
+        prune_ratio=0.5,
+        progress=False,
     )
-    return compile_model(trained_model, digits[0], digits[1], PREPROCESS, options)
+    return compile_model(SourceModel("eager", trained_model), digits, PREPROCESS, options)
 
 
 @pytest.fixture

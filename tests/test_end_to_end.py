@@ -22,7 +22,7 @@ TOPICS = Topics()
 @pytest.fixture
 def video(digits, tmp_path: Path) -> tuple[Path, list[int]]:  # type: ignore[no-untyped-def]
     path = tmp_path / "digits.avi"
-    return path, write_digits_video(path, digits[1], count=60, frames_per_digit=3, seed=1)
+    return path, write_digits_video(path, digits.test, count=60, frames_per_digit=3, seed=1)
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from compiler.video import FRAME_SIZE, write_digits_video
 def test_device_frame_matches_compiler_tensor(digits, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """A digit written to video and read back by the agent's source becomes (up to codec noise)
     the tensor the compiler evaluated the model on."""
-    test = digits[1]
+    test = digits.test
     video = tmp_path / "d.avi"
     labels = write_digits_video(video, test, count=5, frames_per_digit=1, seed=3)
     picks = np.random.default_rng(3).choice(len(test.images), size=5, replace=False)

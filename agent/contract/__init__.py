@@ -3,14 +3,14 @@
 Owned by the agent so a device needs nothing else; the compiler imports it.
 """
 
-from .blob import describe_model_file, iter_chunks, sha256_file
+from .blob import describe_blob, iter_chunks, sha256_file
 from .errors import ContractError, IntegrityError, ManifestError, SignatureError
 from .manifest import (
     DEFAULT_CHUNK_SIZE,
+    BlobSpec,
     ClassificationSpec,
     InputSpec,
     Manifest,
-    ModelFile,
     parse_semver,
 )
 from .preprocess import PreprocessSpec, preprocess, preprocess_batch
@@ -27,19 +27,19 @@ from .topics import Topics
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
+    "BlobSpec",
     "ClassificationSpec",
     "ContractError",
     "InputSpec",
     "IntegrityError",
     "Manifest",
     "ManifestError",
-    "ModelFile",
     "PreprocessSpec",
     "SignatureError",
     "Topics",
     "TrustStore",
     "canonical_json",
-    "describe_model_file",
+    "describe_blob",
     "generate_keypair",
     "iter_chunks",
     "key_id",

@@ -6,7 +6,7 @@ import hashlib
 from collections.abc import Iterator
 from pathlib import Path
 
-from .manifest import DEFAULT_CHUNK_SIZE, ModelFile
+from .manifest import DEFAULT_CHUNK_SIZE, BlobSpec
 
 
 def iter_chunks(path: Path, chunk_size: int) -> Iterator[bytes]:
@@ -15,7 +15,7 @@ def iter_chunks(path: Path, chunk_size: int) -> Iterator[bytes]:
             yield chunk
 
 
-def describe_model_file(path: Path, chunk_size: int = DEFAULT_CHUNK_SIZE) -> ModelFile:
+def describe_blob(path: Path, chunk_size: int = DEFAULT_CHUNK_SIZE) -> BlobSpec:
     """Size, sha256 and per-chunk sha256 of a model file, as the manifest records them."""
     whole = hashlib.sha256()
     chunks = []
@@ -24,7 +24,7 @@ def describe_model_file(path: Path, chunk_size: int = DEFAULT_CHUNK_SIZE) -> Mod
         whole.update(chunk)
         chunks.append(hashlib.sha256(chunk).hexdigest())
         size += len(chunk)
-    return ModelFile(
+    return BlobSpec(
         path=Path(path).name,
         sha256=whole.hexdigest(),
         size=size,

@@ -36,8 +36,8 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class ModelFile(_Strict):
-    """The model body, and the chunks it travels in."""
+class BlobSpec(_Strict):
+    """A file the package carries (the model, the golden inputs), and the chunks it travels in."""
 
     path: str = "model.onnx"
     sha256: Sha256
@@ -46,7 +46,7 @@ class ModelFile(_Strict):
     chunks: tuple[Sha256, ...]
 
     @model_validator(mode="after")
-    def _chunk_count(self) -> ModelFile:
+    def _chunk_count(self) -> BlobSpec:
         expected = math.ceil(self.size / self.chunk_size)
         if len(self.chunks) != expected:
             raise ValueError(f"{len(self.chunks)} chunk hashes for {expected} chunks")
@@ -71,11 +71,15 @@ class Manifest(_Strict):
     name: Name
     version: SemVer
     created_at: str
-    model: ModelFile
+    model: BlobSpec
     input: InputSpec
     preprocess: PreprocessSpec
     postprocess: ClassificationSpec
     metrics: dict[str, Any] = Field(default_factory=dict)
+    # npz with ``inputs`` (model-ready tensors) and ``outputs`` (what the int8 model returned for
+    # them at compile time): a device checks a freshly loaded model against them.
+    golden: BlobSpec | None = None
+    golden_atol: float = Field(default=1e-3, ge=0)
     min_agent_version: SemVer = "0.1.0"
 
     @classmethod
