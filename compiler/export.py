@@ -46,8 +46,11 @@ def export_onnx(model: nn.Module, example: np.ndarray, path: Path, opset: int = 
     the TorchScript exporter, the one path that reads them.
     """
     model = model.eval()
-    # The exporter warns about every torchvision op it cannot register when torchvision is absent.
+    # The exporter warns about every torchvision op it cannot register when torchvision is
+    # absent, and its graph passes log each step at INFO.
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
+    for chatty in ("onnxscript", "onnx_ir"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     args = (torch.from_numpy(example),)
     try:
         with warnings.catch_warnings(), torch.no_grad():
