@@ -34,6 +34,13 @@ def _fraction(value: str) -> float:
     return number
 
 
+def _labeled_fraction(value: str) -> float:
+    number = float(value) if value.replace(".", "", 1).isdigit() else -1.0
+    if not 0 < number <= 1:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a fraction in (0, 1]")
+    return number
+
+
 def _broker_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=1883)
@@ -47,9 +54,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    train = sub.add_parser("train", help="train the demo CNN on the bundled digits set")
+    train = sub.add_parser(
+        "train", help="the recipe on the bundled digits: contrastive pre-training, then fine-tuning"
+    )
     train.add_argument("--out", type=Path, required=True, help="pickled nn.Module to write")
-    train.add_argument("--epochs", type=int, default=6)
+    train.add_argument("--labeled-fraction", type=_labeled_fraction, default=1.0)
+    train.add_argument("--pretrain-epochs", type=int, default=10, help="0 trains from scratch")
+    train.add_argument("--epochs", type=int, default=6, help="fine-tuning epochs")
     train.add_argument("--seed", type=int, default=0)
 
     keygen = sub.add_parser("keygen", help="write an Ed25519 signing key pair")
@@ -166,13 +177,19 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "train":
         import torch
 
-        from .demo_model import torch_accuracy, train_demo_model
-        from .digits import PREPROCESS, train_test_split
+        from .datasets import load_dataset
+        from .demo_model import torch_accuracy
+        from .digits import PREPROCESS
+        from .recipe import train_recipe
 
-        train, test = train_test_split(seed=args.seed)
-        model = train_demo_model(train, PREPROCESS, epochs=args.epochs, seed=args.seed)
+        data = load_dataset("digits", seed=args.seed)
+        model = train_recipe(
+            data.train, PREPROCESS, labeled_fraction=args.labeled_fraction,
+            pretrain_epochs=args.pretrain_epochs, finetune_epochs=args.epochs, seed=args.seed,
+            progress=sys.stderr.isatty(),
+        )  # fmt: skip
         torch.save(model, args.out)
-        print(f"held-out accuracy {torch_accuracy(model, test, PREPROCESS):.4f} -> {args.out}")
+        print(f"held-out accuracy {torch_accuracy(model, data.test, PREPROCESS):.4f} -> {args.out}")
         return 0
     if args.command == "compile":
         return _compile(args)
