@@ -61,7 +61,14 @@ class RuntimeConfig(_Section):
 
 
 class DeployConfig(_Section):
-    fetch_timeout: float = Field(default=120.0, gt=0, description="seconds for all chunks")
+    fetch_timeout: float = Field(default=60.0, gt=0, description="seconds without a new chunk")
+    chunk_window: int = Field(default=16, ge=1, le=1024, description="chunks asked for at once")
+    max_model_bytes: int = Field(default=512 * 1024 * 1024, gt=0)
+    probe_timeout: float = Field(default=60.0, gt=0, description="child load + golden check")
+    probe_memory_mb: int = Field(default=1024, ge=128)
+    max_latency_ms: float | None = Field(default=None, gt=0, description="p99 budget to go live")
+    probation_s: float = Field(default=30.0, ge=0, description="watch after a switch")
+    max_error_rate: float = Field(default=0.1, ge=0, le=1)
 
 
 class AgentConfig(_Section):

@@ -15,7 +15,7 @@ from .contract import ContractError, Topics, TrustStore
 from .deployer import Deployer
 from .errors import ModelLoadError
 from .link import MqttLink
-from .pipeline import CaptureWorker, FrameSlot, InferenceWorker, ModelSlot
+from .pipeline import CaptureWorker, FrameSlot, HealthStats, InferenceWorker, ModelSlot
 from .runtime import Inference, ModelSession
 from .sources import Frame, FrameSource
 from .store import ModelStore
@@ -40,6 +40,8 @@ class Agent:
         self.trust = TrustStore.from_files(config.trust.public_keys)
         self.store = ModelStore(config.device.state_dir)
         self.models = ModelSlot()
+        self.health = HealthStats()
+        self._deployment: dict[str, Any] | None = None
         self.link = MqttLink(
             config.mqtt,
             client_id=f"edgewise-agent-{self._device}",
@@ -47,13 +49,13 @@ class Agent:
             birth=lambda: (self._topics.status(self._device), self._status("online")),
         )
         self.deployer = Deployer(
-            config, self.link, self.trust, self.store, self.models, self.report_event,
-            self.stop_event,
+            config, self.link, self.trust, self.store, self.models, self.health,
+            self.report_event, self.stop_event,
         )  # fmt: skip
         self.frames = FrameSlot(block=config.source.kind == "video" and not config.source.realtime)
         self._capture = CaptureWorker(FrameSource(config.source), self.frames, self.stop_event)
         self._inference = InferenceWorker(
-            self.frames, self.models, self._publish_result, self.stop_event
+            self.frames, self.models, self._publish_result, self.stop_event, self.health
         )
 
     def _status(self, state: str) -> bytes:
@@ -72,12 +74,17 @@ class Agent:
                 "model": model,
                 "source": self.config.source.uri,
                 "uptime_s": round(time.time() - self.started_at, 1),
+                "deployment": self._deployment,
             }
         )
 
     def report_event(self, event: dict[str, Any]) -> None:
+        """Publish an event; a deployment step also becomes part of the retained status."""
         event = {"device": self._device, "boot_id": self.boot_id, "at": time.time(), **event}
         self.link.publish(self._topics.events(self._device), _json(event), qos=1)
+        if event.get("type") == "deployment":
+            self._deployment = {k: v for k, v in event.items() if k not in ("device", "boot_id")}
+            self.link.announce()
 
     def _publish_result(self, frame: Frame, session: ModelSession, inference: Inference) -> None:
         self._seq += 1

@@ -61,20 +61,38 @@ class MqttLink:
         self._client.loop_stop()
 
     def subscribe(self, topic_filter: str, handler: MessageHandler, qos: int = 1) -> None:
+        """Route matching messages to ``handler`` and hold the subscription across reconnects."""
+        self.route(topic_filter, handler)
+        self.hold([topic_filter], qos)
+
+    def unsubscribe(self, topic_filter: str) -> None:
+        self.release([topic_filter])
+        self.unroute(topic_filter)
+
+    def route(self, topic_filter: str, handler: MessageHandler) -> None:
+        """Deliver messages matching ``topic_filter`` to ``handler`` (no broker subscription)."""
+
         def on_message(_client: mqtt.Client, _userdata: object, msg: mqtt.MQTTMessage) -> None:
             handler(msg.topic, bytes(msg.payload))
 
-        with self._lock:
-            self._filters[topic_filter] = qos
         self._client.message_callback_add(topic_filter, on_message)
-        if self.connected.is_set():
-            self._client.subscribe(topic_filter, qos)
 
-    def unsubscribe(self, topic_filter: str) -> None:
-        with self._lock:
-            self._filters.pop(topic_filter, None)
+    def unroute(self, topic_filter: str) -> None:
         self._client.message_callback_remove(topic_filter)
-        self._client.unsubscribe(topic_filter)
+
+    def hold(self, topics: list[str], qos: int = 1) -> None:
+        """Subscribe at the broker (in one packet) and again after every reconnect."""
+        with self._lock:
+            self._filters.update(dict.fromkeys(topics, qos))
+        if topics and self.connected.is_set():
+            self._client.subscribe([(t, qos) for t in topics])
+
+    def release(self, topics: list[str]) -> None:
+        with self._lock:
+            for topic in topics:
+                self._filters.pop(topic, None)
+        if topics and self.connected.is_set():
+            self._client.unsubscribe(topics)
 
     def publish(
         self, topic: str, payload: bytes, qos: int = 1, retain: bool = False

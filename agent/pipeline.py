@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import deque
 from collections.abc import Callable
+
+import numpy as np
 
 from .errors import SourceError
 from .runtime import Inference, ModelSession
@@ -74,6 +77,36 @@ class ModelSlot:
             return old
 
 
+class HealthStats:
+    """Inference outcomes since the last reset: what probation after a switch judges."""
+
+    def __init__(self, keep: int = 2000):
+        self._lock = threading.Lock()
+        self._latencies: deque[float] = deque(maxlen=keep)
+        self.ok = self.failed = 0
+
+    def record(self, latency_ms: float | None) -> None:
+        with self._lock:
+            if latency_ms is None:
+                self.failed += 1
+            else:
+                self.ok += 1
+                self._latencies.append(latency_ms)
+
+    def reset(self) -> None:
+        with self._lock:
+            self._latencies.clear()
+            self.ok = self.failed = 0
+
+    def snapshot(self) -> tuple[int, float, float | None]:
+        """(frames seen, error rate, p99 latency ms or None)."""
+        with self._lock:
+            seen = self.ok + self.failed
+            rate = self.failed / seen if seen else 0.0
+            p99 = float(np.percentile(self._latencies, 99)) if self._latencies else None
+            return seen, rate, p99
+
+
 class CaptureWorker(threading.Thread):
     """Reads the source into the slot; reopens it with capped backoff when it fails."""
 
@@ -110,10 +143,18 @@ ResultSink = Callable[[Frame, ModelSession, Inference], None]
 class InferenceWorker(threading.Thread):
     """Runs the serving model on each frame taken from the slot and hands results on."""
 
-    def __init__(self, slot: FrameSlot, models: ModelSlot, sink: ResultSink, stop: threading.Event):
+    def __init__(
+        self,
+        slot: FrameSlot,
+        models: ModelSlot,
+        sink: ResultSink,
+        stop: threading.Event,
+        health: HealthStats,
+    ):
         super().__init__(name="inference", daemon=True)
         self._slot, self._models, self._sink, self._halt = slot, models, sink, stop
         self.frames_without_model = 0
+        self._health = health
 
     def run(self) -> None:
         while not self._halt.is_set() and not self._slot.exhausted:
@@ -128,5 +169,7 @@ class InferenceWorker(threading.Thread):
                 inference = session.infer(frame.image)
             except Exception:  # one bad frame must not stop the camera
                 log.exception("inference failed on frame %d", frame.index)
+                self._health.record(None)
                 continue
+            self._health.record(inference.inference_ms)
             self._sink(frame, session, inference)

@@ -74,6 +74,22 @@ class ModelSession:
         self._dtype = np.dtype(manifest.input.dtype)
         self.infer(np.zeros((manifest.preprocess.height, manifest.preprocess.width, 3), np.uint8))
 
+    def check_golden(self, golden: Path | None) -> None:
+        """Run the package's golden inputs; raise ModelLoadError unless the outputs match."""
+        if golden is None:
+            return
+        with np.load(golden, allow_pickle=False) as data:
+            inputs, expected = data["inputs"], data["outputs"]
+        (got, *_) = self._session.run(None, {self._input: inputs.astype(self._dtype, copy=False)})
+        if got.shape != expected.shape or not np.allclose(
+            got, expected, atol=self.manifest.golden_atol, rtol=0
+        ):
+            diff = float(np.abs(got - expected).max()) if got.shape == expected.shape else None
+            raise ModelLoadError(
+                f"golden outputs differ from the package's: max |diff| {diff} > atol "
+                f"{self.manifest.golden_atol}"
+            )
+
     def infer(self, frame: np.ndarray) -> Inference:
         t0 = time.perf_counter()
         tensor = preprocess(frame, self.manifest.preprocess).astype(self._dtype, copy=False)

@@ -43,13 +43,21 @@ class MosquittoBroker:
 
     kind = "mosquitto"
 
-    def __init__(self, port: int | None = None, extra_config: str = ""):
+    def __init__(self, port: int | None = None, extra_config: str = "", persistent: bool = False):
+        """``persistent`` keeps retained messages across a restart, as a production broker does."""
         self.host, self.port = "127.0.0.1", port or free_port()
         self._dir = tempfile.TemporaryDirectory(prefix="edgewise-mosquitto-")
         self.config_path = Path(self._dir.name) / "mosquitto.conf"
+        persistence = "persistence false\n"
+        if persistent:
+            # Started as root, mosquitto drops to its own user, which must reach and write here.
+            Path(self._dir.name).chmod(0o755)
+            store = Path(self._dir.name) / "persist"
+            store.mkdir()
+            store.chmod(0o1777)
+            persistence = f"persistence true\npersistence_location {store}/\n"
         self.config_path.write_text(
-            f"listener {self.port} {self.host}\nallow_anonymous true\npersistence false\n"
-            f"{extra_config}"
+            f"listener {self.port} {self.host}\nallow_anonymous true\n{persistence}{extra_config}"
         )
         self.log_path = Path(self._dir.name) / "mosquitto.log"
         self._proc: subprocess.Popen[bytes] | None = None
@@ -58,7 +66,7 @@ class MosquittoBroker:
         binary = mosquitto_binary()
         if binary is None:
             raise BrokerError("mosquitto is not installed")
-        with open(self.log_path, "wb") as log:
+        with open(self.log_path, "ab") as log:
             self._proc = subprocess.Popen(
                 [binary, "-c", str(self.config_path)], stdout=log, stderr=subprocess.STDOUT
             )

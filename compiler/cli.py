@@ -18,10 +18,11 @@ EXIT_FAILED = 1
 
 
 def _target(value: str) -> str:
-    kind, sep, name = value.partition(":")
-    if not sep or kind not in ("device",) or not name:
-        raise argparse.ArgumentTypeError(f"{value!r}: expected device:ID")
-    return name
+    try:
+        Topics().deploy(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+    return value
 
 
 def _fraction(value: str) -> float:
@@ -93,9 +94,13 @@ def _parser() -> argparse.ArgumentParser:
     comp.add_argument("--chunk-size", type=int, default=128 * 1024)
     comp.add_argument("--no-html", action="store_true", help="skip the HTML report")
 
-    push = sub.add_parser("push", help="publish a package to a device")
+    push = sub.add_parser("push", help="publish a package to a device, a group or the fleet")
     push.add_argument("package", type=Path)
-    push.add_argument("--to", type=_target, required=True, metavar="device:ID")
+    push.add_argument("--to", type=_target, required=True, metavar="device:ID|group:NAME|all")
+    push.add_argument("--key", type=Path, help="re-sign the package bound to this target")
+    push.add_argument(
+        "--rollback", action="store_true", help="signed rollback: may replace a newer version"
+    )
     _broker_args(push)
 
     results = sub.add_parser("results", help="print results devices publish")
@@ -201,10 +206,13 @@ def _run(args: argparse.Namespace) -> int:
         package = read_package(args.package)
         client = connect(_address(args))
         try:
-            push_package(client, Topics(args.topic_root), package, args.to)
+            push_package(
+                client, Topics(args.topic_root), package, args.to, signing_key=args.key,
+                rollback=args.rollback,
+            )  # fmt: skip
         finally:
             disconnect(client)
-        print(f"pushed {package.manifest.name} {package.manifest.version} to device:{args.to}")
+        print(f"pushed {package.manifest.name} {package.manifest.version} to {args.to}")
         return 0
     if args.command == "results":
         from .mqtt import connect, disconnect

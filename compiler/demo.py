@@ -97,7 +97,7 @@ def run_demo(workdir: Path, digits: int = 100, prefer_embedded: bool = False) ->
     try:
         feed = DeviceFeed(client, topics, DEVICE)
         print(f"== 4. push {options.name} {options.version} to {DEVICE}")
-        push_package(client, topics, compiled.package, DEVICE)
+        push_package(client, topics, compiled.package, f"device:{DEVICE}")
         print("== 5. results from the device")
         correct = seen = 0
         deadline = time.monotonic() + 120

@@ -28,6 +28,7 @@ def connect(
         client_id=client_id or f"edgewise-{uuid.uuid4().hex[:8]}",
         protocol=mqtt.MQTTv311,
     )
+    client.max_inflight_messages_set(64)  # a push keeps a window of chunks in flight
     if address.username:
         client.username_pw_set(address.username, address.password)
     connected = threading.Event()

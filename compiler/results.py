@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import queue
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -43,15 +43,18 @@ class DeviceFeed:
             except queue.Empty:
                 return
 
-    def wait_for(self, kind: str, timeout: float) -> dict[str, Any] | None:
-        """The next message of one kind within ``timeout`` seconds, skipping the others."""
+    def wait_for(
+        self, kind: str, timeout: float, where: Callable[[dict[str, Any]], bool] | None = None
+    ) -> dict[str, Any] | None:
+        """The next message of one kind (and matching ``where``) within ``timeout`` seconds,
+        skipping the others."""
         deadline = time.monotonic() + timeout
         while (remaining := deadline - time.monotonic()) > 0:
             try:
                 got, message = self._inbox.get(timeout=remaining)
             except queue.Empty:
                 break
-            if got == kind:
+            if got == kind and (where is None or where(message)):
                 return message
         return None
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from device_harness import Device, install, start_device
 
 from agent.contract import generate_keypair
 from compiler.broker import MosquittoBroker
@@ -15,7 +16,9 @@ from compiler.demo_model import train_demo_model
 from compiler.digits import PREPROCESS
 from compiler.loading import SourceModel
 from compiler.mqtt import BrokerAddress, connect, disconnect
+from compiler.package import Package
 from compiler.pipeline import CompileOptions, CompileResult, compile_model
+from compiler.video import write_digits_video
 
 
 @pytest.fixture(scope="session")
@@ -64,3 +67,34 @@ def cloud(mosquitto):  # type: ignore[no-untyped-def]
     client = connect(BrokerAddress(mosquitto.host, mosquitto.port))
     yield client
     disconnect(client)
+
+
+@pytest.fixture
+def video(digits, tmp_path: Path) -> Path:  # type: ignore[no-untyped-def]
+    path = tmp_path / "digits.avi"
+    write_digits_video(path, digits.test, count=60, frames_per_digit=3, seed=1)
+    return path
+
+
+@pytest.fixture
+def device(mosquitto, cloud, compiled, signing_keys, video, tmp_path) -> Iterator[Device]:  # type: ignore[no-untyped-def]
+    """An agent serving digits-cnn 1.0.0 from disk."""
+    install(compiled.package, tmp_path / "state")
+    dev = start_device(mosquitto, cloud, signing_keys, video, tmp_path)
+    assert dev.serving() == {"1.0.0"}
+    yield dev
+    assert dev.agent.stop() == 0, dev.agent.output()[-3000:]
+
+
+@pytest.fixture(scope="session")
+def v2(compiled, trained_model, digits, signing_keys, tmp_path_factory) -> Package:  # type: ignore[no-untyped-def]
+    """digits-cnn 1.1.0: the unpruned int8 model (other bytes, ~1.2 MB, 10 chunks)."""
+    from compiler.digits import PREPROCESS
+    from compiler.loading import SourceModel
+    from compiler.pipeline import CompileOptions, compile_model
+
+    options = CompileOptions(
+        name="digits-cnn", version="1.1.0", signing_key=signing_keys[0],
+        out_dir=tmp_path_factory.mktemp("v2"), progress=False, html=False,
+    )  # fmt: skip
+    return compile_model(SourceModel("eager", trained_model), digits, PREPROCESS, options).package

@@ -12,9 +12,11 @@ BIN = Path(sys.executable).parent
 class AgentProcess:
     """The real ``edgewise-agent`` console script as a subprocess."""
 
-    def __init__(self, config: Path, *args: str, prelude: list[str] | None = None):
+    def __init__(
+        self, config: Path, *args: str, prelude: list[str] | None = None, log: Path | None = None
+    ):
         cmd = [*(prelude or [str(BIN / "edgewise-agent")]), "run", "--config", str(config), *args]
-        self.log = config.with_suffix(".log")
+        self.log = log or config.with_suffix(".log")
         self._log_file = open(self.log, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(cmd, stdout=self._log_file, stderr=subprocess.STDOUT)
 
@@ -28,3 +30,9 @@ class AgentProcess:
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
+
+    def kill(self) -> None:
+        """SIGKILL: no goodbye, no flush — a power cut as far as the agent can tell."""
+        self.proc.kill()
+        self.proc.wait(10)
+        self._log_file.close()

@@ -45,7 +45,7 @@ def collect_results(feed: DeviceFeed, count: int, timeout: float = 60) -> list[d
 
 
 def deploy_and_wait(cloud, feed: DeviceFeed, package) -> dict:  # type: ignore[no-untyped-def]
-    push_package(cloud, TOPICS, package, DEVICE)
+    push_package(cloud, TOPICS, package, f"device:{DEVICE}")
     event = feed.wait_for("events", timeout=60)
     assert event is not None, "no deploy event within 60 s"
     return event

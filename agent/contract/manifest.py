@@ -9,7 +9,7 @@ import math
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import ManifestError
 from .preprocess import PreprocessSpec
@@ -20,7 +20,21 @@ DEFAULT_CHUNK_SIZE = 128 * 1024
 _SEMVER = r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)$"
 SemVer = Annotated[str, Field(pattern=_SEMVER)]
 Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
-Name = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")]
+
+
+# Names become folder and file names on the device: no separators, no "..", no leading dot.
+def _no_parent(value: str) -> str:
+    if ".." in value:
+        raise ValueError(f"{value!r} contains '..'")
+    return value
+
+
+Name = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$"), AfterValidator(_no_parent)]
+FileName = Annotated[
+    str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"), AfterValidator(_no_parent)
+]
+# "device:ID", "group:NAME" or "all": where a deployment may be installed.
+Target = Annotated[str, Field(pattern=r"^(all|(device|group):[A-Za-z0-9][A-Za-z0-9._-]{0,63})$")]
 
 
 def parse_semver(version: str) -> tuple[int, int, int]:
@@ -39,7 +53,7 @@ class _Strict(BaseModel):
 class BlobSpec(_Strict):
     """A file the package carries (the model, the golden inputs), and the chunks it travels in."""
 
-    path: str = "model.onnx"
+    path: FileName = "model.onnx"
     sha256: Sha256
     size: int = Field(gt=0)
     chunk_size: int = Field(default=DEFAULT_CHUNK_SIZE, gt=0)
@@ -81,6 +95,13 @@ class Manifest(_Strict):
     golden: BlobSpec | None = None
     golden_atol: float = Field(default=1e-3, ge=0)
     min_agent_version: SemVer = "0.1.0"
+    # Set when pushing: the signature then binds the package to where it was sent, so a copy
+    # republished on another device's topic is refused. None: any target.
+    target: Target | None = None
+    # A signed rollback: the device accepts this older version instead of treating it as a replay.
+    rollback: bool = False
+    # Device-side budget for going live, measured on the board before the switch.
+    max_latency_ms: float | None = Field(default=None, gt=0)
 
     @classmethod
     def from_dict(cls, data: Any) -> Manifest:

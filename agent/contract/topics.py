@@ -41,6 +41,17 @@ class Topics:
     def deploy_all(self) -> str:
         return f"{self._base}/deploy/all"
 
+    def deploy(self, target: str) -> str:
+        """The deploy topic of ``device:ID``, ``group:NAME`` or ``all``."""
+        kind, _, name = target.partition(":")
+        if kind == "device" and name:
+            return self.deploy_device(name)
+        if kind == "group" and name:
+            return self.deploy_group(name)
+        if target == "all":
+            return self.deploy_all()
+        raise ValueError(f"not a deploy target: {target!r} (device:ID, group:NAME or all)")
+
     def blob_chunk(self, sha256: str, index: int) -> str:
         return f"{self._base}/blobs/{_segment(sha256, 'sha256')}/{index}"
 

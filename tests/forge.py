@@ -1,0 +1,77 @@
+"""Packages and envelopes as an attacker, a broken compiler or a bad link would make them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from agent.contract import Manifest, canonical_json, load_private_key, sign_manifest
+from compiler.package import Package, write_package
+
+
+def package_from(
+    base: Package,
+    out: Path,
+    key: Path,
+    *,
+    version: str,
+    model: Path | None = None,
+    golden: tuple[np.ndarray, np.ndarray] | bool | None = True,
+    chunk_size: int | None = None,
+) -> Package:
+    """A real signed package like ``base`` with another version, model file or golden set.
+    ``golden=True`` keeps base's golden file, ``None`` drops it, a pair replaces it."""
+    golden_path = None
+    if golden is True and base.manifest.golden is not None:
+        golden_path = base.root / base.manifest.golden.path
+    elif isinstance(golden, tuple):
+        golden_path = out / "golden-src.npz"
+        out.mkdir(parents=True, exist_ok=True)
+        np.savez(golden_path, inputs=golden[0], outputs=golden[1])
+    m = base.manifest
+    return write_package(
+        out, model or base.model_path, name=m.name, version=version, input_spec=m.input,
+        preprocess=m.preprocess, postprocess=m.postprocess, metrics={}, signing_key=key,
+        chunk_size=chunk_size or m.model.chunk_size, golden=golden_path,
+    )  # fmt: skip
+
+
+def resign(package: Package, key: Path, **changes: Any) -> Package:
+    """The same files under a manifest with ``changes``, signed again (so the signature is good)."""
+    manifest = package.manifest.model_copy(update=changes)
+    return Package(package.root, sign_manifest(manifest, load_private_key(key)), manifest)
+
+
+def sign_raw(body: dict[str, Any], key: Path) -> bytes:
+    """Sign a manifest body that the schema would reject (the signature itself is good)."""
+    import base64
+
+    from agent.contract import key_id
+
+    private = load_private_key(key)
+    signature = private.sign(canonical_json(body))
+    envelope = {
+        "manifest": body,
+        "signatures": [
+            {
+                "key_id": key_id(private.public_key()),
+                "alg": "ed25519",
+                "sig": base64.b64encode(signature).decode(),
+            }
+        ],
+    }
+    return canonical_json(envelope)
+
+
+def edited(envelope: bytes, **changes: Any) -> bytes:
+    """An envelope whose manifest was changed after signing."""
+    data = json.loads(envelope)
+    data["manifest"].update(changes)
+    return canonical_json(data)
+
+
+def manifest_body(manifest: Manifest) -> dict[str, Any]:
+    return manifest.to_dict()
