@@ -120,7 +120,7 @@ class ChunkFetcher:
         return stats
 
     def _refill(self, blob: BlobSpec, pending: list[int], in_flight: list[str]) -> None:
-        wanted = []
+        wanted: list[str] = []
         while pending and len(in_flight) + len(wanted) < self._window:
             wanted.append(self._topics.blob_chunk(blob.sha256, pending.pop(0)))
         in_flight.extend(wanted)

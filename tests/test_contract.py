@@ -21,7 +21,7 @@ from agent.contract import (
     load_public_key,
     sign_manifest,
 )
-from agent.store import verify_model_file
+from agent.store import verify_blob
 from compiler.digits import LABELS, PREPROCESS
 
 
@@ -101,18 +101,18 @@ def test_any_trusted_key_of_several_verifies(manifest, keys, tmp_path: Path) -> 
 
 
 def test_one_byte_change_in_model_fails(manifest: Manifest, model_file: Path) -> None:
-    verify_model_file(model_file, manifest)
+    verify_blob(model_file, manifest.model)
     data = bytearray(model_file.read_bytes())
     data[1234] ^= 0x01
     model_file.write_bytes(bytes(data))
     with pytest.raises(IntegrityError, match="sha256"):
-        verify_model_file(model_file, manifest)
+        verify_blob(model_file, manifest.model)
 
 
 def test_truncated_model_fails_size(manifest: Manifest, model_file: Path) -> None:
     model_file.write_bytes(model_file.read_bytes()[:-1])
     with pytest.raises(IntegrityError, match="bytes"):
-        verify_model_file(model_file, manifest)
+        verify_blob(model_file, manifest.model)
 
 
 def test_manifest_errors_name_the_field(manifest: Manifest) -> None:
