@@ -62,7 +62,7 @@ class RuntimeConfig(_Section):
 
 class DeployConfig(_Section):
     fetch_timeout: float = Field(default=60.0, gt=0, description="seconds without a new chunk")
-    chunk_window: int = Field(default=16, ge=1, le=1024, description="chunks asked for at once")
+    chunk_window: int = Field(default=32, ge=1, le=1024, description="chunks asked for at once")
     max_model_bytes: int = Field(default=512 * 1024 * 1024, gt=0)
     probe_timeout: float = Field(default=60.0, gt=0, description="child load + golden check")
     probe_memory_mb: int = Field(default=1024, ge=128)

@@ -162,7 +162,7 @@ def main() -> int:
     print(
         f"{'receiver RSS growth during transfer (MB)':<44}{rss_growth:>12.1f}{naive_growth:>12.1f}"
     )
-    print("(edgewise: chunked pull, 128 KiB chunks, 16 in flight, to disk; naive: one message)")
+    print("(edgewise: chunked pull, 128 KiB chunks, 32 in flight, to disk; naive: one message)")
     print(
         json.dumps(
             {
