@@ -67,6 +67,7 @@ class DeployConfig(_Section):
     probe_timeout: float = Field(default=60.0, gt=0, description="child load + golden check")
     probe_memory_mb: int = Field(default=1024, ge=128)
     max_latency_ms: float | None = Field(default=None, gt=0, description="p99 budget to go live")
+    max_memory_mb: float | None = Field(default=None, gt=0, description="probe's peak RSS budget")
     probation_s: float = Field(default=30.0, ge=0, description="watch after a switch")
     max_error_rate: float = Field(default=0.1, ge=0, le=1)
 

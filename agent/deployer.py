@@ -205,12 +205,19 @@ class Deployer(threading.Thread):
             for path in files.values():
                 path.unlink(missing_ok=True)
             raise Rejected(str(exc)) from exc
+        figures = (
+            f"p50 {report.latency_p50_ms:.2f} ms, p99 {report.latency_p99_ms:.2f} ms, "
+            f"peak RSS {report.peak_rss_mb:.0f} MB"
+        )
         budgets = [b for b in (manifest.max_latency_ms, deploy.max_latency_ms) if b is not None]
         if budgets and report.latency_p99_ms > min(budgets):
             raise Rejected(
-                f"too slow for this device: p99 {report.latency_p99_ms:.2f} ms > budget "
-                f"{min(budgets):.2f} ms (p50 {report.latency_p50_ms:.2f} ms, "
-                f"peak RSS {report.peak_rss_mb:.0f} MB)"
+                f"too slow for this device: p99 over the {min(budgets):.2f} ms budget ({figures})"
+            )
+        if deploy.max_memory_mb is not None and report.peak_rss_mb > deploy.max_memory_mb:
+            raise Rejected(
+                f"too big for this device: peak RSS over the {deploy.max_memory_mb:.0f} MB budget "
+                f"({figures})"
             )
         slot = self._store.stage(manifest, envelope, files)
         self._status(

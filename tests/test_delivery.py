@@ -280,6 +280,28 @@ def test_model_too_slow_for_the_device_never_goes_live(device, cloud, v2, signin
     assert device.serving() == {"1.0.0"}
 
 
+def test_model_too_big_for_the_device_memory_budget(
+    mosquitto, cloud, compiled, v2, signing_keys, video, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    install(compiled.package, tmp_path / "state")
+    extra = DEPLOY + "max_memory_mb = 10\n"  # no ONNX Runtime process fits in 10 MB
+    dev = start_device(mosquitto, cloud, signing_keys, video, tmp_path, extra=extra)
+    try:
+        assert dev.serving() == {"1.0.0"}
+        publish(cloud, v2)
+        reason = dev.rejected()
+        assert "too big for this device" in reason and "10 MB" in reason
+        assert dev.serving() == {"1.0.0"}
+    finally:
+        dev.agent.stop()
+
+
+def test_needs_a_newer_agent(device, cloud, v2, signing_keys) -> None:  # type: ignore[no-untyped-def]
+    publish(cloud, resign(v2, signing_keys[0], min_agent_version="99.0.0"))
+    assert "needs agent >= 99.0.0" in device.rejected()
+    assert device.serving() == {"1.0.0"}
+
+
 def test_probation_rolls_back_a_model_that_fails_on_live_frames(
     mosquitto, cloud, compiled, signing_keys, video, tmp_path
 ) -> None:  # type: ignore[no-untyped-def]

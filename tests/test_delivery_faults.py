@@ -69,6 +69,33 @@ def test_broker_restart_mid_transfer_resumes_without_refetching(
         broker.close()
 
 
+def test_agent_restart_mid_transfer_fetches_only_missing_chunks(
+    mosquitto, cloud, compiled, signing_keys, video, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    package = big_package(compiled, signing_keys, tmp_path, chunk_size=16 * 1024)
+    total = sum(len(b.chunks) for b, _ in package.blobs())
+    publish(cloud, package)
+    install(compiled.package, tmp_path / "state")
+    extra = DEPLOY.replace("fetch_timeout = 4", "fetch_timeout = 20").replace(
+        "max_model_bytes = 8000000", "max_model_bytes = 50000000\nchunk_window = 2"
+    )
+    dev = start_device(mosquitto, cloud, signing_keys, video, tmp_path, extra=extra)
+    event = dev.feed.wait_for(
+        "events", 60, lambda e: e.get("state") == "downloading" and e["percent"] >= 30
+    )
+    assert event is not None and event["percent"] < 100, dev.agent.output()[-2000:]
+    dev.agent.kill()
+    again = start_device(mosquitto, cloud, signing_keys, video, tmp_path, extra=extra)
+    try:
+        chunks = again.deployment("installed", timeout=120)["chunks"]
+        assert chunks["resumed"] >= 0.25 * total and chunks["duplicates"] == 0
+        assert chunks["fetched"] + chunks["resumed"] == total
+        again.deployment("active")
+        assert again.serving() == {"3.0.0"}
+    finally:
+        again.agent.stop()
+
+
 def test_kill_9_at_any_moment_boots_a_verified_model(
     mosquitto, cloud, compiled, signing_keys, video, tmp_path
 ) -> None:  # type: ignore[no-untyped-def]

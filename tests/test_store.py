@@ -32,7 +32,9 @@ def test_a_b_switch_keeps_one_previous_slot(compiled, signing_keys, tmp_path: Pa
     state = tmp_path / "state"
     versions = ["1.0.0", "1.1.0", "1.2.0"]
     for version in versions:
-        package = package_from(compiled.package, tmp_path / version, signing_keys[0], version=version)
+        package = package_from(
+            compiled.package, tmp_path / version, signing_keys[0], version=version
+        )
         install(package, state)
     assert os.readlink(state / "current").endswith("1.2.0")
     assert os.readlink(state / "previous").endswith("1.1.0")
@@ -56,7 +58,9 @@ def test_tampered_current_falls_back_to_previous(compiled, signing_keys, tmp_pat
     assert installed is not None and installed.manifest.version == "1.0.0"
 
 
-def test_nothing_verifiable_is_an_error_not_a_partial_model(compiled, signing_keys, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_nothing_verifiable_is_an_error_not_a_partial_model(
+    compiled, signing_keys, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
     state = tmp_path / "state"
     install(compiled.package, state)
     (state / "current" / "model.onnx").write_bytes(b"partial")
