@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import tomllib
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import ConfigError
 
@@ -42,22 +42,55 @@ class TrustConfig(_Section):
 
 
 class SourceConfig(_Section):
-    """``uri`` is a file path, a camera index (``"0"``), ``/dev/videoN`` or an RTSP/HTTP URL."""
+    """Where frames or samples come from.
 
-    kind: Literal["video", "camera", "stream"] = "video"
+    ``uri`` by kind: ``video`` a file; ``camera`` an index (``"0"``) or ``/dev/videoN``;
+    ``stream`` an RTSP/HTTP URL; ``images`` a folder; ``sensor`` a file or FIFO path, ``-`` for
+    standard input, ``serial:///dev/ttyUSB0`` (needs pyserial) or ``mqtt:some/topic``.
+    """
+
+    kind: Literal["video", "camera", "stream", "images", "sensor"] = "video"
     uri: str
-    loop: bool = False
-    # Files are paced at their own frame rate, like a camera; False reads as fast as inference.
+    loop: bool = False  # video, images: start again at the end
+    # video: paced at the file's frame rate like a camera; False reads as fast as inference.
     realtime: bool = True
-    width: int | None = Field(default=None, gt=0)
+    width: int | None = Field(default=None, gt=0)  # camera, stream: requested resolution
     height: int | None = Field(default=None, gt=0)
     fps: float | None = Field(default=None, gt=0)
+    watch: bool = False  # images: keep looking for new files
+    format: Literal["csv", "json"] = "csv"  # sensor: one sample per line or message
+    fields: tuple[str, ...] = ()  # sensor, json: keys to read, in order (default: all numbers)
+    window: int = Field(default=1, gt=0)  # sensor: samples per model input
+    hop: int = Field(default=1, gt=0)  # sensor: samples between two windows
+    baud: int = Field(default=115200, gt=0)  # sensor, serial
+
+    @model_validator(mode="after")
+    def _kind_options(self) -> SourceConfig:
+        if self.kind != "sensor" and (self.window != 1 or self.hop != 1 or self.fields):
+            raise ValueError("window, hop and fields apply to kind = 'sensor' only")
+        if self.hop > self.window:
+            raise ValueError(f"hop ({self.hop}) larger than window ({self.window}) skips samples")
+        return self
 
 
 class RuntimeConfig(_Section):
-    intra_op_threads: int = Field(default=1, ge=0)
+    intra_op_threads: int = Field(default=1, ge=0)  # 0: one per core
     inter_op_threads: int = Field(default=1, ge=0)
+    graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"
+    # In order of preference; those this onnxruntime build lacks are skipped, CPU is the last
+    # resort. Jetson: ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
+    warmup_runs: int = Field(default=3, ge=0)
+
+
+class ResultsConfig(_Section):
+    """Which results are published: ``every`` one, ``on_change`` of the top label, at most one
+    per ``interval_s`` (``interval``), or those whose top score passes ``min_score``
+    (``threshold``)."""
+
+    mode: Literal["every", "on_change", "interval", "threshold"] = "every"
+    interval_s: float = Field(default=1.0, gt=0)
+    min_score: float = Field(default=0.5, ge=0)
 
 
 class DeployConfig(_Section):
@@ -79,6 +112,7 @@ class AgentConfig(_Section):
     source: SourceConfig
     runtime: RuntimeConfig = RuntimeConfig()
     deploy: DeployConfig = DeployConfig()
+    results: ResultsConfig = ResultsConfig()
 
 
 def _describe(exc: ValidationError) -> str:
@@ -103,7 +137,9 @@ def load_config(path: Path) -> AgentConfig:
         raise ConfigError(f"{path}: {_describe(exc)}") from exc
     base = path.resolve().parent
     source = config.source
-    if source.kind == "video":
+    if source.kind in ("video", "images") or (
+        source.kind == "sensor" and source.uri != "-" and ":" not in source.uri
+    ):
         source = source.model_copy(update={"uri": str(base / source.uri)})
     return config.model_copy(
         update={

@@ -9,11 +9,20 @@ from .manifest import (
     DEFAULT_CHUNK_SIZE,
     BlobSpec,
     ClassificationSpec,
+    DetectionSpec,
     InputSpec,
     Manifest,
+    ScoreSpec,
     parse_semver,
 )
-from .preprocess import PreprocessSpec, preprocess, preprocess_batch
+from .preprocess import (
+    PreprocessSpec,
+    SensorSpec,
+    letterbox_transform,
+    preprocess,
+    preprocess_batch,
+    to_tensor,
+)
 from .signing import (
     TrustStore,
     canonical_json,
@@ -30,11 +39,14 @@ __all__ = [
     "BlobSpec",
     "ClassificationSpec",
     "ContractError",
+    "DetectionSpec",
     "InputSpec",
     "IntegrityError",
     "Manifest",
     "ManifestError",
     "PreprocessSpec",
+    "ScoreSpec",
+    "SensorSpec",
     "SignatureError",
     "Topics",
     "TrustStore",
@@ -43,6 +55,7 @@ __all__ = [
     "generate_keypair",
     "iter_chunks",
     "key_id",
+    "letterbox_transform",
     "load_private_key",
     "load_public_key",
     "parse_semver",
@@ -50,4 +63,5 @@ __all__ = [
     "preprocess_batch",
     "sha256_file",
     "sign_manifest",
+    "to_tensor",
 ]

@@ -9,10 +9,18 @@ import math
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    Tag,
+    ValidationError,
+    model_validator,
+)
 
 from .errors import ManifestError
-from .preprocess import PreprocessSpec
+from .preprocess import InputTransform, kind_or
 
 SCHEMA_VERSION: Literal[1] = 1
 DEFAULT_CHUNK_SIZE = 128 * 1024
@@ -78,6 +86,38 @@ class ClassificationSpec(_Strict):
     labels: tuple[str, ...] = Field(min_length=1)
     top_k: int = Field(default=1, gt=0)
     softmax: bool = True  # True when the model outputs logits
+    min_score: float = Field(default=0.0, ge=0, le=1)
+
+
+class DetectionSpec(_Strict):
+    """YOLO-style boxes: ``yolov8`` outputs [1, 4+classes, N] (cx, cy, w, h, class scores);
+    ``yolov5`` outputs [1, N, 5+classes] (cx, cy, w, h, objectness, class scores). Coordinates
+    are in model-input pixels; they are mapped back through the letterbox to the frame."""
+
+    kind: Literal["detection"]
+    labels: tuple[str, ...] = Field(min_length=1)
+    format: Literal["yolov8", "yolov5"] = "yolov8"
+    score_threshold: float = Field(default=0.25, ge=0, le=1)
+    iou_threshold: float = Field(default=0.45, ge=0, le=1)
+    max_detections: int = Field(default=100, gt=0)
+
+
+class ScoreSpec(_Strict):
+    """One number out (anomaly score, regression): ``label_above`` when it passes
+    ``threshold``, else ``label_below``."""
+
+    kind: Literal["score"]
+    threshold: float
+    label_above: str = "anomaly"
+    label_below: str = "normal"
+
+
+PostprocessSpec = Annotated[
+    Annotated[ClassificationSpec, Tag("classification")]
+    | Annotated[DetectionSpec, Tag("detection")]
+    | Annotated[ScoreSpec, Tag("score")],
+    kind_or("classification"),
+]
 
 
 class Manifest(_Strict):
@@ -87,8 +127,8 @@ class Manifest(_Strict):
     created_at: str
     model: BlobSpec
     input: InputSpec
-    preprocess: PreprocessSpec
-    postprocess: ClassificationSpec
+    preprocess: InputTransform
+    postprocess: PostprocessSpec
     metrics: dict[str, Any] = Field(default_factory=dict)
     # npz with ``inputs`` (model-ready tensors) and ``outputs`` (what the int8 model returned for
     # them at compile time): a device checks a freshly loaded model against them.

@@ -7,11 +7,11 @@ measured accuracy on.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 import cv2
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
 
 class PreprocessSpec(BaseModel):
@@ -19,9 +19,12 @@ class PreprocessSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    kind: Literal["image"] = "image"
     width: int = Field(gt=0)
     height: int = Field(gt=0)
-    resize: Literal["stretch", "letterbox"] = "stretch"
+    # stretch: to width×height, aspect lost; letterbox: fit inside, pad (boxes map back through
+    # it); center_crop: scale the short side to fit, cut the middle out.
+    resize: Literal["stretch", "letterbox", "center_crop"] = "stretch"
     color: Literal["GRAY", "RGB", "BGR"] = "RGB"
     scale: float = 1 / 255
     mean: tuple[float, ...] = (0.0,)
@@ -71,6 +74,13 @@ def _resize(image: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
         shrink = w * h > spec.width * spec.height
         interp = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
         return cv2.resize(image, (spec.width, spec.height), interpolation=interp)
+    if spec.resize == "center_crop":
+        ratio = max(spec.width / w, spec.height / h)
+        new_w, new_h = max(spec.width, round(w * ratio)), max(spec.height, round(h * ratio))
+        interp = cv2.INTER_AREA if ratio < 1 else cv2.INTER_LINEAR
+        resized = cv2.resize(image, (new_w, new_h), interpolation=interp)
+        top, left = (new_h - spec.height) // 2, (new_w - spec.width) // 2
+        return resized[top : top + spec.height, left : left + spec.width]
     ratio = min(spec.width / w, spec.height / h)
     new_w, new_h = max(1, round(w * ratio)), max(1, round(h * ratio))
     interp = cv2.INTER_AREA if ratio < 1 else cv2.INTER_LINEAR
@@ -95,6 +105,86 @@ def preprocess(frame: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     if spec.layout == "NCHW":
         tensor = tensor.transpose(2, 0, 1)
     return np.ascontiguousarray(tensor[None])
+
+
+def letterbox_transform(
+    frame_shape: tuple[int, ...], spec: PreprocessSpec
+) -> tuple[float, int, int]:
+    """(scale, pad_left, pad_top) that :func:`preprocess` applied to a frame of this shape, so
+    boxes found on the model input map back to the frame: x_frame = (x_model - pad_left) / scale."""
+    h, w = frame_shape[:2]
+    if spec.resize != "letterbox":
+        return 1.0, 0, 0
+    ratio = min(spec.width / w, spec.height / h)
+    new_w, new_h = max(1, round(w * ratio)), max(1, round(h * ratio))
+    return ratio, (spec.width - new_w) // 2, (spec.height - new_h) // 2
+
+
+class SensorSpec(BaseModel):
+    """How a window of numeric samples (``window`` rows × ``channels`` columns) becomes the
+    model's input tensor."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["sensor"]
+    window: int = Field(gt=0)
+    channels: int = Field(gt=0)
+    mean: tuple[float, ...] = (0.0,)
+    std: tuple[float, ...] = (1.0,)
+    layout: Literal["NWC", "NCW"] = "NWC"
+    dtype: Literal["float32"] = "float32"
+
+    @model_validator(mode="after")
+    def _check_stats(self) -> SensorSpec:
+        for key in ("mean", "std"):
+            if len(getattr(self, key)) not in (1, self.channels):
+                raise ValueError(f"{key} needs 1 or {self.channels} values")
+        if any(s == 0 for s in self.std):
+            raise ValueError("std values must be non-zero")
+        return self
+
+    def input_shape(self, batch: int | None = 1) -> list[int | None]:
+        if self.layout == "NWC":
+            return [batch, self.window, self.channels]
+        return [batch, self.channels, self.window]
+
+
+def sensor_tensor(window: np.ndarray, spec: SensorSpec) -> np.ndarray:
+    """A window×channels array of samples to a batch-of-one tensor."""
+    if window.shape != (spec.window, spec.channels):
+        raise ValueError(
+            f"window of shape {window.shape}, spec wants {(spec.window, spec.channels)}"
+        )
+    mean, std = np.asarray(spec.mean, np.float32), np.asarray(spec.std, np.float32)
+    tensor = (window.astype(np.float32) - mean) / std
+    if spec.layout == "NCW":
+        tensor = tensor.T
+    return np.ascontiguousarray(tensor[None])
+
+
+def kind_or(default: str) -> Discriminator:
+    """Pick a union member by its ``kind`` field, taking ``default`` when it is absent."""
+
+    def kind(value: object) -> str:
+        if isinstance(value, dict):
+            return str(value.get("kind", default))
+        return str(getattr(value, "kind", default))
+
+    return Discriminator(kind)
+
+
+# What the manifest's ``preprocess`` holds: an image spec (the default) or a sensor spec.
+InputTransform = Annotated[
+    Annotated[PreprocessSpec, Tag("image")] | Annotated[SensorSpec, Tag("sensor")],
+    kind_or("image"),
+]
+
+
+def to_tensor(sample: np.ndarray, spec: PreprocessSpec | SensorSpec) -> np.ndarray:
+    """A frame or a sensor window to the model's input, by the manifest's spec."""
+    if isinstance(spec, SensorSpec):
+        return sensor_tensor(sample, spec)
+    return preprocess(sample, spec)
 
 
 def preprocess_batch(frames: np.ndarray | list[np.ndarray], spec: PreprocessSpec) -> np.ndarray:
