@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import signal
 import sys
@@ -25,6 +26,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--max-results", type=int, help="exit after this many results (tests, benchmarks)"
     )
+    bench = sub.add_parser("bench", help="the agent's frame path against a bare loop")
+    bench.add_argument("--package", type=Path, required=True, help="a package folder")
+    bench.add_argument("--source", required=True, help="a video file")
+    bench.add_argument("--frames", type=int, default=500)
+    bench.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads")
+    bench.add_argument("--json", action="store_true", help="also print the figures as JSON")
     check = sub.add_parser("check-config", help="validate the config file and exit")
     check.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
     return parser
@@ -36,6 +43,14 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(threadName)s %(name)s: %(message)s",
     )
+    if args.command == "bench":
+        from .bench import print_table, run_bench
+
+        report = run_bench(args.package, args.source, args.frames, args.threads)
+        print_table(report)
+        if args.json:
+            print(json.dumps(report))
+        return 0
     try:
         config = load_config(args.config)
     except ConfigError as exc:

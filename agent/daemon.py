@@ -16,8 +16,10 @@ from .deployer import Deployer
 from .errors import ModelLoadError
 from .link import MqttLink
 from .pipeline import CaptureWorker, FrameSlot, HealthStats, InferenceWorker, ModelSlot
+from .results import RateFilter, ResultBuilder
 from .runtime import Inference, ModelSession
-from .sources import Frame, FrameSource
+from .sources import Frame, make_source
+from .stats import StageStats
 from .store import ModelStore
 
 log = logging.getLogger(__name__)
@@ -36,7 +38,11 @@ class Agent:
         self._device = config.device.id
         self._topics = Topics(config.mqtt.topic_root)
         self._max_results = max_results
-        self._seq = 0
+        self.results = ResultBuilder(self._device, self.boot_id, config.source.uri)
+        self.rate = RateFilter(config.results)
+        self.stages = StageStats()
+        self._source: dict[str, Any] | None = None
+        self._source_failed = False
         self.trust = TrustStore.from_files(config.trust.public_keys)
         self.store = ModelStore(config.device.state_dir)
         self.models = ModelSlot()
@@ -52,11 +58,20 @@ class Agent:
             config, self.link, self.trust, self.store, self.models, self.health,
             self.report_event, self.stop_event,
         )  # fmt: skip
-        self.frames = FrameSlot(block=config.source.kind == "video" and not config.source.realtime)
-        self._capture = CaptureWorker(FrameSource(config.source), self.frames, self.stop_event)
-        self._inference = InferenceWorker(
-            self.frames, self.models, self._publish_result, self.stop_event, self.health
+        source = config.source
+        # Files wait for inference; live sources never do (a stale frame is dropped instead).
+        files = source.kind in ("images", "sensor") or (
+            source.kind == "video" and not source.realtime
         )
+        self.frames = FrameSlot(block=files)
+        self._capture = CaptureWorker(
+            make_source(config.source, config.mqtt), self.frames, self.stop_event,
+            self._source_state,
+        )  # fmt: skip
+        self._inference = InferenceWorker(
+            self.frames, self.models, self._publish_result, self.stop_event, self.health,
+            self.stages,
+        )  # fmt: skip
 
     def _status(self, state: str) -> bytes:
         session = self.models.current
@@ -72,7 +87,7 @@ class Agent:
                 "agent_version": __version__,
                 "boot_id": self.boot_id,
                 "model": model,
-                "source": self.config.source.uri,
+                "source": {"uri": self.config.source.uri, **(self._source or {})},
                 "uptime_s": round(time.time() - self.started_at, 1),
                 "deployment": self._deployment,
             }
@@ -87,31 +102,19 @@ class Agent:
             self.link.announce()
 
     def _publish_result(self, frame: Frame, session: ModelSession, inference: Inference) -> None:
-        self._seq += 1
-        now = time.time()
-        result = {
-            "id": f"{self._device}:{self.boot_id}:{self._seq}",
-            "device": self._device,
-            "seq": self._seq,
-            "source": self.config.source.uri,
-            "frame": frame.index,
-            "captured_at": frame.captured_at,
-            "published_at": now,
-            "model": {"name": session.manifest.name, "version": session.manifest.version},
-            "label": inference.top.label,
-            "score": round(inference.top.score, 5),
-            "predictions": [
-                {"label": p.label, "score": round(p.score, 5)} for p in inference.predictions
-            ],
-            "latency_ms": {
-                "preprocess": round(inference.preprocess_ms, 3),
-                "inference": round(inference.inference_ms, 3),
-                "total": round((now - frame.captured_at) * 1e3, 3),
-            },
-        }
-        self.link.publish(self._topics.results(self._device), _json(result), qos=1)
-        if self._max_results is not None and self._seq >= self._max_results:
+        if not self.rate.admit(inference, time.monotonic()):
+            return
+        payload = self.results.build(frame, session, inference)
+        self.link.publish(self._topics.results(self._device), payload, qos=1)
+        if self._max_results is not None and self.results.seq >= self._max_results:
             self.stop_event.set()
+
+    def _source_state(self, state: str, detail: str) -> None:
+        self._source = {"state": state, "detail": detail, "at": round(time.time(), 3)}
+        if state != "open" or self._source_failed:
+            self.report_event({"type": "source", **self._source})
+        self._source_failed = state == "failed"
+        self.link.announce()
 
     def _load_installed(self) -> None:
         try:
@@ -149,6 +152,6 @@ class Agent:
             self.link.stop(goodbye=(self._topics.status(self._device), self._status("offline")))
             log.info(
                 "stopped: %d results, %d frames dropped, %d frames before a model was serving",
-                self._seq, self.frames.dropped, self._inference.frames_without_model,
+                self.results.seq, self.frames.dropped, self._inference.frames_without_model,
             )  # fmt: skip
         return 0

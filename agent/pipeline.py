@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 
@@ -17,6 +18,7 @@ import numpy as np
 from .errors import SourceError
 from .runtime import Inference, ModelSession
 from .sources import Frame, FrameSource
+from .stats import StageStats
 
 log = logging.getLogger(__name__)
 
@@ -24,39 +26,53 @@ MAX_REOPEN_DELAY = 30.0
 
 
 class FrameSlot:
-    def __init__(self, block: bool):
+    """Frames between the capture and inference threads.
+
+    Live sources (``block=False``) hold one frame: a newer frame replaces one not yet taken,
+    which is counted as dropped, so inference always sees the latest and nothing queues. Files
+    (``block=True``) hold a few frames and make capture wait when full, so none is lost and the
+    two threads rarely wait on each other.
+    """
+
+    def __init__(self, block: bool, depth: int = 8):
         self._block = block
-        self._frame: Frame | None = None
+        self._frames: deque[Frame] = deque()
+        self._capacity = depth if block else 1
         self._closed = False
-        self._cond = threading.Condition()
+        lock = threading.Lock()
+        self._not_empty = threading.Condition(lock)
+        self._not_full = threading.Condition(lock)
         self.dropped = 0
 
     def put(self, frame: Frame, stop: threading.Event) -> None:
-        with self._cond:
-            while self._block and self._frame is not None and not stop.is_set():
-                self._cond.wait(0.2)
-            if self._frame is not None:
+        with self._not_full:
+            while self._block and len(self._frames) >= self._capacity and not stop.is_set():
+                self._not_full.wait(0.2)
+            if len(self._frames) >= self._capacity:
+                self._frames.popleft()
                 self.dropped += 1
-            self._frame = frame
-            self._cond.notify_all()
+            self._frames.append(frame)
+            self._not_empty.notify()
 
     def take(self, timeout: float) -> Frame | None:
-        with self._cond:
-            if self._frame is None and not self._closed:
-                self._cond.wait(timeout)
-            frame, self._frame = self._frame, None
-            self._cond.notify_all()
+        with self._not_empty:
+            if not self._frames and not self._closed:
+                self._not_empty.wait(timeout)
+            if not self._frames:
+                return None
+            frame = self._frames.popleft()
+            self._not_full.notify()
             return frame
 
     def close(self) -> None:
-        with self._cond:
+        with self._not_empty:
             self._closed = True
-            self._cond.notify_all()
+            self._not_empty.notify_all()
 
     @property
     def exhausted(self) -> bool:
-        with self._cond:
-            return self._closed and self._frame is None
+        with self._not_empty:
+            return self._closed and not self._frames
 
 
 class ModelSlot:
@@ -110,9 +126,17 @@ class HealthStats:
 class CaptureWorker(threading.Thread):
     """Reads the source into the slot; reopens it with capped backoff when it fails."""
 
-    def __init__(self, source: FrameSource, slot: FrameSlot, stop: threading.Event):
+    def __init__(
+        self,
+        source: FrameSource,
+        slot: FrameSlot,
+        stop: threading.Event,
+        on_state: SourceState | None = None,
+    ):
         super().__init__(name="capture", daemon=True)
         self._source, self._slot, self._halt = source, slot, stop
+        self._on_state = on_state or (lambda _state, _detail: None)
+        self.frames = 0
 
     def run(self) -> None:
         delay = 1.0
@@ -120,15 +144,19 @@ class CaptureWorker(threading.Thread):
             while not self._halt.is_set():
                 try:
                     self._source.open()
+                    self._on_state("open", self._source.config.uri)
                     delay = 1.0
                     while not self._halt.is_set():
                         frame = self._source.read(self._halt)
                         if frame is None:
                             log.info("end of %s", self._source.config.uri)
+                            self._on_state("ended", self._source.config.uri)
                             return
+                        self.frames += 1
                         self._slot.put(frame, self._halt)
                 except SourceError as exc:
                     log.warning("%s; reopening in %.0f s", exc, delay)
+                    self._on_state("failed", f"{exc}; reopening in {delay:.0f} s")
                     self._source.close()
                     self._halt.wait(delay)
                     delay = min(delay * 2, MAX_REOPEN_DELAY)
@@ -138,6 +166,7 @@ class CaptureWorker(threading.Thread):
 
 
 ResultSink = Callable[[Frame, ModelSession, Inference], None]
+SourceState = Callable[[str, str], None]  # (state, detail): "open", "failed", "ended"
 
 
 class InferenceWorker(threading.Thread):
@@ -150,17 +179,20 @@ class InferenceWorker(threading.Thread):
         sink: ResultSink,
         stop: threading.Event,
         health: HealthStats,
+        stages: StageStats,
     ):
         super().__init__(name="inference", daemon=True)
         self._slot, self._models, self._sink, self._halt = slot, models, sink, stop
         self.frames_without_model = 0
-        self._health = health
+        self._health, self._stages = health, stages
 
     def run(self) -> None:
         while not self._halt.is_set() and not self._slot.exhausted:
             frame = self._slot.take(timeout=0.2)
             if frame is None:
                 continue
+            taken = time.perf_counter()
+            waited_ms = max(0.0, (time.time() - frame.captured_at) * 1e3)
             session = self._models.current
             if session is None:
                 self.frames_without_model += 1
@@ -172,4 +204,14 @@ class InferenceWorker(threading.Thread):
                 self._health.record(None)
                 continue
             self._health.record(inference.inference_ms)
+            reported = time.perf_counter()
             self._sink(frame, session, inference)
+            done = time.perf_counter()
+            self._stages.record(
+                queue=waited_ms,
+                preprocess=inference.preprocess_ms,
+                inference=inference.inference_ms,
+                postprocess=inference.postprocess_ms,
+                report=(done - reported) * 1e3,
+                total=(done - taken) * 1e3,
+            )

@@ -1,4 +1,4 @@
-"""An ONNX Runtime session bound to its manifest: frame in, labelled predictions out."""
+"""An ONNX Runtime session bound to its manifest: frame or sensor window in, predictions out."""
 
 from __future__ import annotations
 
@@ -10,14 +10,9 @@ import numpy as np
 import onnxruntime as ort
 
 from .config import RuntimeConfig
-from .contract import ClassificationSpec, Manifest, preprocess
+from .contract import Manifest, PreprocessSpec, SensorSpec, to_tensor
 from .errors import ModelLoadError
-
-
-@dataclass(frozen=True)
-class Prediction:
-    label: str
-    score: float
+from .postprocess import Prediction, postprocess
 
 
 @dataclass(frozen=True)
@@ -25,30 +20,34 @@ class Inference:
     predictions: list[Prediction]
     preprocess_ms: float
     inference_ms: float
+    postprocess_ms: float
 
     @property
-    def top(self) -> Prediction:
-        return self.predictions[0]
+    def top(self) -> Prediction | None:
+        return self.predictions[0] if self.predictions else None
 
 
-def classify(logits: np.ndarray, spec: ClassificationSpec) -> list[Prediction]:
-    """Top-k labels of one output row, scores as probabilities."""
-    row = logits.reshape(-1).astype(np.float64)
-    if len(row) != len(spec.labels):
-        raise ModelLoadError(f"model outputs {len(row)} scores for {len(spec.labels)} labels")
-    if spec.softmax:
-        row = np.exp(row - row.max())
-        row /= row.sum()
-    order = np.argsort(-row)[: spec.top_k]
-    return [Prediction(spec.labels[i], float(row[i])) for i in order]
+_OPTIMIZATION = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
 
 
 def session_options(config: RuntimeConfig) -> ort.SessionOptions:
     options = ort.SessionOptions()
     options.intra_op_num_threads = config.intra_op_threads
     options.inter_op_num_threads = config.inter_op_threads
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.graph_optimization_level = _OPTIMIZATION[config.graph_optimization]
     return options
+
+
+def blank_sample(spec: PreprocessSpec | SensorSpec) -> np.ndarray:
+    """An all-zero frame or window of the kind the spec takes (for warm-up)."""
+    if isinstance(spec, SensorSpec):
+        return np.zeros((spec.window, spec.channels), np.float32)
+    return np.zeros((spec.height, spec.width, 3), np.uint8)
 
 
 class ModelSession:
@@ -72,7 +71,9 @@ class ModelSession:
             )
         self._input = manifest.input.name
         self._dtype = np.dtype(manifest.input.dtype)
-        self.infer(np.zeros((manifest.preprocess.height, manifest.preprocess.width, 3), np.uint8))
+        self.providers = self._session.get_providers()
+        for _ in range(max(1, config.warmup_runs)):
+            self.infer(blank_sample(manifest.preprocess))
 
     def check_golden(self, golden: Path | None) -> None:
         """Run the package's golden inputs; raise ModelLoadError unless the outputs match."""
@@ -90,12 +91,15 @@ class ModelSession:
                 f"{self.manifest.golden_atol}"
             )
 
-    def infer(self, frame: np.ndarray) -> Inference:
+    def infer(self, sample: np.ndarray) -> Inference:
+        """A frame (H×W[×3] uint8) or a sensor window (window×channels) to predictions."""
         t0 = time.perf_counter()
-        tensor = preprocess(frame, self.manifest.preprocess).astype(self._dtype, copy=False)
+        tensor = to_tensor(sample, self.manifest.preprocess).astype(self._dtype, copy=False)
         t1 = time.perf_counter()
-        (logits, *_) = self._session.run(None, {self._input: tensor})
+        outputs = self._session.run(None, {self._input: tensor})
         t2 = time.perf_counter()
-        return Inference(
-            classify(logits[0], self.manifest.postprocess), (t1 - t0) * 1e3, (t2 - t1) * 1e3
+        predictions = postprocess(
+            outputs, self.manifest.postprocess, sample.shape, self.manifest.preprocess
         )
+        t3 = time.perf_counter()
+        return Inference(predictions, (t1 - t0) * 1e3, (t2 - t1) * 1e3, (t3 - t2) * 1e3)

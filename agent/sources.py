@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from .config import SourceConfig
+from .config import MqttConfig, SourceConfig
 from .errors import SourceError
 
 
@@ -76,3 +76,16 @@ class FrameSource:
         if self._capture is not None:
             self._capture.release()
             self._capture = None
+
+
+def make_source(config: SourceConfig, mqtt: MqttConfig | None = None) -> FrameSource:
+    """The source for ``config.kind``; all share ``open`` / ``read(stop)`` / ``close``."""
+    if config.kind == "images":
+        from .images import ImageFolderSource
+
+        return ImageFolderSource(config)  # type: ignore[return-value]
+    if config.kind == "sensor":
+        from .sensors import SensorSource
+
+        return SensorSource(config, mqtt)  # type: ignore[return-value]
+    return FrameSource(config)

@@ -1,0 +1,157 @@
+"""``edgewise-agent bench``: the agent's frame path against a bare loop, on this board.
+
+The bare loop does decode → preprocess → ``session.run`` in turn, nothing else. The agent path
+is the daemon's: a capture thread, the frame slot, the inference thread with postprocessing,
+result building and rate control — all but the network.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .config import ResultsConfig, RuntimeConfig, SourceConfig
+from .contract import Manifest, to_tensor
+from .pipeline import CaptureWorker, FrameSlot, HealthStats, InferenceWorker, ModelSlot
+from .results import RateFilter, ResultBuilder
+from .runtime import Inference, ModelSession
+from .sources import Frame, make_source
+from .stats import StageStats
+
+
+def read_package(root: Path) -> tuple[Manifest, Path]:
+    """A package folder's manifest (signature not checked: this is a local measurement)."""
+    data = json.loads((root / "manifest.json").read_bytes())
+    manifest = Manifest.from_dict(data["manifest"])
+    return manifest, root / manifest.model.path
+
+
+def rss_mb() -> float:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+def bare_loop(session: ModelSession, source: SourceConfig, frames: int) -> dict[str, Any]:
+    """Decode, preprocess and run, one after the other, with nothing around them."""
+    capture = make_source(source)
+    capture.open()
+    stop = threading.Event()
+    run = session._session.run  # the bare loop calls ORT directly: that is its point
+    name, spec = session.manifest.input.name, session.manifest.preprocess
+    decode, prep, infer = [], [], []
+    start = time.perf_counter()
+    for _ in range(frames):
+        t0 = time.perf_counter()
+        frame = capture.read(stop)
+        if frame is None:
+            break
+        t1 = time.perf_counter()
+        tensor = to_tensor(frame.image, spec)
+        t2 = time.perf_counter()
+        run(None, {name: tensor})
+        t3 = time.perf_counter()
+        decode.append(t1 - t0)
+        prep.append(t2 - t1)
+        infer.append(t3 - t2)
+    elapsed = time.perf_counter() - start
+    capture.close()
+    return {
+        "frames": len(infer),
+        "fps": len(infer) / elapsed,
+        "stages": {
+            k: _ms(v) for k, v in (("decode", decode), ("preprocess", prep), ("inference", infer))
+        },
+    }
+
+
+def agent_path(session: ModelSession, source: SourceConfig, frames: int) -> dict[str, Any]:
+    """The daemon's threads, with results built and encoded but not sent."""
+    stop = threading.Event()
+    slot, models = FrameSlot(block=True), ModelSlot()
+    models.swap(session)
+    stages, builder, rate = (
+        StageStats(keep=frames),
+        ResultBuilder("bench", "0", source.uri),
+        RateFilter(ResultsConfig()),
+    )
+    done = threading.Event()
+    count = [0]
+
+    def sink(frame: Frame, s: ModelSession, inference: Inference) -> None:
+        if rate.admit(inference, time.monotonic()):
+            builder.build(frame, s, inference)
+        count[0] += 1
+        if count[0] >= frames:
+            stop.set()
+            done.set()
+
+    capture = CaptureWorker(make_source(source), slot, stop)
+    worker = InferenceWorker(slot, models, sink, stop, HealthStats(), stages)
+    start = time.perf_counter()
+    capture.start()
+    worker.start()
+    done.wait(600)
+    elapsed = time.perf_counter() - start
+    stop.set()
+    capture.join(5)
+    worker.join(5)
+    summary = stages.summary()
+    overhead = summary["total"]["mean"] - summary["inference"]["mean"]
+    return {
+        "frames": count[0],
+        "fps": count[0] / elapsed,
+        "dropped": slot.dropped,
+        "stages": summary,
+        "overhead_ms_per_frame": round(overhead, 4),
+    }
+
+
+def _ms(seconds: list[float]) -> dict[str, float]:
+    values = np.asarray(seconds) * 1e3
+    return {
+        "p50": round(float(np.percentile(values, 50)), 4),
+        "p99": round(float(np.percentile(values, 99)), 4),
+        "mean": round(float(values.mean()), 4),
+    }
+
+
+def run_bench(package: Path, source_uri: str, frames: int, threads: int) -> dict[str, Any]:
+    manifest, model = read_package(package)
+    runtime = RuntimeConfig(intra_op_threads=threads)
+    session = ModelSession(model, manifest, runtime)
+    source = SourceConfig(kind="video", uri=source_uri, loop=True, realtime=False)
+    bare = bare_loop(session, source, frames)
+    agent = agent_path(session, source, frames)
+    return {
+        "model": f"{manifest.name} {manifest.version}",
+        "frames": frames,
+        "bare": bare,
+        "agent": agent,
+        "agent_vs_bare_throughput": round(agent["fps"] / bare["fps"], 3),
+        "overhead_ms_per_frame": agent["overhead_ms_per_frame"],
+        "rss_mb": round(rss_mb(), 1),
+        "torch_imported": "torch" in sys.modules,
+    }
+
+
+def print_table(report: dict[str, Any]) -> None:
+    bare, agent = report["bare"], report["agent"]
+    print(f"{report['model']}, {report['frames']} frames, batch 1")
+    print(f"{'':<22}{'bare loop':>12}{'agent':>12}")
+    print(f"{'frames/s':<22}{bare['fps']:>12.1f}{agent['fps']:>12.1f}")
+    for stage in ("decode", "queue", "preprocess", "inference", "postprocess", "report", "total"):
+        b = bare["stages"].get(stage)
+        a = agent["stages"].get(stage)
+        cell = lambda s: f"{s['p50']:.3f}/{s['p99']:.3f}" if s else "-"  # noqa: E731
+        print(f"{stage + ' p50/p99 ms':<22}{cell(b):>12}{cell(a):>12}")
+    print(f"{'dropped frames':<22}{'-':>12}{agent['dropped']:>12}")
+    print(f"agent/bare throughput {report['agent_vs_bare_throughput']:.3f}×, overhead beyond "
+          f"session.run {report['overhead_ms_per_frame']:.3f} ms/frame, RSS {report['rss_mb']} MB, "
+          f"torch imported: {report['torch_imported']}")  # fmt: skip

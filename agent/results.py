@@ -1,0 +1,73 @@
+"""What a result says, and which results are worth sending (rate control)."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from .config import ResultsConfig
+from .runtime import Inference, ModelSession
+from .sources import Frame
+
+
+class ResultBuilder:
+    """Numbers results per boot so ``{device}:{boot}:{seq}`` is unique for deduplication."""
+
+    def __init__(self, device: str, boot_id: str, source: str):
+        self._device, self._boot, self._source = device, boot_id, source
+        self.seq = 0
+
+    def build(self, frame: Frame, session: ModelSession, inference: Inference) -> bytes:
+        self.seq += 1
+        now = time.time()
+        top = inference.top
+        result: dict[str, Any] = {
+            "id": f"{self._device}:{self._boot}:{self.seq}",
+            "device": self._device,
+            "seq": self.seq,
+            "source": self._source,
+            "frame": frame.index,
+            "captured_at": frame.captured_at,
+            "published_at": now,
+            "model": {"name": session.manifest.name, "version": session.manifest.version},
+            "label": top.label if top else None,
+            "score": round(top.score, 5) if top else None,
+            "predictions": [p.to_dict() for p in inference.predictions],
+            "latency_ms": {
+                "preprocess": round(inference.preprocess_ms, 3),
+                "inference": round(inference.inference_ms, 3),
+                "postprocess": round(inference.postprocess_ms, 3),
+                "total": round((now - frame.captured_at) * 1e3, 3),
+            },
+        }
+        return json.dumps(result, separators=(",", ":")).encode()
+
+
+class RateFilter:
+    """Decides per inference whether its result is published (``[results] mode``)."""
+
+    def __init__(self, config: ResultsConfig):
+        self._config = config
+        self._last_label: str | None = None
+        self._last_sent = float("-inf")
+        self.suppressed = 0
+
+    def admit(self, inference: Inference, now: float) -> bool:
+        top = inference.top
+        label = top.label if top else None
+        mode = self._config.mode
+        if mode == "on_change":
+            send = label != self._last_label
+        elif mode == "interval":
+            send = now - self._last_sent >= self._config.interval_s
+        elif mode == "threshold":
+            send = top is not None and top.score >= self._config.min_score
+        else:
+            send = True
+        self._last_label = label
+        if send:
+            self._last_sent = now
+        else:
+            self.suppressed += 1
+        return send
