@@ -113,7 +113,7 @@ class Agent:
         self._source = {"state": state, "detail": detail, "at": round(time.time(), 3)}
         if state != "open" or self._source_failed:
             self.report_event({"type": "source", **self._source})
-        self._source_failed = state == "failed"
+        self._source_failed = state in ("failed", "ended")
         self.link.announce()
 
     def _load_installed(self) -> None:

@@ -123,6 +123,10 @@ class HealthStats:
             return seen, rate, p99
 
 
+class SourceEnded(SourceError):
+    """A file source reached its end (and does not loop)."""
+
+
 class CaptureWorker(threading.Thread):
     """Reads the source into the slot; reopens it with capped backoff when it fails."""
 
@@ -149,14 +153,15 @@ class CaptureWorker(threading.Thread):
                     while not self._halt.is_set():
                         frame = self._source.read(self._halt)
                         if frame is None:
-                            log.info("end of %s", self._source.config.uri)
-                            self._on_state("ended", self._source.config.uri)
-                            return
+                            raise SourceEnded(f"end of {self._source.config.uri}")
                         self.frames += 1
                         self._slot.put(frame, self._halt)
                 except SourceError as exc:
+                    # A camera unplugged, a stream down, a file at its end: the daemon stays up
+                    # and tries again, backing off up to MAX_REOPEN_DELAY.
                     log.warning("%s; reopening in %.0f s", exc, delay)
-                    self._on_state("failed", f"{exc}; reopening in {delay:.0f} s")
+                    state = "ended" if isinstance(exc, SourceEnded) else "failed"
+                    self._on_state(state, f"{exc}; reopening in {delay:.0f} s")
                     self._source.close()
                     self._halt.wait(delay)
                     delay = min(delay * 2, MAX_REOPEN_DELAY)
