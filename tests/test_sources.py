@@ -1,0 +1,431 @@
+"""Image folders and sensor windows (file, FIFO, stdin, serial via a pty, MQTT) as frame sources."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import SimpleNamespace
+
+import cv2
+import numpy as np
+import paho.mqtt.client as mqtt
+import pytest
+
+from agent import sensors
+from agent.config import MqttConfig, SourceConfig
+from agent.errors import SourceError
+from agent.images import ImageFolderSource
+from agent.sensors import SensorSource, parse_sample
+from agent.sources import Frame
+from compiler.broker import MosquittoBroker, free_port
+
+TIMEOUT = 5.0
+
+
+@pytest.fixture
+def stop() -> threading.Event:
+    return threading.Event()
+
+
+def read_in_thread(
+    read: Callable[[threading.Event], Frame | None], stop: threading.Event
+) -> queue.Queue[object]:
+    """Runs one ``read(stop)`` in a thread; its frame (or exception) lands in the queue."""
+    out: queue.Queue[object] = queue.Queue()
+
+    def run() -> None:
+        try:
+            out.put(read(stop))
+        except Exception as exc:
+            out.put(exc)
+
+    threading.Thread(target=run, daemon=True).start()
+    return out
+
+
+def image(value: int) -> np.ndarray:
+    img = np.zeros((8, 6, 3), np.uint8)
+    img[..., 0] = value  # blue channel: BGR must come back as written
+    return img
+
+
+def read_all(source: ImageFolderSource | SensorSource, stop: threading.Event) -> list[Frame]:
+    frames = []
+    while (frame := source.read(stop)) is not None:
+        frames.append(frame)
+    return frames
+
+
+# -- image folders -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    root = tmp_path / "images"
+    root.mkdir()
+    for name, value in (("b.png", 20), ("a.png", 10), ("c.png", 30)):
+        assert cv2.imwrite(str(root / name), image(value))
+    (root / "bad.jpg").write_bytes(b"not a jpeg")
+    (root / "notes.txt").write_text("ignored: not an image suffix")
+    return root
+
+
+def test_image_folder_reads_sorted_skips_corrupt_and_ends(folder: Path, stop) -> None:
+    source = ImageFolderSource(SourceConfig(kind="images", uri=str(folder)))
+    source.open()
+    frames = read_all(source, stop)
+    source.close()
+    assert [int(f.image[0, 0, 0]) for f in frames] == [10, 20, 30]
+    assert [f.index for f in frames] == [0, 1, 2]
+    assert frames[0].image.shape == (8, 6, 3) and frames[0].image[0, 0, 2] == 0
+    assert source.skipped == 1
+    assert source.is_file
+
+
+def test_image_folder_loops_with_running_index(folder: Path, stop) -> None:
+    source = ImageFolderSource(SourceConfig(kind="images", uri=str(folder), loop=True))
+    source.open()
+    frames = [source.read(stop) for _ in range(7)]
+    source.close()
+    assert [int(f.image[0, 0, 0]) for f in frames if f] == [10, 20, 30, 10, 20, 30, 10]
+    assert [f.index for f in frames if f] == list(range(7))
+    assert source.skipped == 1  # counted once, not once per pass
+
+
+def test_image_folder_watch_yields_new_files_and_honours_stop(folder: Path, stop) -> None:
+    source = ImageFolderSource(SourceConfig(kind="images", uri=str(folder), watch=True))
+    source.open()
+    try:
+        assert [int(source.read(stop).image[0, 0, 0]) for _ in range(3)] == [10, 20, 30]
+        pending = read_in_thread(source.read, stop)
+        assert cv2.imwrite(str(folder / "d.png"), image(40))
+        frame = pending.get(timeout=TIMEOUT)
+        assert isinstance(frame, Frame)
+        assert int(frame.image[0, 0, 0]) == 40 and frame.index == 3
+
+        waiting = read_in_thread(source.read, stop)
+        with pytest.raises(queue.Empty):
+            waiting.get(timeout=0.5)  # nothing new: a watching read keeps waiting
+        stop.set()
+        assert waiting.get(timeout=TIMEOUT) is None
+        assert source.skipped == 1  # the corrupt file, once it stopped changing
+    finally:
+        source.close()
+
+
+def test_image_folder_missing_is_named(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere"
+    with pytest.raises(SourceError, match="nowhere"):
+        ImageFolderSource(SourceConfig(kind="images", uri=str(missing))).open()
+
+
+# -- sensor parsing ------------------------------------------------------------------------------
+
+
+def test_parse_sample_formats() -> None:
+    assert parse_sample("1, 2 ,3", "csv") == [1.0, 2.0, 3.0]
+    assert parse_sample("1 2\t3\r", "csv") == [1.0, 2.0, 3.0]
+    assert parse_sample("1,,3", "csv") is None
+    assert parse_sample("1,nan", "csv") is None
+    assert parse_sample("[1, 2.5]", "json") == [1.0, 2.5]
+    assert parse_sample("4", "json") == [4.0]
+    assert parse_sample('{"z": 3, "a": 1, "t": "x", "ok": true}', "json") == [1.0, 3.0]
+    assert parse_sample('{"z": 3, "a": 1}', "json", ("z", "a")) == [3.0, 1.0]
+    assert parse_sample('{"z": 3}', "json", ("z", "a")) is None
+    assert parse_sample('{"z": "3", "a": 1}', "json", ("z", "a")) is None
+    assert parse_sample("[1, Infinity]", "json") is None
+    assert parse_sample("[]", "json") is None
+
+
+# -- sensor files --------------------------------------------------------------------------------
+
+
+def sensor(uri: str | Path, **options: object) -> SensorSource:
+    return SensorSource(SourceConfig(kind="sensor", uri=str(uri), **options))  # type: ignore[arg-type]
+
+
+def rows(frame: Frame) -> list[list[float]]:
+    return frame.image.tolist()
+
+
+def test_csv_file_windows_with_hop(tmp_path: Path, stop) -> None:
+    path = tmp_path / "samples.csv"
+    path.write_text("".join(f"{i},{10 * i}\n" for i in range(10)))
+    source = sensor(path, window=4, hop=2)
+    source.open()
+    assert source.is_file
+    frames = read_all(source, stop)
+    source.close()
+    assert [f.index for f in frames] == [0, 1, 2, 3]
+    for frame, start in zip(frames, (0, 2, 4, 6), strict=True):
+        assert frame.image.dtype == np.float32 and frame.image.shape == (4, 2)
+        assert rows(frame) == [[i, 10 * i] for i in range(start, start + 4)]
+    assert frames[0].captured_at <= frames[-1].captured_at
+    assert source.garbage == 0
+
+
+def test_json_lines_with_fields(tmp_path: Path, stop) -> None:
+    path = tmp_path / "samples.jsonl"
+    path.write_text(
+        '{"t": "09:00", "x": 1, "y": 2, "z": 3}\n'
+        '{"z": 6, "y": 5, "x": 4}\n'
+        '{"x": 7, "y": 8}\n'  # no z: garbage
+        '{"x": 9, "y": 10, "z": 11}'  # the last line needs no newline
+    )
+    source = sensor(path, format="json", fields=("z", "x"), window=3, hop=1)
+    source.open()
+    frames = read_all(source, stop)
+    source.close()
+    assert [rows(f) for f in frames] == [[[3, 1], [6, 4], [11, 9]]]
+    assert source.garbage == 1
+
+
+def test_garbage_lines_are_skipped_and_counted(tmp_path: Path, stop) -> None:
+    path = tmp_path / "noisy.csv"
+    path.write_text(
+        "ax,ay\n"  # header: not numbers
+        "1,2\n"
+        "\n"  # blank: spacing, not garbage
+        "3,4,5\n"  # wrong channel count
+        "nan,1\n"
+        "inf,1\n"
+        "1e39,1\n"  # finite as float64, not as float32
+        "\xff\xfe,1\n"
+        "5,6\n"
+    )
+    source = sensor(path, window=2, hop=2)
+    source.open()
+    frames = read_all(source, stop)
+    source.close()
+    assert [rows(f) for f in frames] == [[[1, 2], [5, 6]]]
+    assert source.garbage == 6
+    assert source.channels == 2
+
+
+def test_file_loop_starts_again_without_spanning_the_seam(tmp_path: Path, stop) -> None:
+    path = tmp_path / "short.csv"
+    path.write_text("0\n1\n2\n")
+    source = sensor(path, window=2, hop=2, loop=True)
+    source.open()
+    frames = [source.read(stop) for _ in range(3)]
+    source.close()
+    assert [rows(f) for f in frames if f] == [[[0], [1]], [[0], [1]], [[0], [1]]]
+    assert [f.index for f in frames if f] == [0, 1, 2]
+
+
+def test_missing_or_wrong_paths_are_named(tmp_path: Path) -> None:
+    with pytest.raises(SourceError, match=r"sensor source '.*missing\.csv'"):
+        sensor(tmp_path / "missing.csv").open()
+    with pytest.raises(SourceError, match="not a file or FIFO"):
+        sensor(tmp_path).open()
+
+
+def test_read_before_open_raises(tmp_path: Path, stop) -> None:
+    with pytest.raises(SourceError, match="not open"):
+        sensor(tmp_path / "x.csv").read(stop)
+
+
+# -- FIFO and standard input ---------------------------------------------------------------------
+
+
+def test_fifo_outlives_its_writers(tmp_path: Path, stop) -> None:
+    fifo = tmp_path / "samples.fifo"
+    os.mkfifo(fifo)
+    source = sensor(fifo, window=3, hop=3)
+    source.open()  # no writer yet: must not block
+    assert not source.is_file
+
+    def write(lines: list[str]) -> None:
+        with open(fifo, "w") as f:
+            f.writelines(lines)
+
+    def writers() -> None:
+        write([f"{i},{-i}\n" for i in range(3)])
+        write([f"{i},{-i}\n" for i in range(3, 6)])
+
+    writer = threading.Thread(target=writers, daemon=True)
+    writer.start()
+    try:
+        first = read_in_thread(source.read, stop).get(timeout=TIMEOUT)
+        second = read_in_thread(source.read, stop).get(timeout=TIMEOUT)
+        assert isinstance(first, Frame) and isinstance(second, Frame)
+        assert rows(first) == [[i, -i] for i in range(3)]
+        assert rows(second) == [[i, -i] for i in range(3, 6)]
+        writer.join(TIMEOUT)
+        assert not writer.is_alive()
+
+        waiting = read_in_thread(source.read, stop)  # all writers gone: wait, do not end
+        with pytest.raises(queue.Empty):
+            waiting.get(timeout=0.5)
+        stop.set()
+        assert waiting.get(timeout=TIMEOUT) is None
+    finally:
+        source.close()
+
+
+def test_fifo_removed_while_waiting_raises(tmp_path: Path, stop) -> None:
+    fifo = tmp_path / "gone.fifo"
+    os.mkfifo(fifo)
+    source = sensor(fifo)
+    source.open()
+    try:
+        fifo.unlink()
+        result = read_in_thread(source.read, stop).get(timeout=TIMEOUT)
+        assert isinstance(result, SourceError) and "gone.fifo" in str(result)
+    finally:
+        source.close()
+
+
+STDIN_READER = """
+import threading
+from agent.config import SourceConfig
+from agent.sensors import SensorSource
+source = SensorSource(SourceConfig(kind="sensor", uri="-", window=2, hop=1))
+source.open()
+stop = threading.Event()
+while (frame := source.read(stop)) is not None:
+    print(frame.index, frame.image.tolist(), flush=True)
+print("garbage", source.garbage)
+source.close()
+"""
+
+
+def test_standard_input() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", STDIN_READER],
+        input="1 2\n3 4\noops\n5 6",
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=Path(__file__).parent.parent,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "0 [[1.0, 2.0], [3.0, 4.0]]",
+        "1 [[3.0, 4.0], [5.0, 6.0]]",
+        "garbage 1",
+    ]
+
+
+# -- serial, over a pseudo-terminal --------------------------------------------------------------
+
+
+@pytest.fixture
+def pty() -> Iterator[tuple[int, str]]:
+    """A pseudo-terminal: the master end for the test, the slave's path for the source."""
+    master, slave = os.openpty()
+    yield master, os.ttyname(slave)
+    for fd in (master, slave):
+        with contextlib.suppress(OSError):  # the test may have closed it
+            os.close(fd)
+
+
+def test_serial_port_lines_and_unplug(pty: tuple[int, str], stop) -> None:
+    # pyserial comes with the dev extra, so the serial path is always exercised here.
+    master, path = pty
+    source = sensor(f"serial://{path}", window=2, hop=2, baud=9600)
+    source.open()
+    try:
+        assert not source.is_file
+        os.write(master, b"3.5,-1\n")  # joined mid-line: dropped up to the first newline
+        os.write(master, b"1.5,2\r\n3,4\r\n5,6\r\nbad\r\n")
+        first = read_in_thread(source.read, stop).get(timeout=TIMEOUT)
+        assert isinstance(first, Frame) and rows(first) == [[1.5, 2], [3, 4]]
+        os.write(master, b"7,8\n")
+        second = read_in_thread(source.read, stop).get(timeout=TIMEOUT)
+        assert isinstance(second, Frame) and rows(second) == [[5, 6], [7, 8]]
+        assert source.garbage == 1
+
+        os.close(master)  # unplugged
+        error = read_in_thread(source.read, stop).get(timeout=TIMEOUT)
+        assert isinstance(error, SourceError) and path in str(error)
+    finally:
+        source.close()
+
+
+def test_serial_without_pyserial(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "serial", None)  # import serial -> ImportError
+    with pytest.raises(SourceError, match="pip install pyserial"):
+        sensor("serial:///dev/ttyUSB0").open()
+
+
+def test_serial_missing_port_is_named(tmp_path: Path) -> None:
+    # pyserial comes with the dev extra, so the serial path is always exercised here.
+    with pytest.raises(SourceError, match="ttyNOPE"):
+        sensor(f"serial://{tmp_path}/ttyNOPE").open()
+
+
+# -- MQTT ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def publisher(mosquitto: MosquittoBroker) -> Iterator[mqtt.Client]:
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
+    client.connect(mosquitto.host, mosquitto.port)
+    client.loop_start()
+    yield client
+    client.disconnect()
+    client.loop_stop()
+
+
+def mqtt_sensor(broker: MosquittoBroker, topic: str, **options: object) -> SensorSource:
+    config = SourceConfig(kind="sensor", uri=f"mqtt:{topic}", **options)  # type: ignore[arg-type]
+    return SensorSource(config, MqttConfig(host=broker.host, port=broker.port))
+
+
+def test_mqtt_topic_windows(mosquitto: MosquittoBroker, publisher: mqtt.Client, stop) -> None:
+    source = mqtt_sensor(mosquitto, "plant/line1/vibration", format="json", window=3, hop=2)
+    source.open()  # returns once subscribed: nothing published from here on is missed
+    try:
+        assert not source.is_file
+        payloads = ["[0, 0]", "[1, 10]", "not json", "[2, 20]", "[3, 30]", "[4, 40]", "[5]"]
+        for payload in payloads:
+            publisher.publish("plant/line1/vibration", payload, qos=1).wait_for_publish(TIMEOUT)
+        frames = [read_in_thread(source.read, stop).get(timeout=TIMEOUT) for _ in range(2)]
+        assert [rows(f) for f in frames if isinstance(f, Frame)] == [
+            [[0, 0], [1, 10], [2, 20]],
+            [[2, 20], [3, 30], [4, 40]],
+        ]
+        # The last two payloads are garbage; wait for the one after them to know they arrived.
+        publisher.publish("plant/line1/vibration", "[6, 60]", qos=1)
+        publisher.publish("plant/line1/vibration", "[7, 70]", qos=1)
+        third = read_in_thread(source.read, stop).get(timeout=TIMEOUT)
+        assert isinstance(third, Frame) and rows(third) == [[4, 40], [6, 60], [7, 70]]
+        assert source.garbage == 2 and source.overflow == 0
+    finally:
+        source.close()
+
+
+def test_mqtt_overflow_drops_the_oldest(
+    mosquitto: MosquittoBroker, monkeypatch: pytest.MonkeyPatch, stop
+) -> None:
+    monkeypatch.setattr(sensors, "MQTT_QUEUE", 4)
+    source = mqtt_sensor(mosquitto, "plant/overflow")
+    source.open()
+    try:
+        deliver = source._input._on_message  # type: ignore[union-attr]
+        before = time.time()
+        for i in range(10):  # as paho's thread would, faster than read() takes them
+            deliver(None, None, SimpleNamespace(payload=str(i).encode()))
+        delivered = time.time()
+        frames = [source.read(stop) for _ in range(4)]
+        assert [rows(f) for f in frames if f] == [[[6]], [[7]], [[8]], [[9]]]
+        assert all(before <= f.captured_at <= delivered for f in frames if f)  # arrival time
+        assert source.overflow == 6 and source.garbage == 0
+    finally:
+        source.close()
+    assert source.overflow == 6  # kept after close
+
+
+def test_mqtt_broker_down_at_open_is_named() -> None:
+    config = SourceConfig(kind="sensor", uri="mqtt:plant/nobody")
+    source = SensorSource(config, MqttConfig(host="127.0.0.1", port=free_port()))
+    with pytest.raises(SourceError, match=r"plant/nobody.*cannot reach broker"):
+        source.open()
