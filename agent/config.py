@@ -32,7 +32,7 @@ class MqttConfig(_Section):
     port: int = Field(default=1883, ge=1, le=65535)
     username: str | None = None
     password: str | None = None
-    keepalive: int = Field(default=30, ge=5)
+    keepalive: int = Field(default=30, ge=2)
     topic_root: str = "edgewise"
     reconnect_max_delay: float = Field(default=30.0, gt=0)
 
@@ -105,6 +105,20 @@ class DeployConfig(_Section):
     max_error_rate: float = Field(default=0.1, ge=0, le=1)
 
 
+class OutboxConfig(_Section):
+    """Results wait on disk until the broker has them; when full, the oldest are dropped."""
+
+    max_rows: int = Field(default=100_000, gt=0)
+    max_bytes: int = Field(default=64 * 2**20, gt=0)
+    batch_max: int = Field(default=500, gt=0, description="results per MQTT message at most")
+    window: int = Field(default=8, gt=0, description="messages awaiting PUBACK at once")
+
+
+class TelemetryConfig(_Section):
+    interval_s: float = Field(default=10.0, gt=0)
+    prometheus_port: int | None = Field(default=None, ge=1, le=65535)
+
+
 class AgentConfig(_Section):
     device: DeviceConfig
     mqtt: MqttConfig = MqttConfig()
@@ -113,6 +127,8 @@ class AgentConfig(_Section):
     runtime: RuntimeConfig = RuntimeConfig()
     deploy: DeployConfig = DeployConfig()
     results: ResultsConfig = ResultsConfig()
+    outbox: OutboxConfig = OutboxConfig()
+    telemetry: TelemetryConfig = TelemetryConfig()
 
 
 def _describe(exc: ValidationError) -> str:

@@ -15,12 +15,14 @@ from .contract import ContractError, Topics, TrustStore
 from .deployer import Deployer
 from .errors import ModelLoadError
 from .link import MqttLink
+from .outbox import Outbox
 from .pipeline import CaptureWorker, FrameSlot, HealthStats, InferenceWorker, ModelSlot
 from .results import RateFilter, ResultBuilder
 from .runtime import Inference, ModelSession
 from .sources import Frame, make_source
 from .stats import StageStats
 from .store import ModelStore
+from .uplink import ResultsUplink
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +47,9 @@ class Agent:
         self._source_failed = False
         self.trust = TrustStore.from_files(config.trust.public_keys)
         self.store = ModelStore(config.device.state_dir)
+        self.outbox = Outbox(
+            config.device.state_dir / "outbox.db", config.outbox.max_rows, config.outbox.max_bytes
+        )
         self.models = ModelSlot()
         self.health = HealthStats()
         self._deployment: dict[str, Any] | None = None
@@ -64,6 +69,10 @@ class Agent:
             source.kind == "video" and not source.realtime
         )
         self.frames = FrameSlot(block=files)
+        self.uplink = ResultsUplink(
+            self.outbox, self.link, self._topics.results(self._device), self.stop_event,
+            config.outbox.batch_max, config.outbox.window,
+        )  # fmt: skip
         self._capture = CaptureWorker(
             make_source(config.source, config.mqtt), self.frames, self.stop_event,
             self._source_state,
@@ -104,8 +113,7 @@ class Agent:
     def _publish_result(self, frame: Frame, session: ModelSession, inference: Inference) -> None:
         if not self.rate.admit(inference, time.monotonic()):
             return
-        payload = self.results.build(frame, session, inference)
-        self.link.publish(self._topics.results(self._device), payload, qos=1)
+        self.outbox.append(self.results.build(frame, session, inference))
         if self._max_results is not None and self.results.seq >= self._max_results:
             self.stop_event.set()
 
@@ -140,6 +148,7 @@ class Agent:
         self.deployer.subscribe()
         self.link.start()
         self.deployer.start()
+        self.uplink.start()
         self._capture.start()
         self._inference.start()
         try:
@@ -147,8 +156,11 @@ class Agent:
                 self.stop_event.wait(0.5)
         finally:
             self.stop_event.set()
-            for worker in (self._capture, self._inference, self.deployer):
+            for worker in (self._capture, self._inference, self.deployer, self.uplink):
                 worker.join(timeout=5)
+            if not self.uplink.flush(timeout=2.0):
+                log.warning("%d results stay in the outbox for next time", self.outbox.queued)
+            self.outbox.close()
             self.link.stop(goodbye=(self._topics.status(self._device), self._status("offline")))
             log.info(
                 "stopped: %d results, %d frames dropped, %d frames before a model was serving",

@@ -34,6 +34,8 @@ class MqttLink:
         self._filters: dict[str, int] = {}
         self._lock = threading.Lock()
         self.connected = threading.Event()
+        self.epoch = 0  # counts connections, so a sender can tell a reconnect happened
+        self._ack_handlers: list[Callable[[int], None]] = []
         client = mqtt.Client(
             mqtt.CallbackAPIVersion.VERSION2,
             client_id=client_id,
@@ -46,6 +48,7 @@ class MqttLink:
         client.reconnect_delay_set(min_delay=1, max_delay=int(config.reconnect_max_delay))
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
         self._client = client
 
     def start(self) -> None:
@@ -99,6 +102,14 @@ class MqttLink:
     ) -> mqtt.MQTTMessageInfo:
         return self._client.publish(topic, payload, qos=qos, retain=retain)
 
+    def on_ack(self, handler: Callable[[int], None]) -> None:
+        """Call ``handler(mid)`` on paho's thread when the broker acknowledges a QoS 1 publish."""
+        self._ack_handlers.append(handler)
+
+    def _on_publish(self, _client, _userdata, mid, _reason_code, _properties) -> None:  # type: ignore[no-untyped-def]
+        for handler in self._ack_handlers:
+            handler(mid)
+
     def announce(self) -> None:
         """Re-send the birth message, e.g. after the serving model changed."""
         if self.connected.is_set():
@@ -114,6 +125,7 @@ class MqttLink:
             filters = list(self._filters.items())
         if filters:
             client.subscribe(filters)
+        self.epoch += 1
         self.connected.set()
         self.announce()
 

@@ -30,9 +30,13 @@ class DeviceFeed:
     def _on_message(self, _client: mqtt.Client, _userdata: object, msg: mqtt.MQTTMessage) -> None:
         kind = msg.topic.rsplit("/", 1)[-1]
         try:
-            self._inbox.put((kind, json.loads(msg.payload)))
+            message = json.loads(msg.payload)
         except ValueError:
             self._inbox.put(("invalid", {"topic": msg.topic, "payload": msg.payload[:200].hex()}))
+            return
+        # Results travel in batches (a JSON array per message); hand them on one by one.
+        for item in message if isinstance(message, list) else [message]:
+            self._inbox.put((kind, item))
 
     def messages(self, timeout: float) -> Iterator[tuple[str, dict[str, Any]]]:
         """(kind, message) pairs — kind is ``results`` or ``events`` — until ``timeout`` passes
