@@ -22,6 +22,7 @@ from .runtime import Inference, ModelSession
 from .sources import Frame, make_source
 from .stats import StageStats
 from .store import ModelStore
+from .telemetry import ProcessSampler, PrometheusExporter, TelemetryReporter, telemetry_message
 from .uplink import ResultsUplink
 
 log = logging.getLogger(__name__)
@@ -81,21 +82,46 @@ class Agent:
             self.frames, self.models, self._publish_result, self.stop_event, self.health,
             self.stages,
         )  # fmt: skip
+        self._sampler = ProcessSampler()
+        self._frames_before = 0
+        self._telemetry = TelemetryReporter(
+            config.telemetry.interval_s, self._telemetry_message, self._publish_telemetry,
+            self.stop_event,
+            PrometheusExporter(config.telemetry.prometheus_port, self._device)
+            if config.telemetry.prometheus_port else None,
+        )  # fmt: skip
 
-    def _status(self, state: str) -> bytes:
+    def _model(self) -> dict[str, str] | None:
         session = self.models.current
-        model = (
+        return (
             {"name": session.manifest.name, "version": session.manifest.version}
             if session
             else None
         )
+
+    def _telemetry_message(self, elapsed_s: float) -> dict[str, object]:
+        frames, frames_before = self.stages.frames, self._frames_before
+        self._frames_before = frames
+        return telemetry_message(
+            device=self._device, boot_id=self.boot_id, interval_s=elapsed_s,
+            frames=frames, frames_before=frames_before, stages=self.stages.summary(),
+            dropped_frames=self.frames.dropped, results_queued=self.outbox.queued,
+            results_dropped=self.outbox.dropped,
+            process=self._sampler.sample(self.config.device.state_dir), model=self._model(),
+        )  # fmt: skip
+
+    def _publish_telemetry(self, message: dict[str, object]) -> None:
+        # Retained, so `edgewise fleet` shows a device's last figures the moment it starts.
+        self.link.publish(self._topics.telemetry(self._device), _json(message), qos=1, retain=True)
+
+    def _status(self, state: str) -> bytes:
         return _json(
             {
                 "state": state,
                 "device": self._device,
                 "agent_version": __version__,
                 "boot_id": self.boot_id,
-                "model": model,
+                "model": self._model(),
                 "source": {"uri": self.config.source.uri, **(self._source or {})},
                 "uptime_s": round(time.time() - self.started_at, 1),
                 "deployment": self._deployment,
@@ -149,6 +175,7 @@ class Agent:
         self.link.start()
         self.deployer.start()
         self.uplink.start()
+        self._telemetry.start()
         self._capture.start()
         self._inference.start()
         try:
@@ -156,7 +183,8 @@ class Agent:
                 self.stop_event.wait(0.5)
         finally:
             self.stop_event.set()
-            for worker in (self._capture, self._inference, self.deployer, self.uplink):
+            workers = (self._capture, self._inference, self.deployer, self.uplink, self._telemetry)
+            for worker in workers:
                 worker.join(timeout=5)
             if not self.uplink.flush(timeout=2.0):
                 log.warning("%d results stay in the outbox for next time", self.outbox.queued)

@@ -106,7 +106,7 @@ class MqttLink:
         """Call ``handler(mid)`` on paho's thread when the broker acknowledges a QoS 1 publish."""
         self._ack_handlers.append(handler)
 
-    def _on_publish(self, _client, _userdata, mid, _reason_code, _properties) -> None:  # type: ignore[no-untyped-def]
+    def _on_publish(self, _client, _userdata, mid, _reason_code, _properties) -> None:
         for handler in self._ack_handlers:
             handler(mid)
 

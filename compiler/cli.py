@@ -103,12 +103,25 @@ def _parser() -> argparse.ArgumentParser:
     )
     _broker_args(push)
 
-    results = sub.add_parser("results", help="print results devices publish")
+    results = sub.add_parser("results", help="consume results devices publish (deduplicated)")
     results.add_argument("--device", help="one device; default all")
     results.add_argument("--count", type=int, help="stop after this many results")
     results.add_argument("--timeout", type=float, default=3600, help="stop after this idle time")
-    results.add_argument("--json", action="store_true", help="JSON Lines instead of a summary")
+    results.add_argument("--json", action="store_true", help="print JSON Lines, not a summary")
+    results.add_argument("--jsonl", type=Path, help="append results to this JSON Lines file")
+    results.add_argument("--sqlite", type=Path, help="store results in this SQLite file")
+    results.add_argument(
+        "--group", help="shared subscription group: consumers in one group split the results"
+    )
+    results.add_argument(
+        "--client-id", help="a fixed id keeps a broker session: results wait while away"
+    )
     _broker_args(results)
+
+    fleet = sub.add_parser("fleet", help="a live table of devices from status and telemetry")
+    fleet.add_argument("--once", action="store_true", help="print the table once and exit")
+    fleet.add_argument("--interval", type=float, default=2.0)
+    _broker_args(fleet)
 
     demo = sub.add_parser("demo", help="train, compile, push and run the agent end to end")
     demo.add_argument("--workdir", type=Path, default=Path("demo-out"))
@@ -173,6 +186,66 @@ def _compile(args: argparse.Namespace) -> int:
     return 0
 
 
+def _consume(args: argparse.Namespace) -> int:
+    from .mqtt import connect, disconnect
+    from .results import Deduper, DeviceFeed, SqliteSink, format_result
+
+    client = connect(_address(args), client_id=args.client_id, clean_session=not args.client_id)
+    dedupe, shown = Deduper(), 0
+    sqlite = SqliteSink(args.sqlite) if args.sqlite else None
+    jsonl = open(args.jsonl, "a") if args.jsonl else None  # noqa: SIM115 - closed below
+    try:
+        feed = DeviceFeed(client, Topics(args.topic_root), args.device, args.group)
+        for kind, message in feed.messages(args.timeout):
+            if kind == "results":
+                if not dedupe.first_time(str(message.get("id"))):
+                    continue
+                shown += 1
+                if sqlite:
+                    sqlite.write(message)
+                if jsonl:
+                    jsonl.write(json.dumps(message) + "\n")
+            if args.json:
+                print(json.dumps(message), flush=True)
+            elif kind == "results":
+                print(format_result(message), flush=True)
+            else:
+                print(f"[{kind}] {json.dumps(message)}", flush=True)
+            if args.count and shown >= args.count:
+                break
+    finally:
+        disconnect(client)
+        if sqlite:
+            sqlite.close()
+        if jsonl:
+            jsonl.close()
+    print(f"{shown} results, {dedupe.duplicates} duplicates dropped", file=sys.stderr)
+    return 0
+
+
+def _fleet(args: argparse.Namespace) -> int:
+    import time
+
+    from .fleet import FleetView
+    from .mqtt import connect, disconnect
+
+    view, topics = FleetView(), Topics(args.topic_root)
+    client = connect(_address(args))
+    client.on_message = lambda _c, _u, msg: view.update(msg.topic, bytes(msg.payload))
+    client.subscribe([(topics.all_devices("status"), 1), (topics.all_devices("telemetry"), 1)])
+    try:
+        while True:
+            time.sleep(args.interval)  # a refresh period for the screen, not synchronisation
+            print("\033[2J\033[H" if not args.once else "", end="")
+            print(view.table(), flush=True)
+            if args.once:
+                return 0
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        disconnect(client)
+
+
 def _run(args: argparse.Namespace) -> int:
     if args.command == "keygen":
         args.out.mkdir(parents=True, exist_ok=True)
@@ -215,23 +288,9 @@ def _run(args: argparse.Namespace) -> int:
         print(f"pushed {package.manifest.name} {package.manifest.version} to {args.to}")
         return 0
     if args.command == "results":
-        from .mqtt import connect, disconnect
-        from .results import DeviceFeed, format_result
-
-        client = connect(_address(args))
-        shown = 0
-        try:
-            feed = DeviceFeed(client, Topics(args.topic_root), args.device)
-            for kind, message in feed.messages(args.timeout):
-                print(json.dumps(message) if args.json else f"[{kind}] " + (
-                    format_result(message) if kind == "results" else json.dumps(message)
-                ), flush=True)  # fmt: skip
-                shown += kind == "results"
-                if args.count and shown >= args.count:
-                    break
-        finally:
-            disconnect(client)
-        return 0
+        return _consume(args)
+    if args.command == "fleet":
+        return _fleet(args)
     if args.command == "demo":
         from .demo import run_demo
 

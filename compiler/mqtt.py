@@ -20,13 +20,19 @@ class BrokerAddress:
 
 
 def connect(
-    address: BrokerAddress, client_id: str | None = None, timeout: float = 10.0
+    address: BrokerAddress,
+    client_id: str | None = None,
+    timeout: float = 10.0,
+    clean_session: bool = True,
 ) -> mqtt.Client:
     """A started client (network loop running); raises BrokerUnavailable on failure."""
     client = mqtt.Client(
         mqtt.CallbackAPIVersion.VERSION2,
         client_id=client_id or f"edgewise-{uuid.uuid4().hex[:8]}",
         protocol=mqtt.MQTTv311,
+        # False with a fixed client id: the broker keeps the subscription and queues QoS 1
+        # messages while this client is away (a consumer that must not miss results).
+        clean_session=clean_session,
     )
     client.max_inflight_messages_set(64)  # a push keeps a window of chunks in flight
     if address.username:

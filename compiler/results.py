@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import queue
+import sqlite3
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -16,11 +19,20 @@ from agent.contract import Topics
 class DeviceFeed:
     """Subscribes to one device's (or every device's) results and events."""
 
-    def __init__(self, client: mqtt.Client, topics: Topics, device_id: str | None = None):
+    def __init__(
+        self,
+        client: mqtt.Client,
+        topics: Topics,
+        device_id: str | None = None,
+        share_group: str | None = None,
+    ):
+        """``share_group``: consumers in one group split the results (an MQTT shared
+        subscription) instead of each getting them all."""
         self._inbox: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue()
         self._client = client
+        results = topics.results(device_id) if device_id else topics.all_devices("results")
         self._filters = [
-            topics.results(device_id) if device_id else topics.all_devices("results"),
+            f"$share/{share_group}/{results}" if share_group else results,
             topics.events(device_id) if device_id else topics.all_devices("events"),
         ]
         client.on_message = self._on_message
@@ -29,6 +41,8 @@ class DeviceFeed:
 
     def _on_message(self, _client: mqtt.Client, _userdata: object, msg: mqtt.MQTTMessage) -> None:
         kind = msg.topic.rsplit("/", 1)[-1]
+        if kind not in ("results", "events"):
+            return
         try:
             message = json.loads(msg.payload)
         except ValueError:
@@ -71,3 +85,46 @@ def format_result(result: dict[str, Any]) -> str:
         f"{result.get('label')} ({result.get('score', 0):.3f})  "
         f"infer {latency.get('inference', 0):.2f} ms  {model.get('name')} {model.get('version')}"
     )
+
+
+class Deduper:
+    """Remembers the last ``keep`` result ids: at-least-once delivery made exactly-once."""
+
+    def __init__(self, keep: int = 1_000_000):
+        self._seen: OrderedDict[str, None] = OrderedDict()
+        self._keep = keep
+        self.duplicates = 0
+
+    def first_time(self, result_id: str) -> bool:
+        if result_id in self._seen:
+            self.duplicates += 1
+            return False
+        self._seen[result_id] = None
+        if len(self._seen) > self._keep:
+            self._seen.popitem(last=False)
+        return True
+
+
+class SqliteSink:
+    """Results into an SQLite file, one row per id (a second copy is ignored)."""
+
+    def __init__(self, path: Path):
+        self._db = sqlite3.connect(path)
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS results (id TEXT PRIMARY KEY, device TEXT, seq INTEGER, "
+            "captured_at REAL, label TEXT, score REAL, json TEXT)"
+        )
+
+    def write(self, result: dict[str, Any]) -> None:
+        self._db.execute(
+            "INSERT OR IGNORE INTO results VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                result.get("id"), result.get("device"), result.get("seq"),
+                result.get("captured_at"), result.get("label"), result.get("score"),
+                json.dumps(result),
+            ),
+        )  # fmt: skip
+
+    def close(self) -> None:
+        self._db.commit()
+        self._db.close()

@@ -7,6 +7,7 @@
 {root}/v1/devices/{device_id}/status  retained online/offline (birth and last will)
 {root}/v1/devices/{device_id}/results inference results
 {root}/v1/devices/{device_id}/events  deploy outcomes and errors
+{root}/v1/devices/{device_id}/telemetry retained health figures, every telemetry interval
 """
 
 from __future__ import annotations
@@ -70,6 +71,9 @@ class Topics:
 
     def events(self, device_id: str) -> str:
         return self.device(device_id, "events")
+
+    def telemetry(self, device_id: str) -> str:
+        return self.device(device_id, "telemetry")
 
     def all_devices(self, leaf: str) -> str:
         """Filter matching one leaf of every device, e.g. all results."""
