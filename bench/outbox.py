@@ -23,9 +23,6 @@ from types import SimpleNamespace
 import numpy as np
 import paho.mqtt.client as mqtt
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
 from agent.config import MqttConfig
 from agent.contract import Topics
 from agent.link import MqttLink
@@ -38,6 +35,7 @@ from compiler.broker import MosquittoBroker
 from compiler.mqtt import BrokerAddress, connect, disconnect
 from compiler.results import Deduper, DeviceFeed
 
+ROOT = Path(__file__).resolve().parents[1]
 TOPICS = Topics()
 CONSUMER = "bench-consumer"
 
@@ -81,7 +79,8 @@ def consume(port: int, device: str, count: int, idle: float) -> None:
 def start_consumer(broker: MosquittoBroker, device: str, count: int) -> subprocess.Popen[str]:
     # Subscribe once with a persistent session so nothing published from here on is missed,
     # whenever the consumer process finishes starting.
-    setup = connect(BrokerAddress(broker.host, broker.port), client_id=CONSUMER, clean_session=False)
+    address = BrokerAddress(broker.host, broker.port)
+    setup = connect(address, client_id=CONSUMER, clean_session=False)
     done = threading.Event()
     setup.on_subscribe = lambda *_args: done.set()
     setup.subscribe(TOPICS.results(device), qos=1)
@@ -172,7 +171,7 @@ def outbox_write_us(state: Path, payloads: list[bytes]) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--results", type=int, default=50_000)
-    parser.add_argument("--naive-results", type=int, default=3_000)
+    parser.add_argument("--naive-results", type=int, help="default: as many as --results")
     args = parser.parse_args()
     # On disk beside the project, not /tmp: on many boards /tmp is RAM, the state dir is not.
     with tempfile.TemporaryDirectory(dir=ROOT, prefix=".bench-outbox-") as tmp:
@@ -181,7 +180,7 @@ def main() -> None:
         broker = MosquittoBroker().start()  # stock settings: no limits or tuning added
         try:
             ours = run_outbox(broker, args.results, state)
-            naive = run_naive(broker, args.naive_results)
+            naive = run_naive(broker, args.naive_results or args.results)
         finally:
             broker.close()
     speedup = ours["results_per_s"] / naive["results_per_s"] if naive["results_per_s"] else None

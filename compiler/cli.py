@@ -10,7 +10,7 @@ from pathlib import Path
 
 from agent.contract import ContractError, PreprocessSpec, Topics, generate_keypair
 
-from .errors import CompilerError
+from .errors import BrokerUnavailable, CompilerError
 from .quantize import CALIBRATIONS, TARGETS
 
 EXIT_COMPILE = 2  # compile failed (bad input, missed accuracy budget); no package written
@@ -196,6 +196,9 @@ def _consume(args: argparse.Namespace) -> int:
     jsonl = open(args.jsonl, "a") if args.jsonl else None  # noqa: SIM115 - closed below
     try:
         feed = DeviceFeed(client, Topics(args.topic_root), args.device, args.group)
+        if not feed.subscribed.wait(10):
+            raise BrokerUnavailable("the broker did not confirm the subscription in 10 s")
+        print(f"listening on {', '.join(feed.filters)}", file=sys.stderr, flush=True)
         for kind, message in feed.messages(args.timeout):
             if kind == "results":
                 if not dedupe.first_time(str(message.get("id"))):

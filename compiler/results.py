@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import queue
 import sqlite3
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -35,9 +36,14 @@ class DeviceFeed:
             f"$share/{share_group}/{results}" if share_group else results,
             topics.events(device_id) if device_id else topics.all_devices("events"),
         ]
+        self.subscribed = threading.Event()
         client.on_message = self._on_message
-        for topic_filter in self._filters:
-            client.subscribe(topic_filter, qos=1)
+        client.on_subscribe = lambda *_args: self.subscribed.set()
+        client.subscribe([(topic_filter, 1) for topic_filter in self._filters])
+
+    @property
+    def filters(self) -> list[str]:
+        return list(self._filters)
 
     def _on_message(self, _client: mqtt.Client, _userdata: object, msg: mqtt.MQTTMessage) -> None:
         kind = msg.topic.rsplit("/", 1)[-1]

@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 import sqlite3
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
 from device_harness import DEVICE, TOPICS, install
 from helpers import AgentProcess
 
-from compiler.broker import MosquittoBroker
+from compiler.broker import MosquittoBroker, free_port
 from compiler.demo import write_agent_config
 from compiler.mqtt import BrokerAddress, connect, disconnect
 from compiler.results import Deduper, DeviceFeed
@@ -164,7 +166,8 @@ def test_queue_cap_drops_the_oldest_and_says_so(
     broker, compiled, signing_keys, video, tmp_path
 ) -> None:  # type: ignore[no-untyped-def]
     consumer = Consumer(broker)
-    extra = "[outbox]\nmax_rows = 50\n\n[telemetry]\ninterval_s = 0.5\n"
+    port = free_port()
+    extra = f"[outbox]\nmax_rows = 50\n\n[telemetry]\ninterval_s = 0.5\nprometheus_port = {port}\n"
     agent = start_agent(broker, compiled, signing_keys, video, tmp_path, extra=extra)
     try:
         consumer.collect_until(lambda: len(consumer.results) >= 5, 30)
@@ -177,6 +180,9 @@ def test_queue_cap_drops_the_oldest_and_says_so(
         watcher.subscribe(TOPICS.device(DEVICE, "telemetry"), qos=1)
         wait_until(lambda: any(t.get("results_dropped", 0) >= 100 for t in seen), 20)
         disconnect(watcher)
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+        dropped = re.search(rb'edgewise_results_dropped\{device="cam-1"\} ([0-9.e+]+)', metrics)
+        assert dropped and float(dropped[1]) >= 100, metrics.decode()[:2000]
         consumer.collect_until(lambda: len(consumer.results) >= 80, 30)
     finally:
         agent.stop()

@@ -1,0 +1,110 @@
+"""``edgewise results`` and ``edgewise fleet`` as a user runs them, on the machine's Mosquitto."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import uuid
+from pathlib import Path
+
+import pytest
+from helpers import BIN
+
+from agent.contract import Topics
+from compiler.mqtt import BrokerAddress, connect, disconnect
+
+BROKER = BrokerAddress("127.0.0.1", 1883)
+
+
+@pytest.fixture
+def topics() -> Topics:
+    """A topic root of the test's own, so runs side by side on the shared broker never meet."""
+    return Topics(f"t{uuid.uuid4().hex[:10]}")
+
+
+def consumer(topics: Topics, *args: str) -> subprocess.Popen[str]:
+    proc = subprocess.Popen(
+        [str(BIN / "edgewise"), "results", "--topic-root", topics.root, "--timeout", "5", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert proc.stderr is not None
+    line = proc.stderr.readline()  # printed once the broker confirmed the subscription
+    assert line.startswith("listening on "), line
+    return proc
+
+
+def result(device: str, seq: int) -> dict[str, object]:
+    return {"id": f"{device}:boot1:{seq}", "device": device, "seq": seq, "label": str(seq % 10),
+            "score": 0.9, "captured_at": 1.0 + seq}  # fmt: skip
+
+
+def publish_batches(topics: Topics, device: str, batches: list[list[int]]) -> None:
+    client = connect(BROKER)
+    try:
+        for seqs in batches:
+            payload = json.dumps([result(device, s) for s in seqs]).encode()
+            client.publish(topics.results(device), payload, qos=1).wait_for_publish(10)
+    finally:
+        disconnect(client)
+
+
+def test_duplicates_are_dropped_and_stored_once(topics: Topics, tmp_path: Path) -> None:
+    jsonl, db = tmp_path / "out.jsonl", tmp_path / "out.db"
+    proc = consumer(topics, "--count", "6", "--jsonl", str(jsonl), "--sqlite", str(db))
+    # A batch sent again after a reconnect: at-least-once delivery, as the uplink does it.
+    publish_batches(topics, "cam-1", [[1, 2, 3], [1, 2, 3], [4, 5], [5, 6]])
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "6 results, 4 duplicates dropped" in err
+    assert [json.loads(line)["seq"] for line in jsonl.read_text().splitlines()] == [
+        1,
+        2,
+        3,
+        4,
+        5,
+        6,
+    ]
+    rows = sqlite3.connect(db).execute("SELECT seq FROM results ORDER BY seq").fetchall()
+    assert [r[0] for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert len(out.strip().splitlines()) == 6
+
+
+def test_a_shared_group_splits_the_results(topics: Topics) -> None:
+    first = consumer(topics, "--group", "workers", "--json", "--timeout", "3")
+    second = consumer(topics, "--group", "workers", "--json", "--timeout", "3")
+    publish_batches(topics, "cam-2", [[i] for i in range(1, 41)])
+    seen = []
+    for proc in (first, second):
+        out, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0, err
+        seen.append({json.loads(line)["seq"] for line in out.splitlines()})
+    assert seen[0] and seen[1], "each consumer in the group takes a share"
+    assert seen[0].isdisjoint(seen[1])
+    assert seen[0] | seen[1] == set(range(1, 41))
+
+
+def test_fleet_lists_devices_from_retained_status_and_telemetry(topics: Topics) -> None:
+    client = connect(BROKER)
+    status = {"state": "online", "model": {"name": "digits-cnn", "version": "1.2.0"}}
+    telemetry = {"fps": 29.5, "latency_ms": {"p50": 3.0, "p99": 7.5}, "results_queued": 12}
+    try:
+        for device, leaf, body in (("cam-a", "status", status), ("cam-a", "telemetry", telemetry),
+                                   ("cam-b", "status", {"state": "offline"})):  # fmt: skip
+            info = client.publish(topics.device(device, leaf), json.dumps(body), 1, retain=True)
+            info.wait_for_publish(10)
+        run = subprocess.run(
+            [str(BIN / "edgewise"), "fleet", "--once", "--interval", "1", "--topic-root",
+             topics.root],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+    finally:
+        for device, leaf in (("cam-a", "status"), ("cam-a", "telemetry"), ("cam-b", "status")):
+            client.publish(topics.device(device, leaf), b"", 1, retain=True).wait_for_publish(10)
+        disconnect(client)
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.strip().splitlines()
+    cam_a = next(line for line in lines if line.startswith("cam-a"))
+    assert "online" in cam_a and "digits-cnn 1.2.0" in cam_a and "29.5" in cam_a
+    assert "7.5" in cam_a and "12" in cam_a
+    assert any(line.startswith("cam-b") and "offline" in line for line in lines)
