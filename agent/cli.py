@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     from .daemon import Agent  # keep check-config light: no onnxruntime import
 
     try:
-        agent = Agent(config, max_results=args.max_results)
+        agent = Agent(config, max_results=args.max_results, config_path=args.config)
     except ContractError as exc:  # e.g. a trusted key file that is missing or not Ed25519
         print(
             f"edgewise-agent: config error: {args.config}: trust.public_keys: {exc}",
@@ -72,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         return EX_CONFIG
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: agent.stop_event.set())
+    signal.signal(signal.SIGHUP, lambda *_: agent.request_reload())
     return agent.run()
 
 

@@ -1,20 +1,47 @@
 """The agent's TOML config, validated up front into typed objects.
 
-An error names the file and the dotted key, e.g. ``agent.toml: mqtt.port: Input should be a
+Sources, lowest precedence first: the TOML file; systemd credentials in
+``$CREDENTIALS_DIRECTORY`` (``mqtt-password``, ``mqtt-tls-key``); environment variables
+``EDGEWISE_<SECTION>__<KEY>`` (a TOML value, else a string). An error names the file and the
+dotted key (and the variable it came from), e.g. ``agent.toml: mqtt.port: Input should be a
 valid integer``.
 """
 
 from __future__ import annotations
 
+import os
+import ssl
+import sys
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-import tomllib
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AnyUrl,
+    BaseModel,
+    ConfigDict,
+    Field,
+    UrlConstraints,
+    ValidationError,
+    model_validator,
+)
 
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # JetPack 6 ships Python 3.10
+    import tomli as tomllib
+
+from .contract import DEVICE_ID_PATTERN, ContractError, TrustStore
 from .errors import ConfigError
 
-DeviceId = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
+DeviceId = Annotated[str, Field(pattern=DEVICE_ID_PATTERN)]
+MqttUrl = Annotated[AnyUrl, UrlConstraints(allowed_schemes=["mqtt", "mqtts"], host_required=True)]
+ENV_PREFIX = "EDGEWISE_"
+# systemd credential name → where it goes, and whether the value is the file's text or its path.
+CREDENTIALS = {
+    "mqtt-password": (("mqtt", "password"), "text"),
+    "mqtt-tls-key": (("mqtt", "tls", "key_file"), "path"),
+}
 
 
 class _Section(BaseModel):
@@ -27,14 +54,39 @@ class DeviceConfig(_Section):
     state_dir: Path = Path("/var/lib/edgewise")
 
 
+class TlsConfig(_Section):
+    """TLS with a client certificate: on a broker with ``use_identity_as_username`` the
+    certificate is the device's identity."""
+
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+
+
 class MqttConfig(_Section):
+    url: MqttUrl | None = None  # mqtt://host:1883 or mqtts://host:8883; overrides host and port
     host: str = "127.0.0.1"
     port: int = Field(default=1883, ge=1, le=65535)
     username: str | None = None
     password: str | None = None
+    tls: TlsConfig | None = None
     keepalive: int = Field(default=30, ge=2)
     topic_root: str = "edgewise"
     reconnect_max_delay: float = Field(default=30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _tls_for_mqtts(self) -> MqttConfig:
+        if self.url is not None and self.url.scheme == "mqtts" and self.tls is None:
+            raise ValueError("an mqtts:// url needs [mqtt.tls] (ca_file, cert_file, key_file)")
+        return self
+
+    @property
+    def endpoint(self) -> tuple[str, int]:
+        """(host, port) to connect to."""
+        if self.url is None:
+            return self.host, self.port
+        default = 8883 if self.url.scheme == "mqtts" else 1883
+        return str(self.url.host), self.url.port or default
 
 
 class TrustConfig(_Section):
@@ -131,15 +183,116 @@ class AgentConfig(_Section):
     telemetry: TelemetryConfig = TelemetryConfig()
 
 
-def _describe(exc: ValidationError) -> str:
-    return "; ".join(
-        f"{'.'.join(str(p) for p in err['loc']) or '(top level)'}: {err['msg']}"
-        for err in exc.errors()
-    )
+# What SIGHUP can change without a restart: read at use time by whoever needs them.
+RELOADABLE = (
+    "results.",
+    "telemetry.interval_s",
+    "deploy.fetch_timeout",
+    "deploy.max_model_bytes",
+    "deploy.probe_timeout",
+    "deploy.probe_memory_mb",
+    "deploy.max_latency_ms",
+    "deploy.max_memory_mb",
+    "deploy.probation_s",
+    "deploy.max_error_rate",
+)
 
 
-def load_config(path: Path) -> AgentConfig:
-    """Read and validate a config file; relative paths inside it resolve against its folder."""
+def _describe(exc: ValidationError, origins: Mapping[str, str]) -> str:
+    parts = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        origin = next((o for k, o in origins.items() if key == k or key.startswith(k + ".")), "")
+        parts.append(f"{key}: {err['msg']}{f' (from {origin})' if origin else ''}")
+    return "; ".join(parts)
+
+
+def _put(data: dict[str, Any], keys: tuple[str, ...], value: object) -> None:
+    for key in keys[:-1]:
+        data = data.setdefault(key, {}) if isinstance(data.get(key, {}), dict) else {}
+    data[keys[-1]] = value
+
+
+def _toml_value(raw: str) -> object:
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw  # a bare string: EDGEWISE_MQTT__HOST=broker.local
+
+
+def _overlay(data: dict[str, Any], environ: Mapping[str, str]) -> dict[str, str]:
+    """Apply credentials, then environment overrides, to the parsed file; returns dotted key →
+    where its value came from."""
+    origins: dict[str, str] = {}
+    credentials = environ.get("CREDENTIALS_DIRECTORY")
+    if credentials:
+        for name, (keys, kind) in CREDENTIALS.items():
+            path = Path(credentials) / name
+            if path.is_file():
+                value = path.read_text().rstrip("\n") if kind == "text" else str(path)
+                _put(data, keys, value)
+                origins[".".join(keys)] = f"credential {name}"
+    for name, raw in sorted(environ.items()):
+        if name.startswith(ENV_PREFIX) and "__" in name:
+            keys = tuple(k.lower() for k in name.removeprefix(ENV_PREFIX).split("__"))
+            _put(data, keys, _toml_value(raw))
+            origins[".".join(keys)] = f"${name}"
+    return origins
+
+
+def _check_files(config: AgentConfig) -> list[str]:
+    """What validation cannot see: files that must be readable and hold the right thing."""
+    problems = []
+    for i, key_path in enumerate(config.trust.public_keys):
+        try:
+            TrustStore.from_files([key_path])
+        except (ContractError, OSError) as exc:
+            problems.append(f"trust.public_keys.{i}: {exc}")
+    tls = config.mqtt.tls
+    if tls is not None:
+        unreadable = False
+        for field in ("ca_file", "cert_file", "key_file"):
+            path = getattr(tls, field)
+            try:
+                path.open("rb").close()
+            except OSError as exc:
+                problems.append(f"mqtt.tls.{field}: cannot read {path}: {exc.strerror}")
+                unreadable = True
+        if not unreadable:
+            try:
+                context = ssl.create_default_context(cafile=str(tls.ca_file))
+                context.load_cert_chain(str(tls.cert_file), str(tls.key_file))
+            except ssl.SSLError as exc:
+                problems.append(f"mqtt.tls: the CA, certificate and key do not load: {exc}")
+    state = config.device.state_dir
+    existing = next(p for p in (state, *state.parents) if p.exists())
+    if not os.access(existing, os.W_OK):
+        problems.append(f"device.state_dir: {existing} is not writable by this user")
+    return problems
+
+
+def changed_keys(old: AgentConfig, new: AgentConfig) -> list[str]:
+    """Dotted keys whose values differ between two configs."""
+
+    def flat(config: AgentConfig) -> dict[str, object]:
+        out: dict[str, object] = {}
+        for section, values in config.model_dump().items():
+            for key, value in values.items():
+                out[f"{section}.{key}"] = value
+        return out
+
+    before, after = flat(old), flat(new)
+    return sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+
+
+def reloadable(key: str) -> bool:
+    return any(key == r or (r.endswith(".") and key.startswith(r)) for r in RELOADABLE)
+
+
+def load_config(path: Path, environ: Mapping[str, str] | None = None) -> AgentConfig:
+    """Read and validate a config file with its overrides (``environ``: default the process
+    environment); relative paths inside it resolve against its folder, and the files it names
+    are checked. Raises ConfigError naming the file and every key at fault."""
     path = Path(path)
     try:
         data = tomllib.loads(path.read_text())
@@ -147,22 +300,32 @@ def load_config(path: Path) -> AgentConfig:
         raise ConfigError(f"{path}: cannot read config: {exc.strerror}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    origins = _overlay(data, os.environ if environ is None else environ)
     try:
         config = AgentConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(f"{path}: {_describe(exc)}") from exc
+        raise ConfigError(f"{path}: {_describe(exc, origins)}") from exc
     base = path.resolve().parent
     source = config.source
     if source.kind in ("video", "images") or (
         source.kind == "sensor" and source.uri != "-" and ":" not in source.uri
     ):
         source = source.model_copy(update={"uri": str(base / source.uri)})
-    return config.model_copy(
+    tls = config.mqtt.tls
+    if tls is not None:
+        tls = TlsConfig(ca_file=base / tls.ca_file, cert_file=base / tls.cert_file,
+                        key_file=base / tls.key_file)  # fmt: skip
+    config = config.model_copy(
         update={
             "device": config.device.model_copy(
                 update={"state_dir": base / config.device.state_dir}
             ),
+            "mqtt": config.mqtt.model_copy(update={"tls": tls}),
             "trust": TrustConfig(public_keys=tuple(base / p for p in config.trust.public_keys)),
             "source": source,
         }
     )
+    problems = _check_files(config)
+    if problems:
+        raise ConfigError(f"{path}: {'; '.join(problems)}")
+    return config

@@ -7,14 +7,16 @@ import logging
 import threading
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .config import AgentConfig
+from .config import AgentConfig, changed_keys, load_config, reloadable
 from .contract import ContractError, Topics, TrustStore
 from .deployer import Deployer
-from .errors import ModelLoadError
+from .errors import ConfigError, ModelLoadError
 from .link import MqttLink
+from .notify import SystemdNotifier, Watchdog
 from .outbox import Outbox
 from .pipeline import CaptureWorker, FrameSlot, HealthStats, InferenceWorker, ModelSlot
 from .results import RateFilter, ResultBuilder
@@ -32,10 +34,25 @@ def _json(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":")).encode()
 
 
+# SIGTERM to exit: the frame in flight, then the outbox, then goodbye; systemd's stop timeout
+# and the issue ask for 5 s in all.
+JOIN_S, FLUSH_S, GOODBYE_S = 2.0, 1.5, 1.0
+
+
 class Agent:
-    def __init__(self, config: AgentConfig, max_results: int | None = None):
+    def __init__(
+        self,
+        config: AgentConfig,
+        max_results: int | None = None,
+        config_path: Path | None = None,
+    ):
+        """``config_path``: where SIGHUP (:meth:`request_reload`) reads the config again."""
         self.config = config
+        self._config_path = config_path
         self.stop_event = threading.Event()
+        self._reload = threading.Event()
+        self.notifier = SystemdNotifier()
+        self._watchdog = Watchdog(self.notifier)
         self.boot_id = uuid.uuid4().hex[:12]
         self.started_at = time.time()
         self._device = config.device.id
@@ -80,7 +97,7 @@ class Agent:
         )  # fmt: skip
         self._inference = InferenceWorker(
             self.frames, self.models, self._publish_result, self.stop_event, self.health,
-            self.stages,
+            self.stages, self._watchdog.beat,
         )  # fmt: skip
         self._sampler = ProcessSampler()
         self._frames_before = 0
@@ -135,6 +152,7 @@ class Agent:
         if event.get("type") == "deployment":
             self._deployment = {k: v for k, v in event.items() if k not in ("device", "boot_id")}
             self.link.announce()
+            self.notifier.status(self._serving())
 
     def _publish_result(self, frame: Frame, session: ModelSession, inference: Inference) -> None:
         if not self.rate.admit(inference, time.monotonic()):
@@ -168,6 +186,49 @@ class Agent:
             return
         log.info("serving installed %s %s", installed.manifest.name, installed.manifest.version)
 
+    def _serving(self) -> str:
+        model = self._model()
+        if model is None:
+            return "waiting for a deployment"
+        return f"serving {model['name']} {model['version']} on {self.config.source.uri}"
+
+    def request_reload(self) -> None:
+        """Re-read the config (SIGHUP); safe to call from a signal handler."""
+        self._reload.set()
+
+    def _reload_config(self) -> None:
+        if self._config_path is None:
+            return
+        try:
+            new = load_config(self._config_path)
+        except ConfigError as exc:
+            log.error("config reload refused, keeping the running config: %s", exc)
+            self.report_event({"type": "config", "state": "rejected", "reason": str(exc)})
+            return
+        changed = changed_keys(self.config, new)
+        applied = [key for key in changed if reloadable(key)]
+        later = [key for key in changed if not reloadable(key)]
+        deploy = {k.split(".", 1)[1]: getattr(new.deploy, k.split(".", 1)[1])
+                  for k in applied if k.startswith("deploy.")}  # fmt: skip
+        self.config = self.config.model_copy(
+            update={
+                "results": new.results,
+                "telemetry": self.config.telemetry.model_copy(
+                    update={"interval_s": new.telemetry.interval_s}
+                ),
+                "deploy": self.config.deploy.model_copy(update=deploy),
+            }
+        )
+        self.rate = RateFilter(self.config.results)
+        self._telemetry.interval_s = self.config.telemetry.interval_s
+        self.deployer.reconfigure(self.config)
+        if later:
+            log.warning("config reloaded; these need a restart to apply: %s", ", ".join(later))
+        log.info("config reloaded: %s", ", ".join(applied) or "nothing changed")
+        self.report_event(
+            {"type": "config", "state": "reloaded", "applied": applied, "needs_restart": later}
+        )
+
     def run(self) -> int:
         """Serve until ``stop_event`` is set (signal, end of file, or result limit)."""
         self._load_installed()
@@ -177,21 +238,33 @@ class Agent:
         self.uplink.start()
         self._telemetry.start()
         self._capture.start()
+        self.notifier.ready(self._serving())  # before the loop's first WATCHDOG ping
         self._inference.start()
         try:
             while not self.stop_event.is_set() and self._inference.is_alive():
-                self.stop_event.wait(0.5)
+                if self._reload.wait(0.5):
+                    self._reload.clear()
+                    self._reload_config()
         finally:
-            self.stop_event.set()
-            workers = (self._capture, self._inference, self.deployer, self.uplink, self._telemetry)
-            for worker in workers:
-                worker.join(timeout=5)
-            if not self.uplink.flush(timeout=2.0):
-                log.warning("%d results stay in the outbox for next time", self.outbox.queued)
-            self.outbox.close()
-            self.link.stop(goodbye=(self._topics.status(self._device), self._status("offline")))
-            log.info(
-                "stopped: %d results, %d frames dropped, %d frames before a model was serving",
-                self.results.seq, self.frames.dropped, self._inference.frames_without_model,
-            )  # fmt: skip
+            self._shut_down()
         return 0
+
+    def _shut_down(self) -> None:
+        self.notifier.stopping()
+        self.stop_event.set()
+        deadline = time.monotonic() + JOIN_S
+        # Inference first: it finishes the frame in flight and appends its result.
+        workers = (self._inference, self._capture, self.uplink, self._telemetry, self.deployer)
+        for worker in workers:
+            worker.join(timeout=max(0.0, deadline - time.monotonic()))
+        if not self.uplink.flush(timeout=FLUSH_S):
+            log.warning("%d results stay in the outbox for next time", self.outbox.queued)
+        self.outbox.close()
+        self.link.stop(
+            goodbye=(self._topics.status(self._device), self._status("offline")),
+            timeout=GOODBYE_S,
+        )
+        log.info(
+            "stopped: %d results, %d frames dropped, %d frames before a model was serving",
+            self.results.seq, self.frames.dropped, self._inference.frames_without_model,
+        )  # fmt: skip

@@ -67,6 +67,10 @@ class Deployer(threading.Thread):
         self._wanted: dict[int, tuple[Manifest, bytes]] = {}
         self._refused: set[str] = set()  # digests of payloads already refused this boot
 
+    def reconfigure(self, config: AgentConfig) -> None:
+        """Take new limits and budgets (a SIGHUP reload); they apply from the next deployment."""
+        self._config = config
+
     def subscribe(self) -> None:
         for topic in self._scopes:
             self._link.subscribe(topic, self.submit)

@@ -16,6 +16,18 @@ log = logging.getLogger(__name__)
 MessageHandler = Callable[[str, bytes], None]
 
 
+def configure_client(client: mqtt.Client, config: MqttConfig) -> None:
+    """Credentials and TLS (the client certificate is the identity) from the config."""
+    if config.username:
+        client.username_pw_set(config.username, config.password)
+    if config.tls is not None:
+        client.tls_set(
+            ca_certs=str(config.tls.ca_file),
+            certfile=str(config.tls.cert_file),
+            keyfile=str(config.tls.key_file),
+        )
+
+
 class MqttLink:
     """One paho client, its network thread, and the subscriptions the agent holds.
 
@@ -42,8 +54,7 @@ class MqttLink:
             protocol=mqtt.MQTTv311,
             clean_session=True,
         )
-        if config.username:
-            client.username_pw_set(config.username, config.password)
+        configure_client(client, config)
         client.will_set(will[0], will[1], qos=1, retain=True)
         client.reconnect_delay_set(min_delay=1, max_delay=int(config.reconnect_max_delay))
         client.on_connect = self._on_connect
@@ -52,7 +63,8 @@ class MqttLink:
         self._client = client
 
     def start(self) -> None:
-        self._client.connect_async(self._config.host, self._config.port, self._config.keepalive)
+        host, port = self._config.endpoint
+        self._client.connect_async(host, port, self._config.keepalive)
         self._client.loop_start()
 
     def stop(self, goodbye: tuple[str, bytes] | None = None, timeout: float = 2.0) -> None:
@@ -120,7 +132,7 @@ class MqttLink:
         if reason_code.is_failure:
             log.error("broker refused connection: %s", reason_code)
             return
-        log.info("connected to %s:%d", self._config.host, self._config.port)
+        log.info("connected to %s:%d", *self._config.endpoint)
         with self._lock:
             filters = list(self._filters.items())
         if filters:

@@ -185,14 +185,18 @@ class InferenceWorker(threading.Thread):
         stop: threading.Event,
         health: HealthStats,
         stages: StageStats,
+        heartbeat: Callable[[], None] = lambda: None,
     ):
+        """``heartbeat`` runs on every pass of the loop, a frame or not (the systemd watchdog):
+        if the loop hangs, it stops."""
         super().__init__(name="inference", daemon=True)
         self._slot, self._models, self._sink, self._halt = slot, models, sink, stop
         self.frames_without_model = 0
-        self._health, self._stages = health, stages
+        self._health, self._stages, self._heartbeat = health, stages, heartbeat
 
     def run(self) -> None:
         while not self._halt.is_set() and not self._slot.exhausted:
+            self._heartbeat()
             frame = self._slot.take(timeout=0.2)
             if frame is None:
                 continue

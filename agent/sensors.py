@@ -26,6 +26,7 @@ import paho.mqtt.client as mqtt
 
 from .config import MqttConfig, SourceConfig
 from .errors import SourceError
+from .link import configure_client
 from .sources import Frame
 
 POLL_S = 0.2  # longest a read waits before looking at its stop event again
@@ -426,16 +427,16 @@ class _MqttInput:
             protocol=mqtt.MQTTv311,
             clean_session=True,
         )
-        if config.username:
-            client.username_pw_set(config.username, config.password)
+        configure_client(client, config)
         client.reconnect_delay_set(min_delay=1, max_delay=int(config.reconnect_max_delay))
         client.on_connect = self._on_connect
         client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
         self._client = client
-        where = f"{config.host}:{config.port}"
+        host, port = config.endpoint
+        where = f"{host}:{port}"
         try:
-            client.connect(config.host, config.port, config.keepalive)
+            client.connect(host, port, config.keepalive)
         except OSError as exc:
             raise SourceError(f"{name}: cannot reach broker {where}: {exc}") from exc
         client.loop_start()

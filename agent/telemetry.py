@@ -195,12 +195,12 @@ class TelemetryReporter(threading.Thread):
         exporter: PrometheusExporter | None = None,
     ):
         super().__init__(name="telemetry", daemon=True)
-        self._interval, self._collect, self._publish = interval_s, collect, publish
+        self.interval_s, self._collect, self._publish = interval_s, collect, publish  # SIGHUP sets
         self._halt, self._exporter = stop, exporter
 
     def run(self) -> None:
         last = time.monotonic()
-        while not self._halt.wait(self._interval):
+        while not self._halt.wait(self.interval_s):
             now = time.monotonic()
             try:
                 message = self._collect(now - last)

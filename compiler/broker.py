@@ -43,8 +43,15 @@ class MosquittoBroker:
 
     kind = "mosquitto"
 
-    def __init__(self, port: int | None = None, extra_config: str = "", persistent: bool = False):
-        """``persistent`` keeps retained messages across a restart, as a production broker does."""
+    def __init__(
+        self,
+        port: int | None = None,
+        extra_config: str = "",
+        persistent: bool = False,
+        config: str | None = None,
+    ):
+        """``persistent`` keeps retained messages across a restart, as a production broker does.
+        ``config`` replaces the generated file entirely (it must listen on ``port``)."""
         self.host, self.port = "127.0.0.1", port or free_port()
         self._dir = tempfile.TemporaryDirectory(prefix="edgewise-mosquitto-")
         self.config_path = Path(self._dir.name) / "mosquitto.conf"
@@ -56,9 +63,8 @@ class MosquittoBroker:
             store.mkdir()
             store.chmod(0o1777)
             persistence = f"persistence true\npersistence_location {store}/\n"
-        self.config_path.write_text(
-            f"listener {self.port} {self.host}\nallow_anonymous true\n{persistence}{extra_config}"
-        )
+        generated = f"listener {self.port} {self.host}\nallow_anonymous true\n{persistence}"
+        self.config_path.write_text(config if config is not None else generated + extra_config)
         self.log_path = Path(self._dir.name) / "mosquitto.log"
         self._proc: subprocess.Popen[bytes] | None = None
 

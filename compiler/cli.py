@@ -48,6 +48,9 @@ def _broker_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--username")
     parser.add_argument("--password")
     parser.add_argument("--topic-root", default="edgewise")
+    parser.add_argument("--tls-ca", type=Path, help="broker CA certificate: connect with TLS")
+    parser.add_argument("--tls-cert", type=Path, help="client certificate (with --tls-ca)")
+    parser.add_argument("--tls-key", type=Path, help="client private key (with --tls-ca)")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -66,6 +69,20 @@ def _parser() -> argparse.ArgumentParser:
 
     keygen = sub.add_parser("keygen", help="write an Ed25519 signing key pair")
     keygen.add_argument("--out", type=Path, required=True, help="folder for signing.key/.pub")
+    keygen.add_argument("--force", action="store_true", help="replace an existing key pair")
+
+    certs = sub.add_parser(
+        "certs", help="fleet CA, broker and client certificates, and the broker's ACL file"
+    )
+    certs.add_argument("--out", type=Path, required=True, help="folder; what exists is kept")
+    certs.add_argument(
+        "--broker-name", action="append", default=[], help="DNS name or IP of the broker (repeat)"
+    )
+    certs.add_argument(
+        "--device", action="append", default=[], metavar="ID[:GROUP,...]",
+        help="a device to issue a certificate for, with its deploy groups (repeat)",
+    )  # fmt: skip
+    certs.add_argument("--topic-root", default="edgewise")
 
     comp = sub.add_parser("compile", help="prune, export, int8-quantize, evaluate and sign a model")
     comp.add_argument(
@@ -135,7 +152,9 @@ def _parser() -> argparse.ArgumentParser:
 def _address(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     from .mqtt import BrokerAddress
 
-    return BrokerAddress(args.host, args.port, args.username, args.password)
+    return BrokerAddress(
+        args.host, args.port, args.username, args.password, args.tls_ca, args.tls_cert, args.tls_key
+    )
 
 
 def _read_spec(path: Path) -> PreprocessSpec:
@@ -252,8 +271,25 @@ def _fleet(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     if args.command == "keygen":
         args.out.mkdir(parents=True, exist_ok=True)
+        if (args.out / "signing.key").exists() and not args.force:
+            raise CompilerError(
+                f"{args.out / 'signing.key'} exists; replacing it would orphan every device "
+                "that trusts it (--force to replace)"
+            )
         kid = generate_keypair(args.out / "signing.key", args.out / "signing.pub")
         print(f"key {kid}: {args.out / 'signing.key'} (keep secret), {args.out / 'signing.pub'}")
+        return 0
+    if args.command == "certs":
+        from .certs import build_fleet
+
+        devices = {}
+        for spec in args.device:
+            device, _, groups = spec.partition(":")
+            devices[device] = [g for g in groups.split(",") if g]
+        topics = Topics(args.topic_root)
+        for cert in build_fleet(args.out, devices, args.broker_name, topics):
+            print(f"{cert} ({cert.with_suffix('.key').name} is private: mode 0600)")
+        print(f"{args.out / 'edgewise.acl'}: the broker's acl_file")
         return 0
     if args.command == "train":
         import torch

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 
 import paho.mqtt.client as mqtt
 
@@ -17,6 +18,11 @@ class BrokerAddress:
     port: int = 1883
     username: str | None = None
     password: str | None = None
+    # TLS when ``ca`` is set: the broker's CA, and this client's certificate and key (the
+    # certificate is the identity on a broker with use_identity_as_username).
+    ca: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
 
 
 def connect(
@@ -37,6 +43,15 @@ def connect(
     client.max_inflight_messages_set(64)  # a push keeps a window of chunks in flight
     if address.username:
         client.username_pw_set(address.username, address.password)
+    if address.ca is not None:
+        try:
+            client.tls_set(
+                ca_certs=str(address.ca),
+                certfile=str(address.cert) if address.cert else None,
+                keyfile=str(address.key) if address.key else None,
+            )
+        except (OSError, ValueError) as exc:
+            raise BrokerUnavailable(f"cannot load TLS files: {exc}") from exc
     connected = threading.Event()
     refused: list[str] = []
 

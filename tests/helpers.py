@@ -13,12 +13,17 @@ class AgentProcess:
     """The real ``edgewise-agent`` console script as a subprocess."""
 
     def __init__(
-        self, config: Path, *args: str, prelude: list[str] | None = None, log: Path | None = None
+        self,
+        config: Path,
+        *args: str,
+        prelude: list[str] | None = None,
+        log: Path | None = None,
+        env: dict[str, str] | None = None,
     ):
         cmd = [*(prelude or [str(BIN / "edgewise-agent")]), "run", "--config", str(config), *args]
         self.log = log or config.with_suffix(".log")
         self._log_file = open(self.log, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(cmd, stdout=self._log_file, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(cmd, stdout=self._log_file, stderr=subprocess.STDOUT, env=env)
 
     def stop(self, timeout: float = 10) -> int:
         if self.proc.poll() is None:

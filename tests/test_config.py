@@ -1,4 +1,5 @@
-"""Config errors name the file and the key; check-config exits 78 (EX_CONFIG)."""
+"""Config errors name the file and the key, and the agent exits 78 (EX_CONFIG); environment
+variables and systemd credentials override the file."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ from pathlib import Path
 import pytest
 from helpers import BIN
 
-from agent.config import load_config
+from agent.config import changed_keys, load_config, reloadable
+from agent.contract import generate_keypair
 from agent.errors import ConfigError
+from compiler.certs import create_ca, issue
 
 GOOD = """
 [device]
@@ -25,66 +28,143 @@ uri = "clip.avi"
 """
 
 
-def test_valid_config_resolves_relative_paths(tmp_path: Path) -> None:
-    path = tmp_path / "agent.toml"
-    path.write_text(GOOD)
-    config = load_config(path)
-    assert config.device.state_dir == tmp_path / "state"
-    assert config.trust.public_keys == (tmp_path / "keys/a.pub",)
-    assert config.source.uri == str(tmp_path / "clip.avi")
-    assert config.mqtt.port == 1883
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    """A config folder with a real trusted key and a TLS identity beside the config."""
+    (tmp_path / "keys").mkdir()
+    generate_keypair(tmp_path / "keys" / "a.key", tmp_path / "keys" / "a.pub")
+    ca = create_ca(tmp_path / "tls")
+    issue(ca, "cam-1", tmp_path / "tls")
+    return tmp_path
 
 
-@pytest.mark.parametrize(
-    ("text", "key"),
-    [
-        (GOOD + '\n[mqtt]\nport = "high"\n', "mqtt.port"),
-        (GOOD + "\n[mqtt]\nprot = 1\n", "mqtt.prot"),
-        (GOOD.replace('id = "cam-1"', 'id = "cam/1"'), "device.id"),
-        (GOOD.replace('kind = "video"', 'kind = "webcam"'), "source.kind"),
-        (GOOD.replace('[trust]\npublic_keys = ["keys/a.pub"]', ""), "trust"),
-    ],
-)
-def test_error_names_file_and_key(tmp_path: Path, text: str, key: str) -> None:
-    path = tmp_path / "agent.toml"
+TLS = """
+[mqtt.tls]
+ca_file = "tls/ca.crt"
+cert_file = "tls/cam-1.crt"
+key_file = "tls/cam-1.key"
+"""
+
+
+def write(folder: Path, text: str) -> Path:
+    path = folder / "agent.toml"
     path.write_text(text)
+    return path
+
+
+def check_config(path: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(BIN / "edgewise-agent"), "check-config", "--config", str(path)],
+        capture_output=True, text=True, timeout=60, env=env,
+    )  # fmt: skip
+
+
+def test_valid_config_resolves_relative_paths(folder: Path) -> None:
+    config = load_config(write(folder, GOOD + TLS), environ={})
+    assert config.device.state_dir == folder / "state"
+    assert config.trust.public_keys == (folder / "keys/a.pub",)
+    assert config.source.uri == str(folder / "clip.avi")
+    assert config.mqtt.tls is not None and config.mqtt.tls.key_file == folder / "tls/cam-1.key"
+    assert config.mqtt.endpoint == ("127.0.0.1", 1883)
+
+
+def test_the_shipped_example_is_valid_apart_from_its_paths() -> None:
+    """deploy/agent.example.toml parses and validates; only files absent here are reported."""
+    example = Path(__file__).resolve().parents[1] / "deploy" / "agent.example.toml"
     with pytest.raises(ConfigError) as info:
-        load_config(path)
+        load_config(example, environ={})
+    problems = str(info.value).split(": ", 1)[1].split("; ")
+    assert all(
+        p.startswith(("trust.public_keys.0", "mqtt.tls.", "device.state_dir")) for p in problems
+    ), problems
+
+
+BROKEN = [
+    ("missing key", GOOD.replace('uri = "clip.avi"', ""), "source.uri"),
+    ("missing section", GOOD.replace('[trust]\npublic_keys = ["keys/a.pub"]', ""), "trust"),
+    ("wrong type", GOOD + '\n[mqtt]\nport = "high"\n', "mqtt.port"),
+    ("out of range", GOOD + "\n[mqtt]\nport = 70000\n", "mqtt.port"),
+    ("unknown key", GOOD + "\n[mqtt]\nprot = 1\n", "mqtt.prot"),
+    ("unknown section", GOOD + "\n[camera]\nfps = 1\n", "camera"),
+    ("bad device id", GOOD.replace('id = "cam-1"', 'id = "cam/1"'), "device.id"),
+    ("bad enum", GOOD.replace('kind = "video"', 'kind = "webcam"'), "source.kind"),
+    ("bad broker URL", GOOD + '\n[mqtt]\nurl = "http://broker:1883"\n', "mqtt.url"),
+    ("URL without host", GOOD + '\n[mqtt]\nurl = "mqtt://"\n', "mqtt.url"),
+    ("mqtts without TLS", GOOD + '\n[mqtt]\nurl = "mqtts://broker"\n', "mqtt"),
+    ("missing trusted key", GOOD.replace("keys/a.pub", "keys/none.pub"), "trust.public_keys.0"),
+    ("not a key", GOOD.replace("keys/a.pub", "tls/ca.crt"), "trust.public_keys.0"),
+    (
+        "unreadable TLS key",
+        GOOD + TLS.replace("tls/cam-1.key", "tls/gone.key"),
+        "mqtt.tls.key_file",
+    ),
+    ("key of another cert", GOOD + TLS.replace("tls/cam-1.key", "tls/ca.key"), "mqtt.tls"),
+    ("negative threads", GOOD + "\n[runtime]\nintra_op_threads = -1\n", "runtime.intra_op_threads"),
+    ("bad TOML", "[device\n", "not valid TOML"),
+]
+
+
+@pytest.mark.parametrize(("text", "key"), [b[1:] for b in BROKEN], ids=[b[0] for b in BROKEN])
+def test_broken_config_exits_78_naming_the_key(folder: Path, text: str, key: str) -> None:
+    path = write(folder, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path, environ={})
     assert str(path) in str(info.value) and key in str(info.value)
 
 
-def test_bad_toml_and_missing_file(tmp_path: Path) -> None:
-    path = tmp_path / "agent.toml"
-    path.write_text("[device\n")
-    with pytest.raises(ConfigError, match="not valid TOML"):
-        load_config(path)
-    with pytest.raises(ConfigError, match="cannot read"):
-        load_config(tmp_path / "missing.toml")
-
-
-def test_check_config_cli_exit_codes(tmp_path: Path) -> None:
-    path = tmp_path / "agent.toml"
-    path.write_text(GOOD)
-    ok = subprocess.run(
-        [BIN / "edgewise-agent", "check-config", "--config", path], capture_output=True
-    )
+@pytest.mark.parametrize("command", ["check-config", "run"])
+def test_cli_exit_codes(folder: Path, command: str) -> None:
+    ok = check_config(write(folder, GOOD))
     assert ok.returncode == 0, ok.stderr
-    path.write_text(GOOD + "\n[runtime]\nintra_op_threads = -1\n")
+    path = write(folder, GOOD.replace("keys/a.pub", "keys/none.pub"))
     bad = subprocess.run(
-        [BIN / "edgewise-agent", "check-config", "--config", path], capture_output=True, text=True
-    )
+        [str(BIN / "edgewise-agent"), command, "--config", str(path)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
     assert bad.returncode == 78
-    assert "runtime.intra_op_threads" in bad.stderr
+    assert "trust.public_keys.0" in bad.stderr and "none.pub" in bad.stderr
+    missing = check_config(folder / "nowhere.toml")
+    assert missing.returncode == 78 and "cannot read config" in missing.stderr
 
 
-def test_run_with_unreadable_trusted_key_exits_78(tmp_path: Path) -> None:
-    path = tmp_path / "agent.toml"
-    path.write_text(GOOD)  # keys/a.pub does not exist
-    proc = subprocess.run(
-        [BIN / "edgewise-agent", "run", "--config", path],
-        capture_output=True,
-        text=True,
-        timeout=60,
+def test_environment_overrides_the_file(folder: Path) -> None:
+    path = write(folder, GOOD + '\n[mqtt]\nhost = "file-broker"\n')
+    env = {
+        "EDGEWISE_MQTT__HOST": "env-broker",
+        "EDGEWISE_MQTT__PORT": "8884",
+        "EDGEWISE_DEVICE__GROUPS": '["lobby", "north"]',
+        "EDGEWISE_UNRELATED": "ignored: no section separator",
+    }
+    config = load_config(path, environ=env)
+    assert (config.mqtt.host, config.mqtt.port) == ("env-broker", 8884)
+    assert config.device.groups == ("lobby", "north")
+    with pytest.raises(ConfigError, match=r"mqtt\.port: .* \(from \$EDGEWISE_MQTT__PORT\)"):
+        load_config(path, environ={"EDGEWISE_MQTT__PORT": "high"})
+    bad = check_config(path, env={"EDGEWISE_MQTT__PROT": "1", "PATH": "/usr/bin:/bin"})
+    assert bad.returncode == 78 and "$EDGEWISE_MQTT__PROT" in bad.stderr
+
+
+def test_secrets_come_from_systemd_credentials(folder: Path) -> None:
+    credentials = folder / "credentials"
+    credentials.mkdir()
+    (credentials / "mqtt-password").write_text("s3cret\n")
+    (credentials / "mqtt-tls-key").write_bytes((folder / "tls" / "cam-1.key").read_bytes())
+    path = write(folder, GOOD + TLS.replace("tls/cam-1.key", "not/here.key"))
+    config = load_config(path, environ={"CREDENTIALS_DIRECTORY": str(credentials)})
+    assert config.mqtt.password == "s3cret"
+    assert config.mqtt.tls is not None
+    assert config.mqtt.tls.key_file == credentials / "mqtt-tls-key"
+    result = check_config(path, env={"CREDENTIALS_DIRECTORY": str(credentials)})
+    assert result.returncode == 0, result.stderr
+    assert "s3cret" not in result.stdout + result.stderr and "PRIVATE" not in result.stdout
+
+
+def test_reload_tells_what_applies_now_and_what_needs_a_restart(folder: Path) -> None:
+    old = load_config(write(folder, GOOD), environ={})
+    new = load_config(
+        write(folder, GOOD + '\n[results]\nmode = "on_change"\n[mqtt]\nkeepalive = 5\n'),
+        environ={},
     )
-    assert proc.returncode == 78
-    assert "trust.public_keys" in proc.stderr and "a.pub" in proc.stderr
+    changed = changed_keys(old, new)
+    assert changed == ["mqtt.keepalive", "results.mode"]
+    assert [reloadable(k) for k in changed] == [False, True]

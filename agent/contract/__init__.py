@@ -32,10 +32,11 @@ from .signing import (
     load_public_key,
     sign_manifest,
 )
-from .topics import Topics
+from .topics import DEVICE_ID_PATTERN, Topics
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
+    "DEVICE_ID_PATTERN",
     "BlobSpec",
     "ClassificationSpec",
     "ContractError",

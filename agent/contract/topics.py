@@ -4,6 +4,7 @@
 {root}/v1/deploy/group/{group}        retained signed manifest for a group
 {root}/v1/deploy/all                  retained signed manifest for the whole fleet
 {root}/v1/blobs/{sha256}/{index}      retained model chunk (content-addressed)
+{root}/v1/commands/device/{device_id} commands for one device (likewise group/{group}, all)
 {root}/v1/devices/{device_id}/status  retained online/offline (birth and last will)
 {root}/v1/devices/{device_id}/results inference results
 {root}/v1/devices/{device_id}/events  deploy outcomes and errors
@@ -15,6 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 _FORBIDDEN = set("+#/\x00")
+# A device id is an MQTT topic segment, a client-id suffix and a certificate CN.
+DEVICE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 
 
 def _segment(value: str, what: str) -> str:
@@ -52,6 +55,19 @@ class Topics:
         if target == "all":
             return self.deploy_all()
         raise ValueError(f"not a deploy target: {target!r} (device:ID, group:NAME or all)")
+
+    def commands_device(self, device_id: str) -> str:
+        return f"{self._base}/commands/device/{_segment(device_id, 'device id')}"
+
+    def commands_group(self, group: str) -> str:
+        return f"{self._base}/commands/group/{_segment(group, 'group')}"
+
+    def commands_all(self) -> str:
+        return f"{self._base}/commands/all"
+
+    def all_blobs(self) -> str:
+        """Filter matching every chunk of every blob."""
+        return f"{self._base}/blobs/#"
 
     def blob_chunk(self, sha256: str, index: int) -> str:
         return f"{self._base}/blobs/{_segment(sha256, 'sha256')}/{index}"

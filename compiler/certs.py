@@ -1,0 +1,225 @@
+"""``edgewise certs``: a fleet CA, the broker's certificate, one client certificate per device and
+one for the cloud, plus the Mosquitto ACL that binds each identity to its own topics.
+
+The broker runs with ``use_identity_as_username``: a client's username is its certificate's CN,
+so the ACL's ``%u`` patterns key on something the client cannot choose (unlike its client id).
+Keys are EC P-256 (fast on a Pi's TLS handshake, supported everywhere), written 0600.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from agent.contract import Topics
+
+from .errors import CompilerError
+
+CLOUD_IDENTITY = "edgewise-cloud"
+DEVICE_WRITES = ("status", "telemetry", "results", "events")  # its own subtree only
+
+
+class CertificateError(CompilerError):
+    """A CA or certificate that cannot be created or read; the message names the file."""
+
+
+@dataclass(frozen=True)
+class Identity:
+    """A certificate and its private key on disk."""
+
+    cert: Path
+    key: Path
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Write a secret: created 0600 from the first byte (never readable by others, even briefly),
+    then renamed into place."""
+    partial = path.with_name(path.name + ".partial")
+    partial.unlink(missing_ok=True)
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(data)
+    partial.replace(path)
+
+
+def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def _name(common_name: str) -> x509.Name:
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Edgewise"),
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+        ]
+    )
+
+
+def _load(identity: Identity) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    try:
+        cert = x509.load_pem_x509_certificate(identity.cert.read_bytes())
+        key = serialization.load_pem_private_key(identity.key.read_bytes(), password=None)
+    except (OSError, ValueError) as exc:
+        raise CertificateError(f"cannot read {identity.cert} / {identity.key}: {exc}") from exc
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise CertificateError(f"{identity.key}: not an EC private key")
+    return cert, key
+
+
+def create_ca(out: Path, days: int = 3650) -> Identity:
+    """``ca.crt`` and ``ca.key`` in ``out``; an existing CA is kept (re-running never orphans the
+    certificates it signed)."""
+    out.mkdir(parents=True, exist_ok=True)
+    ca = Identity(out / "ca.crt", out / "ca.key")
+    if ca.cert.exists() and ca.key.exists():
+        _load(ca)
+        return ca
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name("Edgewise fleet CA"))
+        .issuer_name(_name("Edgewise fleet CA"))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=False,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    write_private(ca.key, _key_pem(key))
+    ca.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return ca
+
+
+def issue(
+    ca: Identity,
+    common_name: str,
+    out: Path,
+    *,
+    server_names: list[str] | None = None,
+    days: int = 825,
+) -> Identity:
+    """A certificate for ``common_name`` signed by ``ca``: a server certificate (with
+    ``server_names`` as DNS names or IP addresses) when given, else a client one. An existing
+    pair in ``out`` is kept."""
+    out.mkdir(parents=True, exist_ok=True)
+    identity = Identity(out / f"{common_name}.crt", out / f"{common_name}.key")
+    if identity.cert.exists() and identity.key.exists():
+        return identity
+    ca_cert, ca_key = _load(ca)
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.timezone.utc)
+    usage = ExtendedKeyUsageOID.SERVER_AUTH if server_names else ExtendedKeyUsageOID.CLIENT_AUTH
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(_name(common_name))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+    )
+    if server_names:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName([_general_name(n) for n in server_names]), critical=False
+        )
+    cert = builder.sign(ca_key, hashes.SHA256())
+    write_private(identity.key, _key_pem(key))
+    identity.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return identity
+
+
+def _general_name(name: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(name))
+    except ValueError:
+        return x509.DNSName(name)
+
+
+def acl(devices: dict[str, list[str]], topics: Topics, cloud: str = CLOUD_IDENTITY) -> str:
+    """The Mosquitto ACL file: every device reads its own, its groups' and the fleet-wide deploy
+    and command topics and the model chunks, and writes only its own status, telemetry, results
+    and events; the cloud identity reads and writes everything under the topic root.
+
+    Fleet-wide topics are granted per known device rather than to everyone: a certificate the
+    ACL does not list reaches nothing beyond its own subtree until the file is regenerated."""
+    me = "%u"  # Mosquitto puts the identity's CN here
+    lines = [
+        "# Written by `edgewise certs`. Usernames are certificate CNs (use_identity_as_username).",
+        "# Pattern lines apply to every identity, with %u replaced by its CN.",
+        f"pattern read {topics.deploy_device(me)}",
+        f"pattern read {topics.commands_device(me)}",
+        *(f"pattern write {topics.device(me, leaf)}" for leaf in DEVICE_WRITES),
+        "",
+        f"user {cloud}",
+        f"topic readwrite {topics.root}/#",
+    ]
+    for device, groups in sorted(devices.items()):
+        lines += [
+            "",
+            f"user {device}",
+            f"topic read {topics.deploy_all()}",
+            f"topic read {topics.commands_all()}",
+            f"topic read {topics.all_blobs()}",
+        ]
+        for group in groups:
+            lines.append(f"topic read {topics.deploy_group(group)}")
+            lines.append(f"topic read {topics.commands_group(group)}")
+    return "\n".join(lines) + "\n"
+
+
+def build_fleet(
+    out: Path,
+    devices: dict[str, list[str]],
+    broker_names: list[str],
+    topics: Topics,
+    cloud: str = CLOUD_IDENTITY,
+) -> list[Path]:
+    """Create what is missing under ``out`` — ``ca.*``, ``broker.*``, ``{cloud}.*``,
+    ``devices/{id}.*`` — and rewrite ``edgewise.acl`` for every device issued so far
+    (``fleet.json`` remembers them and their groups). Returns the certificates written or kept."""
+    inventory_path = out / "fleet.json"
+    inventory: dict[str, list[str]] = (
+        json.loads(inventory_path.read_text()) if inventory_path.exists() else {}
+    )
+    for device, groups in devices.items():
+        inventory[device] = sorted(set(inventory.get(device, [])) | set(groups))
+    ca = create_ca(out)
+    if not (out / "broker.crt").exists() and not broker_names:
+        raise CertificateError("the broker certificate needs --broker-name (its DNS name or IP)")
+    issued = [ca.cert, issue(ca, "broker", out, server_names=broker_names).cert]
+    issued.append(issue(ca, cloud, out).cert)
+    issued += [issue(ca, device, out / "devices").cert for device in sorted(inventory)]
+    (out / "edgewise.acl").write_text(acl(inventory, topics, cloud))
+    inventory_path.write_text(json.dumps(inventory, indent=2, sort_keys=True) + "\n")
+    return issued
