@@ -12,6 +12,7 @@ import datetime as dt
 import ipaddress
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from agent.contract import Topics
+from agent.contract import DEVICE_ID_PATTERN, Topics
 
 from .errors import CompilerError
 
@@ -208,6 +209,11 @@ def build_fleet(
     """Create what is missing under ``out`` — ``ca.*``, ``broker.*``, ``{cloud}.*``,
     ``devices/{id}.*`` — and rewrite ``edgewise.acl`` for every device issued so far
     (``fleet.json`` remembers them and their groups). Returns the certificates written or kept."""
+    for name in [*devices, *(group for groups in devices.values() for group in groups)]:
+        if not re.fullmatch(DEVICE_ID_PATTERN, name):
+            raise CertificateError(
+                f"{name!r} cannot be a device id or group (letters, digits, '.', '_', '-')"
+            )
     inventory_path = out / "fleet.json"
     inventory: dict[str, list[str]] = (
         json.loads(inventory_path.read_text()) if inventory_path.exists() else {}
