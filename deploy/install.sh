@@ -351,6 +351,8 @@ install_config() {
     make_dir 0750 "root:$USER_NAME" "$CONF_DIR"
     # Public keys the agent verifies packages with: it must read them.
     make_dir 0750 "root:$USER_NAME" "$CONF_DIR/keys"
+    # The broker's CA and this device's certificate (public; the key is a credential).
+    make_dir 0750 "root:$USER_NAME" "$CONF_DIR/tls"
     # Secrets systemd hands over with LoadCredential=: root only, the agent never reads them here.
     make_dir 0700 root:root "$CONF_DIR/credentials"
     make_dir 0750 "$USER_NAME:$USER_NAME" "$STATE_DIR"
@@ -423,5 +425,6 @@ install_config
 make_venv
 install_unit
 if ((!DRY_RUN)); then
-    note "installed; edit $PREFIX$CONF_DIR/agent.toml, put the release keys in $PREFIX$CONF_DIR/keys"
+    note "installed; edit $PREFIX$CONF_DIR/agent.toml, put the release keys in $PREFIX$CONF_DIR/keys,"
+    note "the device certificate and CA in $PREFIX$CONF_DIR/tls and its key in $PREFIX$CONF_DIR/credentials/mqtt-tls-key"
 fi

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from device_harness import DEPLOY, Device
+from forge import package_from
 from helpers import BIN, AgentProcess
 
 from agent.contract import Topics, generate_keypair
@@ -26,7 +27,6 @@ from compiler.certs import create_ca, issue
 from compiler.demo import write_agent_config
 from compiler.errors import BrokerUnavailable
 from compiler.mqtt import BrokerAddress, connect, disconnect
-from compiler.package import write_package
 from compiler.push import push_package
 from compiler.results import DeviceFeed
 
@@ -239,12 +239,9 @@ def test_agent_over_tls_takes_a_push_and_refuses_an_untrusted_one(
         assert device.serving() == {"1.0.0"}
         # The broker lets the cloud identity publish anything; the device still checks signatures.
         generate_keypair(tmp_path / "rogue.key", tmp_path / "rogue.pub")
-        m = compiled.package.manifest
-        rogue = write_package(
-            tmp_path / "rogue", compiled.package.model_path, name=m.name, version="2.0.0",
-            input_spec=m.input, preprocess=m.preprocess, postprocess=m.postprocess, metrics={},
-            signing_key=tmp_path / "rogue.key",
-        )  # fmt: skip
+        rogue = package_from(
+            compiled.package, tmp_path / "rogue", tmp_path / "rogue.key", version="2.0.0"
+        )
         push_package(cloud, TOPICS, rogue, "device:cam-a")
         assert "untrusted key" in device.rejected()
         assert device.serving() == {"1.0.0"}
