@@ -110,6 +110,8 @@ def test_broken_config_exits_78_naming_the_key(folder: Path, text: str, key: str
     with pytest.raises(ConfigError) as info:
         load_config(path, environ={})
     assert str(path) in str(info.value) and key in str(info.value)
+    cli = check_config(path)
+    assert cli.returncode == 78 and key in cli.stderr and str(path) in cli.stderr
 
 
 @pytest.mark.parametrize("command", ["check-config", "run"])
