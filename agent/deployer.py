@@ -25,7 +25,7 @@ from .errors import DeployError, ModelLoadError
 from .fetcher import ChunkFetcher
 from .link import MqttLink
 from .pipeline import HealthStats, ModelSlot
-from .probe import probe_candidate
+from .probe import ProbeInterrupted, probe_candidate
 from .runtime import ModelSession
 from .store import InstalledModel, ModelStore, blobs_of, verify_blob
 
@@ -129,6 +129,10 @@ class Deployer(threading.Thread):
         except Rejected as exc:
             self._store.quarantine(manifest, str(exc))
             self._reject(manifest, str(exc))
+        except ProbeInterrupted:
+            # Not the candidate's fault: its verified chunks stay on disk and the retained
+            # announcement brings it back at the next start.
+            log.info("stopping during the probe of %s %s", manifest.name, manifest.version)
         except (DeployError, ContractError, ModelLoadError, OSError) as exc:
             self._reject(manifest, str(exc))
 
@@ -204,6 +208,7 @@ class Deployer(threading.Thread):
             report = probe_candidate(
                 files[manifest.model.path], manifest, golden, self._config.runtime,
                 timeout_s=deploy.probe_timeout, memory_limit_mb=deploy.probe_memory_mb,
+                stop=self._halt,
             )  # fmt: skip
         except (ContractError, DeployError) as exc:
             for path in files.values():

@@ -16,15 +16,21 @@ import resource
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from .config import RuntimeConfig
 from .contract import Manifest
-from .errors import DeployError
+from .errors import AgentError, DeployError
 
 MEMORY = "memory limit"
+_POLL_S = 0.2  # how often a waiting parent looks at its stop event
+
+
+class ProbeInterrupted(AgentError):
+    """The agent stopped while a probe ran: nothing is known about the candidate yet."""
 
 
 class ProbeError(DeployError):
@@ -55,8 +61,10 @@ def probe_candidate(
     timeout_s: float = 30.0,
     memory_limit_mb: int = 1024,
     runs: int = 50,
+    stop: threading.Event | None = None,
 ) -> ProbeReport:
-    """Raises ProbeError naming the failure; never crashes or hangs the caller."""
+    """Raises ProbeError naming the failure; never crashes or hangs the caller. When ``stop`` is
+    set the child is killed and ProbeInterrupted raised: the candidate is not at fault."""
     args = [
         sys.executable, "-m", "agent.probe", str(model_path),
         str(golden_path) if golden_path else "-", str(runtime.intra_op_threads), str(runs),
@@ -70,12 +78,22 @@ def probe_candidate(
         start_new_session=True,
         preexec_fn=lambda: _limit_memory(memory_limit_mb),
     )
-    try:
-        out, err = proc.communicate(manifest.model_dump_json().encode(), timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-        raise ProbeError(f"candidate hung the loader: no answer in {timeout_s:.0f} s") from None
+    request: bytes | None = manifest.model_dump_json().encode()
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            out, err = proc.communicate(request, timeout=_POLL_S)
+            break
+        except subprocess.TimeoutExpired:
+            request = None  # sent with the first call; a retry must not send it again
+            stopping = stop is not None and stop.is_set()
+            if not stopping and time.monotonic() < deadline:
+                continue
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            if stopping:
+                raise ProbeInterrupted("the agent is stopping; the probe was abandoned") from None
+            raise ProbeError(f"candidate hung the loader: no answer in {timeout_s:.0f} s") from None
     lines = out.decode(errors="replace").strip().splitlines()
     try:
         answer = json.loads(lines[-1]) if lines else {}

@@ -4,7 +4,9 @@ model keeps serving; transfers resume; kill -9 never leaves a partial model; swa
 from __future__ import annotations
 
 import os
+import signal
 import time
+from pathlib import Path
 
 import bad_models
 import numpy as np
@@ -326,3 +328,42 @@ def test_probation_rolls_back_a_model_that_fails_on_live_frames(
         assert ModelStore(dev.state).quarantined(package.manifest) is not None
     finally:
         dev.agent.stop()
+
+
+def test_sigterm_during_a_probe_kills_it_and_quarantines_nothing(
+    device, cloud, compiled, signing_keys, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    model = bad_models.hanging_model(tmp_path / "hang.onnx")
+    package = package_from(
+        compiled.package, tmp_path / "p", signing_keys[0], version="2.0.0", model=model,
+        golden=None,
+    )  # fmt: skip
+    publish(cloud, package)
+    device.deployment("verifying")
+    deadline = time.monotonic() + 10
+    while not (probes := probe_children(device.agent.proc.pid)):  # no event marks a fork
+        assert time.monotonic() < deadline, "no probe child started"
+        time.sleep(0.05)
+    began = time.monotonic()
+    device.agent.proc.send_signal(signal.SIGTERM)
+    assert device.agent.proc.wait(10) == 0
+    assert time.monotonic() - began < 5
+    assert not any(Path(f"/proc/{pid}").exists() for pid in probes), (
+        "probe child outlived the agent"
+    )
+    quarantine = device.state / "quarantine.json"
+    assert not quarantine.exists() or "2.0.0" not in quarantine.read_text()
+
+
+def probe_children(parent: int) -> list[int]:
+    """Pids of ``python -m agent.probe`` processes whose parent is ``parent``."""
+    found = []
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            fields = dict(line.split(":\t", 1) for line in status.read_text().splitlines())
+            cmdline = (status.parent / "cmdline").read_bytes()
+        except (OSError, ValueError):
+            continue
+        if fields.get("PPid", "").strip() == str(parent) and b"agent.probe" in cmdline:
+            found.append(int(status.parent.name))
+    return found
