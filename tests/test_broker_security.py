@@ -249,3 +249,24 @@ def test_agent_over_tls_takes_a_push_and_refuses_an_untrusted_one(
         assert device.agent.stop() == 0, device.agent.output()[-3000:]
         cloud.publish(TOPICS.deploy_device("cam-a"), b"", qos=1, retain=True).wait_for_publish(5)
         disconnect(cloud)
+
+
+def test_cloud_tools_connect_with_their_certificate(secure_broker, pki: Path) -> None:  # type: ignore[no-untyped-def]
+    cam_a = Listener(address(secure_broker, pki, "cam-a"), [])
+    cam_a.publish(TOPICS.status("cam-a"), b'{"state": "online"}', retain=True)
+    tls = ["--tls-ca", str(pki / "ca.crt"), "--tls-cert", str(pki / "edgewise-cloud.crt"),
+           "--tls-key", str(pki / "edgewise-cloud.key")]  # fmt: skip
+    broker = ["--host", secure_broker.host, "--port", str(secure_broker.port)]
+    fleet = subprocess.run(
+        [str(BIN / "edgewise"), "fleet", "--once", "--interval", "1", *broker, *tls],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    refused = subprocess.run(
+        [str(BIN / "edgewise"), "fleet", "--once", "--interval", "1", *broker],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    cam_a.publish(TOPICS.status("cam-a"), b"", retain=True)
+    cam_a.close()
+    assert fleet.returncode == 0, fleet.stderr
+    assert any(line.startswith("cam-a") and "online" in line for line in fleet.stdout.splitlines())
+    assert refused.returncode == 1 and "broker" in refused.stderr
