@@ -36,6 +36,10 @@ class AgentProcess:
     def output(self) -> str:
         return self.log.read_text(errors="replace")
 
+    def results_produced(self) -> int:
+        """How many results the agent says it produced, from its last log line after a stop."""
+        return int(self.output().split("stopped: ")[1].split(" results")[0])
+
     def kill(self) -> None:
         """SIGKILL: no goodbye, no flush — a power cut as far as the agent can tell."""
         self.proc.kill()

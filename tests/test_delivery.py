@@ -181,13 +181,16 @@ def test_model_that_crashes_the_loader(device, cloud, compiled, signing_keys, tm
     assert device.serving() == {"1.0.0"}
 
 
-def test_model_that_hangs_the_loader(device, cloud, compiled, signing_keys, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def hanging_package(compiled, signing_keys, tmp_path):  # type: ignore[no-untyped-def]
     model = bad_models.hanging_model(tmp_path / "hang.onnx")
-    package = package_from(
+    return package_from(
         compiled.package, tmp_path / "p", signing_keys[0], version="2.0.0", model=model,
         golden=None,
     )  # fmt: skip
-    publish(cloud, package)
+
+
+def test_model_that_hangs_the_loader(device, cloud, compiled, signing_keys, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    publish(cloud, hanging_package(compiled, signing_keys, tmp_path))
     assert "hung" in device.rejected(timeout=60)
     assert device.serving() == {"1.0.0"}
 
@@ -333,12 +336,7 @@ def test_probation_rolls_back_a_model_that_fails_on_live_frames(
 def test_sigterm_during_a_probe_kills_it_and_quarantines_nothing(
     device, cloud, compiled, signing_keys, tmp_path
 ) -> None:  # type: ignore[no-untyped-def]
-    model = bad_models.hanging_model(tmp_path / "hang.onnx")
-    package = package_from(
-        compiled.package, tmp_path / "p", signing_keys[0], version="2.0.0", model=model,
-        golden=None,
-    )  # fmt: skip
-    publish(cloud, package)
+    publish(cloud, hanging_package(compiled, signing_keys, tmp_path))
     device.deployment("verifying")
     deadline = time.monotonic() + 10
     while not (probes := probe_children(device.agent.proc.pid)):  # no event marks a fork

@@ -150,7 +150,7 @@ def test_sigterm_mid_stream_exits_fast_offline_and_loses_nothing(
     took = time.monotonic() - began
     assert code == 0 and took < 5, (code, took, agent.output()[-2000:])
     assert offline.wait(10), statuses
-    produced = int(agent.output().split("stopped: ")[1].split(" results")[0])
+    produced = agent.results_produced()
     db = sqlite3.connect(tmp_path / "state" / "outbox.db")
     left = [json.loads(p)["seq"] for (p,) in db.execute("SELECT payload FROM results")]
     db.close()
