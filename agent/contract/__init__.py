@@ -31,6 +31,7 @@ from .signing import (
     load_private_key,
     load_public_key,
     sign_manifest,
+    write_private,
 )
 from .topics import DEVICE_ID_PATTERN, Topics
 
@@ -65,4 +66,5 @@ __all__ = [
     "sha256_file",
     "sign_manifest",
     "to_tensor",
+    "write_private",
 ]

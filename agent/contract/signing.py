@@ -39,16 +39,24 @@ def key_id(public_key: Ed25519PublicKey) -> str:
     return hashlib.sha256(raw).hexdigest()[:16]
 
 
+def write_private(path: Path, data: bytes) -> None:
+    """Write a secret: created 0600 from the first byte (never readable by others, even briefly),
+    then renamed into place over any older file."""
+    partial = path.with_name(path.name + ".partial")
+    partial.unlink(missing_ok=True)
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(data)
+    partial.replace(path)
+
+
 def generate_keypair(private_path: Path, public_path: Path) -> str:
     """Write a new Ed25519 key pair as PEM (private key mode 0600); returns its key id."""
     private = Ed25519PrivateKey.generate()
     pem = private.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(pem)
-    os.chmod(private_path, 0o600)
+    write_private(Path(private_path), pem)
     public = private.public_key()
     public_path.write_bytes(
         public.public_bytes(
