@@ -208,15 +208,14 @@ class Agent:
         changed = changed_keys(self.config, new)
         applied = [key for key in changed if reloadable(key)]
         later = [key for key in changed if not reloadable(key)]
-        deploy = {k.split(".", 1)[1]: getattr(new.deploy, k.split(".", 1)[1])
-                  for k in applied if k.startswith("deploy.")}  # fmt: skip
+        sections: dict[str, dict[str, object]] = {}
+        for key in applied:
+            section, field = key.split(".", 1)
+            sections.setdefault(section, {})[field] = getattr(getattr(new, section), field)
         self.config = self.config.model_copy(
             update={
-                "results": new.results,
-                "telemetry": self.config.telemetry.model_copy(
-                    update={"interval_s": new.telemetry.interval_s}
-                ),
-                "deploy": self.config.deploy.model_copy(update=deploy),
+                section: getattr(self.config, section).model_copy(update=fields)
+                for section, fields in sections.items()
             }
         )
         self.rate = RateFilter(self.config.results)
