@@ -202,14 +202,21 @@ def _describe(exc: ValidationError, origins: Mapping[str, str]) -> str:
     parts = []
     for err in exc.errors():
         key = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        origin = next((o for k, o in origins.items() if key == k or key.startswith(k + ".")), "")
+        # The override that set this key, or one inside or around it.
+        origin = next((o for k, o in origins.items() if _nested(key, k) or _nested(k, key)), "")
         parts.append(f"{key}: {err['msg']}{f' (from {origin})' if origin else ''}")
     return "; ".join(parts)
 
 
+def _nested(inner: str, outer: str) -> bool:
+    return f"{inner}.".startswith(f"{outer}.")
+
+
 def _put(data: dict[str, Any], keys: tuple[str, ...], value: object) -> None:
     for key in keys[:-1]:
-        data = data.setdefault(key, {}) if isinstance(data.get(key, {}), dict) else {}
+        if not isinstance(data.get(key), dict):
+            data[key] = {}  # a scalar under a deeper override: validation then names the key
+        data = data[key]
     data[keys[-1]] = value
 
 

@@ -142,6 +142,8 @@ def test_environment_overrides_the_file(folder: Path) -> None:
     assert config.device.groups == ("lobby", "north")
     with pytest.raises(ConfigError, match=r"mqtt\.port: .* \(from \$EDGEWISE_MQTT__PORT\)"):
         load_config(path, environ={"EDGEWISE_MQTT__PORT": "high"})
+    with pytest.raises(ConfigError, match=r"mqtt\.port: .* \(from \$EDGEWISE_MQTT__PORT__X\)"):
+        load_config(path, environ={"EDGEWISE_MQTT__PORT__X": "1"})  # not a table: named, not lost
     bad = check_config(path, env={"EDGEWISE_MQTT__PROT": "1", "PATH": "/usr/bin:/bin"})
     assert bad.returncode == 78 and "$EDGEWISE_MQTT__PROT" in bad.stderr
 
