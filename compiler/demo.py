@@ -53,8 +53,13 @@ def write_agent_config(
     device: str = DEVICE,
     extra: str = "",
 ) -> Path:
-    """A minimal agent config: this device, a local broker, a looping video."""
-    keys = ", ".join(f'"{k}"' for k in public_keys)
+    """A minimal agent config: this device, a local broker, a looping video.
+
+    Paths are written absolute: the agent resolves relative ones against the config's own folder,
+    not against the working directory the caller used to name them.
+    """
+    keys = ", ".join(f'"{k.resolve()}"' for k in public_keys)
+    video, state = video.resolve(), state.resolve()
     path.write_text(
         f'[device]\nid = "{device}"\nstate_dir = "{state}"\n\n'
         f'[mqtt]\nhost = "127.0.0.1"\nport = {port}\n\n'
@@ -66,10 +71,11 @@ def write_agent_config(
 
 def run_demo(workdir: Path, digits: int = 100, prefer_embedded: bool = False) -> DemoOutcome:
     workdir.mkdir(parents=True, exist_ok=True)
+    workdir = workdir.resolve()
     torch.set_num_threads(2)
     dataset = load_dataset("digits", seed=0)
     print("== 1. train the demo CNN on scikit-learn digits (28×28)")
-    model = train_demo_model(dataset.train, PREPROCESS)
+    model = train_demo_model(dataset.train, PREPROCESS, progress=sys.stderr.isatty())
     print("== 2. compile: prune 50%, recover, export, verify, int8 quantize, evaluate, sign")
     key, pub = workdir / "signing.key", workdir / "signing.pub"
     generate_keypair(key, pub)
@@ -79,6 +85,7 @@ def run_demo(workdir: Path, digits: int = 100, prefer_embedded: bool = False) ->
         signing_key=key,
         out_dir=workdir / "packages",
         prune_ratio=0.5,
+        progress=sys.stderr.isatty(),  # bars only on a terminal, never into a log
     )
     compiled = compile_model(SourceModel("eager", model), dataset, PREPROCESS, options)
     print(format_table(compiled.report))

@@ -37,7 +37,7 @@ def train_classifier(
     batch_size: int = 64,
     lr: float = 1e-3,
     seed: int = 0,
-    progress: bool = True,
+    progress: bool = False,
 ) -> nn.Module:
     """Cross-entropy fine-tuning with Adam; deterministic for a given seed."""
     torch.manual_seed(seed)
@@ -63,7 +63,7 @@ def train_classifier(
 
 
 def train_demo_model(
-    train: Split, spec: PreprocessSpec, *, epochs: int = 6, seed: int = 0, progress: bool = True
+    train: Split, spec: PreprocessSpec, *, epochs: int = 6, seed: int = 0, progress: bool = False
 ) -> nn.Module:
     """The seed recipe's CNN, initialised and trained deterministically from ``seed``."""
     torch.manual_seed(seed)

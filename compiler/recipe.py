@@ -82,7 +82,7 @@ def pretrain_body(
     batch_size: int = 128,
     lr: float = 1e-3,
     temperature: float = 0.2,
-    progress: bool = True,
+    progress: bool = False,
     on_epoch: Callable[[int, float], None] | None = None,
 ) -> nn.Sequential:
     """Contrastive pre-training of ``model[:BODY_DEPTH]`` on unlabeled images, in place; the
@@ -121,7 +121,7 @@ def train_recipe(
     pretrain_epochs: int = 10,
     finetune_epochs: int = 30,
     seed: int = 0,
-    progress: bool = True,
+    progress: bool = False,
 ) -> nn.Module:
     """Pre-train on every training image (labels unused), then fine-tune with the recipe's
     cross-entropy on a stratified ``labeled_fraction`` of them."""

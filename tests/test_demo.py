@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -31,3 +34,20 @@ def test_demo_end_to_end_on_embedded_broker(tmp_path: Path) -> None:
     outcome = run_demo(tmp_path, digits=20, prefer_embedded=True)
     assert outcome.results >= 50
     assert outcome.accuracy >= 0.9
+
+
+def test_readme_demo_command_from_a_fresh_folder(tmp_path: Path) -> None:
+    """What a newcomer runs: `edgewise demo` (what `./dev demo` execs) with its default
+    arguments, from a folder where `demo-out/` does not exist yet, so every path is relative."""
+    edgewise = Path(sys.executable).with_name("edgewise")
+    done = subprocess.run(
+        [str(edgewise), "demo"], cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-3000:]
+    assert "Traceback" not in output
+    summary = re.search(r"== done: (\d+) results, accuracy ([0-9.]+)", done.stdout)
+    assert summary, output[-3000:]
+    assert int(summary.group(1)) >= 100 and float(summary.group(2)) >= 0.9
+    # Not a terminal: progress bars stay out of the log.
+    assert "it/s]" not in output and "step/s]" not in output
