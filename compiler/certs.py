@@ -22,13 +22,13 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from agent.contract import DEVICE_ID_PATTERN, Topics, write_private
 
-from .errors import CompilerError
+from .errors import InputError
 
 CLOUD_IDENTITY = "edgewise-cloud"
 DEVICE_WRITES = ("status", "telemetry", "results", "events")  # its own subtree only
 
 
-class CertificateError(CompilerError):
+class CertificateError(InputError):
     """A CA or certificate that cannot be created or read; the message names the file."""
 
 
@@ -188,6 +188,21 @@ def acl(devices: dict[str, list[str]], topics: Topics, cloud: str = CLOUD_IDENTI
     return "\n".join(lines) + "\n"
 
 
+def _read_inventory(path: Path) -> dict[str, list[str]]:
+    """``fleet.json``: the devices issued so far and their groups."""
+    if not path.exists():
+        return {}
+    try:
+        inventory = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise CertificateError(f"{path}: unreadable ({exc}); fix or remove it") from exc
+    if not isinstance(inventory, dict) or not all(
+        isinstance(groups, list) for groups in inventory.values()
+    ):
+        raise CertificateError(f"{path}: not a map of device id to groups; fix or remove it")
+    return inventory
+
+
 def build_fleet(
     out: Path,
     devices: dict[str, list[str]],
@@ -204,9 +219,7 @@ def build_fleet(
                 f"{name!r} cannot be a device id or group (letters, digits, '.', '_', '-')"
             )
     inventory_path = out / "fleet.json"
-    inventory: dict[str, list[str]] = (
-        json.loads(inventory_path.read_text()) if inventory_path.exists() else {}
-    )
+    inventory = _read_inventory(inventory_path)
     for device, groups in devices.items():
         inventory[device] = sorted(set(inventory.get(device, [])) | set(groups))
     ca = create_ca(out)

@@ -5,76 +5,74 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
 from agent.contract import ContractError, PreprocessSpec, Topics, generate_keypair
 
-from .errors import BrokerUnavailable, CompilerError
+from . import arguments
+from .arguments import Parser
+from .errors import BrokerUnavailable, CompilerError, InputError
+from .failures import EXIT_FAILED, describe, guarded, one_line
 from .quantize import CALIBRATIONS, TARGETS
 
 EXIT_COMPILE = 2  # compile failed (bad input, missed accuracy budget); no package written
-EXIT_FAILED = 1
 
 
-def _target(value: str) -> str:
-    try:
-        Topics().deploy(value)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from exc
-    return value
-
-
-def _fraction(value: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        number = -1.0
-    if not 0 < number < 1:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a fraction in (0, 1)")
-    return number
-
-
-def _labeled_fraction(value: str) -> float:
-    number = float(value) if value.replace(".", "", 1).isdigit() else -1.0
-    if not 0 < number <= 1:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a fraction in (0, 1]")
-    return number
+_target = arguments.target
 
 
 def _broker_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=1883)
+    parser.add_argument("--port", type=arguments.port, default=1883)
     parser.add_argument("--username")
     parser.add_argument("--password")
-    parser.add_argument("--topic-root", default="edgewise")
-    parser.add_argument("--tls-ca", type=Path, help="broker CA certificate: connect with TLS")
-    parser.add_argument("--tls-cert", type=Path, help="client certificate (with --tls-ca)")
-    parser.add_argument("--tls-key", type=Path, help="client private key (with --tls-ca)")
+    parser.add_argument("--topic-root", type=arguments.topic_root, default="edgewise")
+    parser.add_argument(
+        "--tls-ca", type=arguments.readable_file, help="broker CA certificate: connect with TLS"
+    )
+    parser.add_argument(
+        "--tls-cert", type=arguments.readable_file, help="client certificate (with --tls-ca)"
+    )
+    parser.add_argument(
+        "--tls-key", type=arguments.readable_file, help="client private key (with --tls-ca)"
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="edgewise", description=__doc__)
+    parser = Parser(prog="edgewise", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser(
         "train", help="the recipe on the bundled digits: contrastive pre-training, then fine-tuning"
     )
-    train.add_argument("--out", type=Path, required=True, help="pickled nn.Module to write")
-    train.add_argument("--labeled-fraction", type=_labeled_fraction, default=1.0)
-    train.add_argument("--pretrain-epochs", type=int, default=10, help="0 trains from scratch")
-    train.add_argument("--epochs", type=int, default=6, help="fine-tuning epochs")
-    train.add_argument("--seed", type=int, default=0)
+    train.add_argument(
+        "--out", type=arguments.path, required=True, help="pickled nn.Module to write"
+    )
+    train.add_argument("--labeled-fraction", type=arguments.labeled_fraction, default=1.0)
+    train.add_argument(
+        "--pretrain-epochs", type=arguments.non_negative_int, default=10,
+        help="0 trains from scratch",
+    )  # fmt: skip
+    train.add_argument(
+        "--epochs", type=arguments.positive_int, default=6, help="fine-tuning epochs"
+    )
+    train.add_argument("--seed", type=arguments.non_negative_int, default=0)
 
     keygen = sub.add_parser("keygen", help="write an Ed25519 signing key pair")
-    keygen.add_argument("--out", type=Path, required=True, help="folder for signing.key/.pub")
+    keygen.add_argument(
+        "--out", type=arguments.path, required=True, help="folder for signing.key/.pub"
+    )
     keygen.add_argument("--force", action="store_true", help="replace an existing key pair")
 
     certs = sub.add_parser(
         "certs", help="fleet CA, broker and client certificates, and the broker's ACL file"
     )
-    certs.add_argument("--out", type=Path, required=True, help="folder; what exists is kept")
+    certs.add_argument(
+        "--out", type=arguments.path, required=True, help="folder; what exists is kept"
+    )
     certs.add_argument(
         "--broker-name", action="append", default=[], help="DNS name or IP of the broker (repeat)"
     )
@@ -82,33 +80,44 @@ def _parser() -> argparse.ArgumentParser:
         "--device", action="append", default=[], metavar="ID[:GROUP,...]",
         help="a device to issue a certificate for, with its deploy groups (repeat)",
     )  # fmt: skip
-    certs.add_argument("--topic-root", default="edgewise")
+    certs.add_argument("--topic-root", type=arguments.topic_root, default="edgewise")
 
     comp = sub.add_parser("compile", help="prune, export, int8-quantize, evaluate and sign a model")
     comp.add_argument(
         "model", help="ONNX, TorchScript or pickled nn.Module file, or package.module:factory"
     )
-    comp.add_argument("--weights", type=Path, help="state_dict for a factory")
-    comp.add_argument("--name", required=True)
-    comp.add_argument("--version", required=True)
-    comp.add_argument("--key", type=Path, required=True, help="Ed25519 private key (PEM)")
-    comp.add_argument("--out", type=Path, default=Path("packages"))
+    comp.add_argument("--weights", type=arguments.readable_file, help="state_dict for a factory")
+    comp.add_argument("--name", type=arguments.name, required=True)
+    comp.add_argument("--version", type=arguments.version, required=True)
+    comp.add_argument(
+        "--key", type=arguments.readable_file, required=True, help="Ed25519 private key (PEM)"
+    )
+    comp.add_argument("--out", type=arguments.path, default=Path("packages"))
     comp.add_argument(
         "--data", default="digits", help="'digits', an image folder (<label>/<image>) or an .npz"
     )
     comp.add_argument(
-        "--preprocess", type=Path, help="TOML/JSON preprocessing spec (default: the data's own)"
+        "--preprocess",
+        type=arguments.readable_file,
+        help="TOML/JSON preprocessing spec (default: the data's own)",
     )
-    comp.add_argument("--seed", type=int, default=0, help="seed of the train/held-out split")
+    comp.add_argument(
+        "--seed", type=arguments.non_negative_int, default=0,
+        help="seed of the train/held-out split",
+    )  # fmt: skip
     prune = comp.add_mutually_exclusive_group()
-    prune.add_argument("--prune-ratio", type=_fraction, help="share of channels to remove")
-    prune.add_argument("--target-macs", type=_fraction, help="prune to this fraction of MACs")
-    comp.add_argument("--recovery-epochs", type=int, default=3)
-    comp.add_argument("--max-accuracy-drop", type=float, default=1.0, help="top-1 points")
+    prune.add_argument("--prune-ratio", type=arguments.fraction, help="share of channels to remove")
+    prune.add_argument(
+        "--target-macs", type=arguments.fraction, help="prune to this fraction of MACs"
+    )
+    comp.add_argument("--recovery-epochs", type=arguments.non_negative_int, default=3)
+    comp.add_argument(
+        "--max-accuracy-drop", type=arguments.non_negative_float, default=1.0, help="top-1 points"
+    )
     comp.add_argument("--calibration", choices=CALIBRATIONS, default="minmax")
-    comp.add_argument("--calibration-samples", type=int, default=256)
+    comp.add_argument("--calibration-samples", type=arguments.positive_int, default=256)
     comp.add_argument("--target", choices=TARGETS, help="default: this machine's ISA")
-    comp.add_argument("--chunk-size", type=int, default=128 * 1024)
+    comp.add_argument("--chunk-size", type=arguments.positive_int, default=128 * 1024)
     comp.add_argument("--no-html", action="store_true", help="skip the HTML report")
 
     push = sub.add_parser("push", help="publish a package to a device, a group or the fleet")
@@ -121,14 +130,21 @@ def _parser() -> argparse.ArgumentParser:
     _broker_args(push)
 
     results = sub.add_parser("results", help="consume results devices publish (deduplicated)")
-    results.add_argument("--device", help="one device; default all")
-    results.add_argument("--count", type=int, help="stop after this many results")
-    results.add_argument("--timeout", type=float, default=3600, help="stop after this idle time")
+    results.add_argument("--device", type=arguments.device_id, help="one device; default all")
+    results.add_argument(
+        "--count", type=arguments.positive_int, help="stop after this many results"
+    )
+    results.add_argument(
+        "--timeout", type=arguments.positive_float, default=3600,
+        help="stop after this idle time",
+    )  # fmt: skip
     results.add_argument("--json", action="store_true", help="print JSON Lines, not a summary")
     results.add_argument("--jsonl", type=Path, help="append results to this JSON Lines file")
     results.add_argument("--sqlite", type=Path, help="store results in this SQLite file")
     results.add_argument(
-        "--group", help="shared subscription group: consumers in one group split the results"
+        "--group",
+        type=arguments.device_id,
+        help="shared subscription group: consumers in one group split the results",
     )
     results.add_argument(
         "--client-id", help="a fixed id keeps a broker session: results wait while away"
@@ -137,12 +153,12 @@ def _parser() -> argparse.ArgumentParser:
 
     fleet = sub.add_parser("fleet", help="a live table of devices from status and telemetry")
     fleet.add_argument("--once", action="store_true", help="print the table once and exit")
-    fleet.add_argument("--interval", type=float, default=2.0)
+    fleet.add_argument("--interval", type=arguments.positive_float, default=2.0)
     _broker_args(fleet)
 
     demo = sub.add_parser("demo", help="train, compile, push and run the agent end to end")
-    demo.add_argument("--workdir", type=Path, default=Path("demo-out"))
-    demo.add_argument("--digits", type=int, default=100)
+    demo.add_argument("--workdir", type=arguments.path, default=Path("demo-out"))
+    demo.add_argument("--digits", type=arguments.positive_int, default=100)
     demo.add_argument(
         "--embedded-broker", action="store_true", help="use amqtt even if mosquitto exists"
     )
@@ -175,10 +191,13 @@ def _compile(args: argparse.Namespace) -> int:
     """Every failure exits 2 with one line and leaves no package behind."""
     from .datasets import DataError, load_dataset
     from .loading import load_model
-    from .pipeline import CompileOptions, compile_model
+    from .pipeline import CompileOptions, check_signing_key, compile_model
     from .report import format_table
 
+    if args.out.exists():  # not created here: a failed compile leaves nothing behind
+        _writable_folder(args.out, "--out", create=False)
     try:
+        check_signing_key(args.key)
         source = load_model(args.model, args.weights)
         dataset = load_dataset(args.data, seed=args.seed)
         spec = _read_spec(args.preprocess) if args.preprocess else dataset.preprocess
@@ -196,7 +215,7 @@ def _compile(args: argparse.Namespace) -> int:
         )  # fmt: skip
         result = compile_model(source, dataset, spec, options)
     except (CompilerError, ContractError, OSError) as exc:
-        print(f"edgewise: compile failed: {exc}", file=sys.stderr)
+        print(f"edgewise: compile failed: {one_line(describe(exc)[1])}", file=sys.stderr)
         return EXIT_COMPILE
     print(format_table(result.report))
     print(f"package: {result.package.root}")
@@ -268,11 +287,26 @@ def _fleet(args: argparse.Namespace) -> int:
         disconnect(client)
 
 
+def _writable_folder(path: Path, what: str, create: bool = True) -> None:
+    """Checked before any work: an hour of training must not end on an unwritable path."""
+    if path.exists() and not path.is_dir():
+        raise InputError(f"{what} {path} is a file, not a folder")
+    if create:
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InputError(f"{what} {path}: cannot create it: {exc.strerror}") from exc
+    elif not path.is_dir():
+        raise InputError(f"{what} {path} does not exist; create it first")
+    if not os.access(path, os.W_OK):
+        raise InputError(f"{what} {path} is not writable")
+
+
 def _run(args: argparse.Namespace) -> int:
     if args.command == "keygen":
-        args.out.mkdir(parents=True, exist_ok=True)
+        _writable_folder(args.out, "--out")
         if (args.out / "signing.key").exists() and not args.force:
-            raise CompilerError(
+            raise InputError(
                 f"{args.out / 'signing.key'} exists; replacing it would orphan every device "
                 "that trusts it (--force to replace)"
             )
@@ -286,6 +320,7 @@ def _run(args: argparse.Namespace) -> int:
         for spec in args.device:
             device, _, groups = spec.partition(":")
             devices[device] = [g for g in groups.split(",") if g]
+        _writable_folder(args.out, "--out")
         topics = Topics(args.topic_root)
         for cert in build_fleet(args.out, devices, args.broker_name, topics):
             print(f"{cert} ({cert.with_suffix('.key').name} is private: mode 0600)")
@@ -299,6 +334,9 @@ def _run(args: argparse.Namespace) -> int:
         from .digits import PREPROCESS
         from .recipe import train_recipe
 
+        _writable_folder(args.out.parent, "--out's folder", create=False)
+        if args.out.is_dir():
+            raise InputError(f"--out {args.out} is a folder; name the model file to write")
         data = load_dataset("digits", seed=args.seed)
         model = train_recipe(
             data.train, PREPROCESS, labeled_fraction=args.labeled_fraction,
@@ -333,6 +371,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "demo":
         from .demo import run_demo
 
+        _writable_folder(args.workdir, "--workdir")
         outcome = run_demo(args.workdir, args.digits, args.embedded_broker)
         return 0 if outcome.results and outcome.accuracy >= 0.9 else EXIT_FAILED
     raise AssertionError(args.command)
@@ -344,11 +383,7 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
     )
-    try:
-        return _run(args)
-    except (ContractError, CompilerError, OSError) as exc:
-        print(f"edgewise: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+    return guarded("edgewise", lambda: _run(args))
 
 
 if __name__ == "__main__":

@@ -11,14 +11,14 @@ import numpy as np
 
 from agent.contract import PreprocessSpec
 
-from .errors import CompilerError
+from .errors import InputError
 
 IMAGE_SUFFIXES = frozenset(
     {".png", ".jpg", ".jpeg", ".bmp", ".pgm", ".ppm", ".tif", ".tiff", ".webp"}
 )
 
 
-class DataError(CompilerError):
+class DataError(InputError):
     """Calibration or evaluation data is missing, empty or does not fit the model."""
 
 

@@ -15,12 +15,12 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from .errors import CompilerError
+from .errors import InputError
 
 ROUND_TO = 8
 
 
-class PruningError(CompilerError):
+class PruningError(InputError):
     """Pruning cannot be done as asked (ratio out of range, unreachable MACs target)."""
 
 

@@ -28,7 +28,11 @@ def compile_args(model: object, key: Path, out: Path, *extra: str) -> list[str]:
 
 
 def assert_fails_cleanly(capsys, args: list[str], out: Path, *needles: str) -> None:  # type: ignore[no-untyped-def]
-    assert main(args) == 2
+    try:
+        code = main(args)
+    except SystemExit as exit_:  # refused by argument parsing, before any work
+        code = exit_.code
+    assert code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1, err
     for needle in needles:

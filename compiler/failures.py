@@ -1,0 +1,59 @@
+"""The one boundary where an exception becomes what a user reads: one line and an exit code.
+
+2: the usage or an input is wrong (fix the command). 1: something failed while running (a
+broker, a device, the machine). 130: interrupted. A traceback is only logged at debug level
+(``-v``), never printed otherwise.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+
+from agent.contract import ContractError
+
+from .errors import CompilerError
+
+EXIT_FAILED = 1
+EXIT_INPUT = 2
+EXIT_INTERRUPTED = 130
+MAX_LINE = 400
+
+log = logging.getLogger("edgewise")
+
+
+def one_line(text: str) -> str:
+    """Whitespace collapsed and long messages cut, so a message never spills over lines."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= MAX_LINE else flat[: MAX_LINE - 1] + "…"
+
+
+def describe(exc: BaseException) -> tuple[int, str]:
+    """The exit code and the message for ``exc``."""
+    if isinstance(exc, CompilerError):
+        return exc.exit_code, str(exc)
+    if isinstance(exc, ContractError):
+        return EXIT_INPUT, str(exc)
+    if isinstance(exc, OSError):
+        where = f"{exc.filename}: " if exc.filename else ""
+        return EXIT_FAILED, f"{where}{exc.strerror or exc}"
+    if isinstance(exc, MemoryError):
+        return EXIT_FAILED, "out of memory; close other programs or use a smaller input"
+    return EXIT_FAILED, (
+        f"unexpected {type(exc).__name__}: {exc} (run with -v for details, and please report it)"
+    )
+
+
+def guarded(prog: str, run: Callable[[], int]) -> int:
+    """Runs ``run`` and turns whatever escapes it into one line on stderr and an exit code."""
+    try:
+        return run()
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:
+        code, message = describe(exc)
+        log.debug("%s failed", prog, exc_info=True)
+        print(f"{prog}: {one_line(message)}", file=sys.stderr)
+        return code
