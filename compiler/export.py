@@ -91,9 +91,17 @@ def ort_session(path: Path, threads: int = 1) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
+def fixed_batch(session: ort.InferenceSession) -> int | None:
+    """The batch size a model's input is fixed to (other tools often export batch 1), or None."""
+    first = session.get_inputs()[0].shape[0] if session.get_inputs()[0].shape else None
+    return first if isinstance(first, int) and first > 0 else None
+
+
 def ort_outputs(path: Path, x: np.ndarray, threads: int = 0, batch: int = 256) -> np.ndarray:
+    """The first output for every row of ``x``, in batches the model's input accepts."""
     session = ort_session(path, threads)
     name = session.get_inputs()[0].name
+    batch = fixed_batch(session) or batch
     return np.concatenate(
         [session.run(None, {name: x[i : i + batch]})[0] for i in range(0, len(x), batch)]
     )

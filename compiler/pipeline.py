@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import platform
-import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,16 +25,26 @@ from agent.contract import load_private_key as _load_private_key
 
 from .datasets import DataError, Dataset
 from .demo_model import train_classifier
-from .errors import AccuracyBudgetError, CompilerError
-from .export import OPSET, ExportCheck, export_onnx, ort_session, verify_export
+from .errors import AccuracyBudgetError, CompilerError, ModelInputError
+from .export import (
+    OPSET,
+    OUTPUT_NAME,
+    ExportCheck,
+    export_onnx,
+    fixed_batch,
+    ort_session,
+    verify_export,
+)
 from .loading import SourceModel
 from .measure import Evaluation, StageMetrics, evaluate, onnx_params, stage_metrics, torch_latency
+from .onnx_source import OnnxSource, check_input_fits, prepare_onnx
 from .package import Package, write_package
 from .prune import LayerChange, layer_changes, macs_and_params, prune_channels, prune_to_macs
 from .quantize import (
     Calibration,
     Target,
     detect_target,
+    float_ops,
     prepare,
     quantize_within_budget,
     weighted_layers,
@@ -60,6 +69,7 @@ class CompileOptions:
     recovery_epochs: int = 3
     recovery_lr: float = 5e-4
     golden_count: int = 4
+    output: str | None = None  # the ONNX output the package serves; None: the first
     progress: bool = True
     html: bool = True
 
@@ -80,20 +90,6 @@ def check_signing_key(path: Path) -> None:
         raise CompilerError(f"signing key {path}: {reason}") from exc
     except Exception as exc:  # cryptography's errors for non-PEM bytes
         raise CompilerError(f"signing key {path}: not an Ed25519 private key (PEM)") from exc
-
-
-def check_input_fits(model_path: Path, x: np.ndarray) -> None:
-    """Calibration/evaluation tensors must match the model's input shape and dtype."""
-    expected = ort_session(model_path).get_inputs()[0]
-    shape = [d if isinstance(d, int) else None for d in expected.shape]
-    fits = len(shape) == x.ndim and all(
-        d is None or d == s for d, s in zip(shape, x.shape, strict=True)
-    )
-    if not fits or expected.type != "tensor(float)" or x.dtype != np.float32:
-        raise DataError(
-            f"preprocessed data {x.dtype} {list(x.shape[1:])} does not fit the model input "
-            f"{expected.name!r} {expected.type} {expected.shape[1:]}: check --preprocess"
-        )
 
 
 def _export(model: nn.Module, x: np.ndarray, path: Path) -> ExportCheck:
@@ -144,8 +140,9 @@ def _layer_rows(
 
 
 def _golden(int8_path: Path, x: np.ndarray, count: int, path: Path) -> Path:
-    inputs = x[:count]
+    """The device runs the golden inputs as one batch: no more than a fixed batch holds."""
     session = ort_session(int8_path)
+    inputs = x[: min(count, fixed_batch(session) or count)]
     outputs = session.run(None, {session.get_inputs()[0].name: inputs})[0]
     np.savez(path, inputs=inputs, outputs=outputs)
     return path
@@ -168,21 +165,10 @@ def compile_model(
     with tempfile.TemporaryDirectory(prefix="edgewise-compile-") as tmp:
         work = Path(tmp)
         fp32_path = work / "fp32.onnx"
-        if source.module is not None:
-            check_input_fits_torch(source.module, x_test)
-            example = torch.from_numpy(x_test[:1])
-            if source.kind == "eager":
-                macs, params = macs_and_params(source.module, example)
-            else:
-                macs, params = None, sum(p.numel() for p in source.module.parameters())
-            report["export"] = vars(_export(source.module, x_test, fp32_path))
-            report["torch_eager"] = _latency_dict(torch_latency(source.module, x_test))
-        else:
-            assert source.onnx_path is not None
-            shutil.copyfile(source.onnx_path, fp32_path)
-            macs, params = None, onnx_params(fp32_path)
+        macs, params, onnx_source = _fp32_model(source, x_test, fp32_path, options, report)
         check_input_fits(fp32_path, x_test)
         fp32 = evaluate(fp32_path, x_test, y_test)
+        _check_output_width(fp32.logits, len(dataset.labels), onnx_source)
         reference_top1 = fp32.logits.argmax(1)
         stages["fp32"] = stage_metrics(
             fp32_path, fp32, reference_top1, x_test, params=params, macs=macs
@@ -223,7 +209,8 @@ def compile_model(
             },
             "layers": _layer_rows(prepared, changes, float_nodes, outcome.sensitivity),
             "float_layers": [layer.layer for layer in outcome.float_layers],
-            "environment": _environment(target, options.calibration),
+            "float_ops": float_ops(outcome.path),
+            "environment": _environment(target, options.calibration, onnx_source),
         }
         golden = _golden(outcome.path, x_test, options.golden_count, work / "golden.npz")
         package = write_package(
@@ -233,7 +220,9 @@ def compile_model(
             version=options.version,
             input_spec=InputSpec(name=_input_name(outcome.path), shape=_input_shape(outcome.path)),
             preprocess=spec,
-            postprocess=ClassificationSpec(labels=dataset.labels),
+            postprocess=ClassificationSpec(
+                labels=dataset.labels, softmax=not _ends_in_softmax(float_path)
+            ),
             metrics=report,
             signing_key=options.signing_key,
             chunk_size=options.chunk_size,
@@ -245,6 +234,64 @@ def compile_model(
 
         html = write_html(report, package.root.with_name(package.root.name + ".html"))
     return CompileResult(package, report, html)
+
+
+def _fp32_model(
+    source: SourceModel,
+    x_test: np.ndarray,
+    fp32_path: Path,
+    options: CompileOptions,
+    report: dict[str, Any],
+) -> tuple[int | None, int, OnnxSource | None]:
+    """The float ONNX model every later stage starts from, at ``fp32_path``: exported from torch
+    and checked against it, or an ONNX model made quantizable. (MACs, params, ONNX details.)"""
+    if source.module is None:
+        assert source.onnx_path is not None
+        work = fp32_path.parent
+        onnx_source = prepare_onnx(source.onnx_path, fp32_path, x_test, options.output, work)
+        report["model"]["output"] = onnx_source.output
+        if onnx_source.upgrade_check is not None:
+            report["opset_upgrade"] = {
+                "from": onnx_source.opset,
+                "to": onnx_source.upgraded_to,
+                **vars(onnx_source.upgrade_check),
+            }
+        return None, onnx_params(fp32_path), onnx_source
+    if options.output not in (None, OUTPUT_NAME):
+        raise ModelInputError(
+            f"--output {options.output}: a torch model is exported with one output, {OUTPUT_NAME!r}"
+        )
+    check_input_fits_torch(source.module, x_test)
+    example = torch.from_numpy(x_test[:1])
+    if source.kind == "eager":
+        macs, params = macs_and_params(source.module, example)
+    else:
+        macs, params = None, sum(p.numel() for p in source.module.parameters())
+    report["model"]["output"] = OUTPUT_NAME
+    report["export"] = vars(_export(source.module, x_test, fp32_path))
+    report["torch_eager"] = _latency_dict(torch_latency(source.module, x_test))
+    return macs, params, None
+
+
+def _check_output_width(logits: np.ndarray, labels: int, onnx_source: OnnxSource | None) -> None:
+    """The served output must hold one score per label."""
+    if logits.ndim == 2 and logits.shape[1] == labels:
+        return
+    name = onnx_source.output if onnx_source else OUTPUT_NAME
+    others = (
+        f" (outputs: {', '.join(onnx_source.outputs)}; choose with --output)" if onnx_source else ""
+    )
+    raise ModelInputError(
+        f"output {name!r} has shape {list(logits.shape[1:])} per input, not one score for each "
+        f"of the data's {labels} labels{others}"
+    )
+
+
+def _ends_in_softmax(model_path: Path) -> bool:
+    """Whether the served output is already probabilities (the device must not softmax again)."""
+    graph = onnx.load(str(model_path), load_external_data=False).graph
+    producer = {out: node.op_type for node in graph.node for out in node.output}
+    return producer.get(graph.output[0].name) == "Softmax"
 
 
 def check_input_fits_torch(module: nn.Module, x: np.ndarray) -> None:
@@ -284,12 +331,17 @@ def _input_shape(path: Path) -> tuple[int | None, ...]:
     return tuple(d if isinstance(d, int) else None for d in ort_session(path).get_inputs()[0].shape)
 
 
-def _environment(target: Target, calibration: Calibration) -> dict[str, Any]:
+def _environment(
+    target: Target, calibration: Calibration, onnx_source: OnnxSource | None
+) -> dict[str, Any]:
+    """``opset`` is the input model's own (a torch model's is the export's)."""
+    upgraded = onnx_source.upgraded_to if onnx_source else None
     return {
         "torch_version": torch.__version__,
         "onnxruntime_version": onnxruntime.__version__,
         "onnx_version": onnx.__version__,
-        "opset": OPSET,
+        "opset": onnx_source.opset if onnx_source else OPSET,
+        **({"opset_upgraded_to": upgraded} if upgraded is not None else {}),
         "target": target,
         "calibration": calibration,
         "compiler_version": __version__,

@@ -20,6 +20,7 @@ from onnxruntime.quantization import (
     QuantType,
     quantize_static,
 )
+from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 from onnxruntime.quantization.shape_inference import quant_pre_process
 from tqdm import tqdm
 
@@ -37,6 +38,12 @@ _METHODS = {
     "percentile": CalibrationMethod.Percentile,
 }
 WEIGHTED_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
+# Ops ORT's static quantizer has an int8 form for; any other op on float data stays float.
+QUANTIZABLE_OPS = frozenset(QDQRegistry) | frozenset(QLinearOpsRegistry)
+# Bookkeeping ops that read a float tensor without computing on its values.
+_NOT_COMPUTE = frozenset(
+    {"QuantizeLinear", "DequantizeLinear", "Shape", "Size", "Cast", "Identity"}
+)
 CALIBRATION_BATCH = 16
 
 
@@ -67,12 +74,12 @@ def target_settings(target: Target) -> dict[str, object]:
 
 
 class _ArrayReader(CalibrationDataReader):
-    def __init__(self, input_name: str, x: np.ndarray, progress: bool):
+    def __init__(self, input_name: str, x: np.ndarray, progress: bool, batch: int):
         # Equal batches only: the histogram calibrators stack them into one array.
-        if len(x) >= CALIBRATION_BATCH:
-            x = x[: len(x) - len(x) % CALIBRATION_BATCH]
-        self._batches = iter(range(0, len(x), CALIBRATION_BATCH))
-        self._x, self._name = x, input_name
+        if len(x) >= batch:
+            x = x[: len(x) - len(x) % batch]
+        self._batches = iter(range(0, len(x), batch))
+        self._x, self._name, self._size = x, input_name, batch
         self._bar = tqdm(
             total=len(x), desc="calibrate", unit="img", disable=not progress, leave=False
         )
@@ -82,7 +89,7 @@ class _ArrayReader(CalibrationDataReader):
         if start is None:
             self._bar.close()
             return None
-        batch = self._x[start : start + CALIBRATION_BATCH]
+        batch = self._x[start : start + self._size]
         self._bar.update(len(batch))
         return {self._name: batch}
 
@@ -94,6 +101,16 @@ class QuantLayer:
     node: str
     op: str
     layer: str
+
+
+def calibration_batch(model_path: Path) -> int:
+    """CALIBRATION_BATCH, or the batch size the model's input is fixed to."""
+    graph = onnx.load(str(model_path), load_external_data=False).graph
+    weights = {t.name for t in graph.initializer}
+    first = next(i for i in graph.input if i.name not in weights)
+    dims = first.type.tensor_type.shape.dim
+    fixed = dims[0].dim_value if dims and dims[0].HasField("dim_value") else 0
+    return fixed if fixed > 0 else CALIBRATION_BATCH
 
 
 def prepare(fp32_path: Path, out_path: Path) -> Path:
@@ -136,7 +153,7 @@ def quantize(
     quantize_static(
         str(prepared),
         str(out_path),
-        _ArrayReader(input_name, calibration, progress),
+        _ArrayReader(input_name, calibration, progress, calibration_batch(prepared)),
         quant_format=QuantFormat.QDQ,
         per_channel=True,
         calibrate_method=_METHODS[method],
@@ -145,6 +162,21 @@ def quantize(
         **target_settings(target),  # type: ignore[arg-type]
     )
     return out_path
+
+
+def float_ops(model_path: Path) -> list[dict[str, str]]:
+    """Nodes that compute on float data with an op ORT cannot quantize: they stay float in the
+    int8 model (its QDQ pairs dequantize around them)."""
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(model_path)))
+    graph = model.graph
+    types = {v.name: v.type.tensor_type.elem_type for v in (*graph.input, *graph.value_info)}
+    types |= {t.name: t.data_type for t in graph.initializer}
+    return [
+        {"node": node.name or node.output[0], "op": node.op_type}
+        for node in graph.node
+        if node.op_type not in QUANTIZABLE_OPS | _NOT_COMPUTE
+        and any(types.get(name) == onnx.TensorProto.FLOAT for name in node.input)
+    ]
 
 
 Evaluate = Callable[[Path], tuple[float, np.ndarray]]  # model → (accuracy, logits)

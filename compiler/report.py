@@ -32,6 +32,7 @@ _ENVIRONMENT_LABELS = {
     "onnxruntime_version": "onnxruntime",
     "onnx_version": "onnx",
     "opset": "opset",
+    "opset_upgraded_to": "upgraded to opset",
     "target": "target",
     "calibration": "calibration",
     "compiler_version": "compiler",
@@ -207,8 +208,25 @@ def _eager_lines(report: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-def _export_lines(report: Mapping[str, Any]) -> list[str]:
+def _onnx_lines(report: Mapping[str, Any]) -> list[str]:
+    """How an older-opset ONNX input was upgraded, and the ops ORT could not quantize."""
     lines = []
+    if "opset_upgrade" in report:
+        up = _mapping(report.get("opset_upgrade"))
+        diff = _number(up.get("max_abs_diff"))
+        lines.append(
+            f"opset upgrade {_plain(up.get('from'))} → {_plain(up.get('to'))}: max |before − "
+            f"after| {MISSING if diff is None else f'{diff:.2g}'}, top-1 agreement "
+            f"{_percent(up.get('top1_agreement'))}"
+        )
+    listed = report.get("float_ops")
+    entries = [_mapping(o) for o in listed] if isinstance(listed, list) else []
+    ops = [f"{_plain(o.get('op'))} ({_plain(o.get('node'))})" for o in entries]
+    return lines + (_join_wrapped("left float (ORT cannot quantize): ", ops) if ops else [])
+
+
+def _export_lines(report: Mapping[str, Any]) -> list[str]:
+    lines = _onnx_lines(report)
     for key, label in (("export", "export"), ("export_pruned", "export (pruned)")):
         if key in report:
             check = _mapping(report.get(key))
