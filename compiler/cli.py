@@ -87,6 +87,9 @@ def _parser() -> argparse.ArgumentParser:
         "model", help="ONNX, TorchScript or pickled nn.Module file, or package.module:factory"
     )
     comp.add_argument("--weights", type=arguments.readable_file, help="state_dict for a factory")
+    comp.add_argument(
+        "--output", help="ONNX inputs with several outputs: the one to serve (default: the first)"
+    )
     comp.add_argument("--name", type=arguments.name, required=True)
     comp.add_argument("--version", type=arguments.version, required=True)
     comp.add_argument(
@@ -127,6 +130,10 @@ def _parser() -> argparse.ArgumentParser:
     push.add_argument(
         "--rollback", action="store_true", help="signed rollback: may replace a newer version"
     )
+    push.add_argument(
+        "--wait", type=arguments.positive_float, metavar="SECONDS",
+        help="then wait for each device's verdict; exit 1 unless all made it active",
+    )  # fmt: skip
     _broker_args(push)
 
     results = sub.add_parser("results", help="consume results devices publish (deduplicated)")
@@ -136,7 +143,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     results.add_argument(
         "--timeout", type=arguments.positive_float, default=3600,
-        help="stop after this idle time",
+        help="stop after this many seconds without a new result, counted from the start",
     )  # fmt: skip
     results.add_argument("--json", action="store_true", help="print JSON Lines, not a summary")
     results.add_argument("--jsonl", type=Path, help="append results to this JSON Lines file")
@@ -211,7 +218,7 @@ def _compile(args: argparse.Namespace) -> int:
             calibration_samples=args.calibration_samples, target=args.target,
             chunk_size=args.chunk_size, prune_ratio=args.prune_ratio,
             target_macs=args.target_macs, recovery_epochs=args.recovery_epochs,
-            html=not args.no_html, progress=sys.stderr.isatty(),
+            html=not args.no_html, progress=sys.stderr.isatty(), output=args.output,
         )  # fmt: skip
         result = compile_model(source, dataset, spec, options)
     except (CompilerError, ContractError, OSError) as exc:
@@ -225,23 +232,29 @@ def _compile(args: argparse.Namespace) -> int:
 
 
 def _consume(args: argparse.Namespace) -> int:
+    """Until --count new results, or --timeout seconds without a new one (counted from the
+    start, so it ends even if nothing ever arrives); Ctrl-C keeps the summary and exits 130."""
+    from .failures import EXIT_INTERRUPTED
     from .mqtt import connect, disconnect
-    from .results import Deduper, DeviceFeed, SqliteSink, format_result
+    from .results import Deduper, DeviceFeed, IdleTimer, SqliteSink, format_result
 
-    client = connect(_address(args), client_id=args.client_id, clean_session=not args.client_id)
-    dedupe, shown = Deduper(), 0
+    dedupe, shown, interrupted, client = Deduper(), 0, False, None
     sqlite = SqliteSink(args.sqlite) if args.sqlite else None
     jsonl = open(args.jsonl, "a") if args.jsonl else None  # noqa: SIM115 - closed below
     try:
+        client = connect(_address(args), client_id=args.client_id, clean_session=not args.client_id)
         feed = DeviceFeed(client, Topics(args.topic_root), args.device, args.group)
         if not feed.subscribed.wait(10):
             raise BrokerUnavailable("the broker did not confirm the subscription in 10 s")
         print(f"listening on {', '.join(feed.filters)}", file=sys.stderr, flush=True)
-        for kind, message in feed.messages(args.timeout):
+        idle = IdleTimer(args.timeout)
+        while not idle.expired and (item := feed.next(idle.remaining())) is not None:
+            kind, message = item
             if kind == "results":
                 if not dedupe.first_time(str(message.get("id"))):
                     continue
                 shown += 1
+                idle.renew()
                 if sqlite:
                     sqlite.write(message)
                 if jsonl:
@@ -254,13 +267,20 @@ def _consume(args: argparse.Namespace) -> int:
                 print(f"[{kind}] {json.dumps(message)}", flush=True)
             if args.count and shown >= args.count:
                 break
+    except KeyboardInterrupt:
+        interrupted = True
     finally:
-        disconnect(client)
+        if client is not None:
+            disconnect(client)
         if sqlite:
             sqlite.close()
         if jsonl:
             jsonl.close()
-    print(f"{shown} results, {dedupe.duplicates} duplicates dropped", file=sys.stderr)
+    summary = f"{shown} results, {dedupe.duplicates} duplicates dropped"
+    if interrupted:
+        print(f"edgewise: interrupted; {summary}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    print(summary, file=sys.stderr)
     return 0
 
 
@@ -349,21 +369,9 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "compile":
         return _compile(args)
     if args.command == "push":
-        from .mqtt import connect, disconnect
-        from .package import read_package
-        from .push import push_package
+        from .push_command import run_push
 
-        package = read_package(args.package)
-        client = connect(_address(args))
-        try:
-            push_package(
-                client, Topics(args.topic_root), package, args.to, signing_key=args.key,
-                rollback=args.rollback,
-            )  # fmt: skip
-        finally:
-            disconnect(client)
-        print(f"pushed {package.manifest.name} {package.manifest.version} to {args.to}")
-        return 0
+        return run_push(args, _address(args))
     if args.command == "results":
         return _consume(args)
     if args.command == "fleet":

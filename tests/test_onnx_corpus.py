@@ -218,3 +218,18 @@ def test_upgrade_falls_back_to_13_then_says_why(weights, digits, tmp_path, monke
     with pytest.raises(ModelInputError, match="cannot upgrade opset 9 to 13 or later") as err:
         prepare_onnx(path, tmp_path / "out.onnx", x, None, tmp_path)
     assert "to 18: No Adapter" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_cli_serves_the_output_it_is_told(weights, signing_keys, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    """`edgewise compile --output probs` on an opset-11 file with two outputs."""
+    from compiler.cli import main
+
+    path = corpus_model(tmp_path / "two.onnx", weights, CorpusModel(opset=11, features_output=True))
+    base = ["compile", str(path), "--name", "two", "--version", "1.0.0", "--no-html",
+            "--key", str(signing_keys[0]), "--out", str(tmp_path / "out")]  # fmt: skip
+    assert main([*base, "--output", "nope"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "nope" in err and not (tmp_path / "out").exists()
+    assert main([*base, "--output", "probs"]) == 0
+    graph = onnx.load(str(tmp_path / "out" / "two-1.0.0" / "model.onnx")).graph
+    assert [o.name for o in graph.output] == ["probs"]
