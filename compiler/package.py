@@ -66,7 +66,38 @@ def write_package(
     root = Path(out_dir) / f"{name}-{version}"
     staging = root.with_name(root.name + ".tmp")
     shutil.rmtree(staging, ignore_errors=True)
+    created = not Path(out_dir).exists()
     staging.mkdir(parents=True)
+    try:
+        envelope, manifest = _stage(
+            staging, model_path, name=name, version=version, input_spec=input_spec,
+            preprocess=preprocess, postprocess=postprocess, metrics=metrics,
+            signing_key=signing_key, chunk_size=chunk_size, golden=golden,
+        )  # fmt: skip
+    except BaseException:  # a failed compile leaves nothing behind, not even the folder
+        shutil.rmtree(staging, ignore_errors=True)
+        if created:
+            shutil.rmtree(out_dir, ignore_errors=True)
+        raise
+    shutil.rmtree(root, ignore_errors=True)
+    staging.rename(root)
+    return Package(root, envelope, manifest)
+
+
+def _stage(
+    staging: Path,
+    model_path: Path,
+    *,
+    name: str,
+    version: str,
+    input_spec: InputSpec,
+    preprocess: PreprocessSpec,
+    postprocess: ClassificationSpec,
+    metrics: dict[str, Any],
+    signing_key: Path,
+    chunk_size: int,
+    golden: Path | None,
+) -> tuple[bytes, Manifest]:
     shutil.copyfile(model_path, staging / "model.onnx")
     if golden is not None:
         shutil.copyfile(golden, staging / GOLDEN)
@@ -83,9 +114,7 @@ def write_package(
     )
     envelope = sign_manifest(manifest, load_private_key(signing_key))
     (staging / ENVELOPE).write_bytes(envelope)
-    shutil.rmtree(root, ignore_errors=True)
-    staging.rename(root)
-    return Package(root, envelope, manifest)
+    return envelope, manifest
 
 
 def read_package(root: Path) -> Package:

@@ -135,3 +135,18 @@ def test_npz_without_labels_array(model_file, signing_keys, tmp_path, capsys) ->
     out = tmp_path / "out"
     args = compile_args(model_file, signing_keys[0], out, "--data", str(npz))
     assert_fails_cleanly(capsys, args, out, "'x'", "'y'")
+
+
+def test_a_package_that_fails_while_written_leaves_nothing(compiled, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from compiler.package import write_package
+
+    manifest, out = compiled.package.manifest, tmp_path / "new" / "out"
+    bad_key = tmp_path / "bad.key"
+    bad_key.write_text("not a key")
+    with pytest.raises(ValueError, match="PEM"):
+        write_package(
+            out, compiled.package.model_path, name="d", version="1.0.0",
+            input_spec=manifest.input, preprocess=manifest.preprocess,
+            postprocess=manifest.postprocess, metrics={}, signing_key=bad_key,
+        )  # fmt: skip
+    assert not out.exists()
