@@ -23,7 +23,7 @@ def test_keygen_writes_a_private_key_0600_and_will_not_replace_it(tmp_path: Path
     assert "PRIVATE KEY" not in first.stdout + first.stderr
     before = key.read_bytes()
     again = edgewise("keygen", "--out", str(tmp_path))
-    assert again.returncode == 1 and "exists" in again.stderr and "--force" in again.stderr
+    assert again.returncode == 2 and "exists" in again.stderr and "--force" in again.stderr
     assert key.read_bytes() == before
     forced = edgewise("keygen", "--out", str(tmp_path), "--force")
     assert forced.returncode == 0 and key.read_bytes() != before
@@ -31,6 +31,6 @@ def test_keygen_writes_a_private_key_0600_and_will_not_replace_it(tmp_path: Path
 
 def test_certs_refuses_bad_names_and_needs_a_broker_name(tmp_path: Path) -> None:
     bad = edgewise("certs", "--out", str(tmp_path), "--broker-name", "b", "--device", "cam/1")
-    assert bad.returncode == 1 and "'cam/1'" in bad.stderr
+    assert bad.returncode == 2 and "'cam/1'" in bad.stderr
     no_name = edgewise("certs", "--out", str(tmp_path / "fresh"), "--device", "cam-1")
-    assert no_name.returncode == 1 and "--broker-name" in no_name.stderr
+    assert no_name.returncode == 2 and "--broker-name" in no_name.stderr
