@@ -23,6 +23,7 @@ from .stats import StageStats
 log = logging.getLogger(__name__)
 
 MAX_REOPEN_DELAY = 30.0
+HEALTHY_S = 10.0  # a source that ran this long before failing is reopened after 1 s again
 
 
 class FrameSlot:
@@ -128,7 +129,8 @@ class SourceEnded(SourceError):
 
 
 class CaptureWorker(threading.Thread):
-    """Reads the source into the slot; reopens it with capped backoff when it fails."""
+    """Reads the source into the slot; reopens it with capped backoff when it fails (1, 2, 4 …
+    30 s while it keeps failing; 1 s again after it ran for ``HEALTHY_S``)."""
 
     def __init__(
         self,
@@ -146,28 +148,39 @@ class CaptureWorker(threading.Thread):
         delay = 1.0
         try:
             while not self._halt.is_set():
+                opened = time.monotonic()
                 try:
-                    self._source.open()
-                    self._on_state("open", self._source.config.uri)
-                    delay = 1.0
-                    while not self._halt.is_set():
-                        frame = self._source.read(self._halt)
-                        if frame is None:
-                            raise SourceEnded(f"end of {self._source.config.uri}")
-                        self.frames += 1
-                        self._slot.put(frame, self._halt)
+                    self._stream()
                 except SourceError as exc:
-                    # A camera unplugged, a stream down, a file at its end: the daemon stays up
-                    # and tries again, backing off up to MAX_REOPEN_DELAY.
-                    log.warning("%s; reopening in %.0f s", exc, delay)
-                    state = "ended" if isinstance(exc, SourceEnded) else "failed"
-                    self._on_state(state, f"{exc}; reopening in {delay:.0f} s")
-                    self._source.close()
-                    self._halt.wait(delay)
+                    if time.monotonic() - opened >= HEALTHY_S:
+                        delay = 1.0  # it ran well: a new failure, not a crash loop
+                    self._failed(exc, delay)
                     delay = min(delay * 2, MAX_REOPEN_DELAY)
         finally:
             self._source.close()
             self._slot.close()
+
+    def _stream(self) -> None:
+        """Open the source and move its frames into the slot until it fails or we stop."""
+        self._source.open()
+        self._on_state("open", self._source.config.uri)
+        while not self._halt.is_set():
+            frame = self._source.read(self._halt)
+            if frame is None and self._halt.is_set():
+                return  # stopping: not an end worth reporting
+            if frame is None:
+                raise SourceEnded(f"end of {self._source.config.uri}")
+            self.frames += 1
+            self._slot.put(frame, self._halt)
+
+    def _failed(self, exc: SourceError, delay: float) -> None:
+        # A camera unplugged, a stream down, a capture process dead, a file at its end: the
+        # daemon stays up and tries again, backing off up to MAX_REOPEN_DELAY.
+        log.warning("%s; reopening in %.0f s", exc, delay)
+        state = "ended" if isinstance(exc, SourceEnded) else "failed"
+        self._on_state(state, f"{exc}; reopening in {delay:.0f} s")
+        self._source.close()
+        self._halt.wait(delay)
 
 
 ResultSink = Callable[[Frame, ModelSession, Inference], None]
@@ -208,8 +221,12 @@ class InferenceWorker(threading.Thread):
                 continue
             try:
                 inference = session.infer(frame.image)
-            except Exception:  # one bad frame must not stop the camera
-                log.exception("inference failed on frame %d", frame.index)
+            except Exception as exc:  # one bad frame must not stop the camera
+                # One line; the traceback only with --verbose (users never see one).
+                log.error(
+                    "inference failed on frame %d: %s: %s", frame.index, type(exc).__name__, exc,
+                    exc_info=log.isEnabledFor(logging.DEBUG),
+                )  # fmt: skip
                 self._health.record(None)
                 continue
             self._health.record(inference.inference_ms)

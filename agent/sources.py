@@ -1,4 +1,5 @@
-"""Frames from OpenCV: a video file, a camera (index or /dev/videoN) or an RTSP/HTTP stream."""
+"""Frames from OpenCV: a video file, a camera (index or /dev/videoN) or an RTSP/HTTP stream;
+``make_source`` picks the source for every kind."""
 
 from __future__ import annotations
 
@@ -88,4 +89,12 @@ def make_source(config: SourceConfig, mqtt: MqttConfig | None = None) -> FrameSo
         from .sensors import SensorSource
 
         return SensorSource(config, mqtt)  # type: ignore[return-value]
+    if config.kind == "command":
+        from .command import CommandSource
+
+        return CommandSource(config)  # type: ignore[return-value]
+    if config.kind == "picamera":
+        from .picamera import PicameraSource
+
+        return PicameraSource(config)  # type: ignore[return-value]
     return FrameSource(config)

@@ -1,5 +1,7 @@
 """Pipeline benchmark: `edgewise-agent bench` (agent frame path against a bare decode →
-preprocess → session.run loop, same run), plus the daemon's cold start and RSS serving a video.
+preprocess → session.run loop, same run), the daemon's cold start and RSS serving a video, and
+the command source reading ffmpeg's 640×480 frames at 30 fps (frames produced vs read, and the
+CPU its capture thread spends reading).
 
     .venv/bin/python bench/pipeline.py
 
@@ -12,6 +14,7 @@ import json
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -19,7 +22,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from device_harness import install, start_device
 
+from agent.command import CommandSource
+from agent.config import SourceConfig
 from agent.contract import generate_keypair
+from agent.pipeline import CaptureWorker, FrameSlot
 from compiler.broker import MosquittoBroker
 from compiler.datasets import load_dataset
 from compiler.demo_model import train_demo_model
@@ -37,6 +43,47 @@ def vm(pid: int, key: str) -> float:
         if line.startswith(key + ":"):
             return int(line.split()[1]) / 1024
     return 0.0
+
+
+READ_FRAMES = 300  # 10 s at 30 fps
+READ_COMMAND = [
+    "ffmpeg", "-hide_banner", "-nostats", "-loglevel", "error", "-re", "-f", "lavfi", "-i",
+    "testsrc=size=640x480:rate=30", "-frames:v", str(READ_FRAMES), "-f", "rawvideo",
+    "-pix_fmt", "bgr24", "-",
+]  # fmt: skip
+
+
+def command_reader() -> dict[str, float]:
+    """The daemon's capture thread on a command source, with a consumer that keeps up: how many
+    of the frames ffmpeg produced in real time it read, and the CPU its reading took."""
+    source = CommandSource(
+        SourceConfig(kind="command", command=READ_COMMAND, width=640, height=480)  # type: ignore[call-arg]
+    )
+    stop, slot = threading.Event(), FrameSlot(block=False)
+    marks: dict[str, tuple[float, float]] = {}
+
+    def on_state(state: str, _detail: str) -> None:
+        # Runs on the capture thread itself, so thread_time() is that thread's CPU time.
+        marks[state] = (time.thread_time(), time.monotonic())
+        if state != "open":
+            stop.set()  # ffmpeg wrote its frames and exited (or failed): measure no further
+
+    capture = CaptureWorker(source, slot, stop, on_state)  # type: ignore[arg-type]
+    taken = 0
+    capture.start()
+    while not slot.exhausted:
+        taken += slot.take(0.5) is not None
+    capture.join()
+    assert "ended" in marks, f"ffmpeg did not end cleanly: {marks}"
+    (cpu0, wall0), (cpu1, wall1) = marks["open"], marks["ended"]
+    return {
+        "frames_produced": READ_FRAMES,  # ffmpeg -frames:v, and it exited 0 on a whole frame
+        "frames_read": source.frames,
+        "frames_taken": taken,
+        "frames_dropped": slot.dropped,
+        "seconds": round(wall1 - wall0, 2),
+        "read_cpu_percent": round(100 * (cpu1 - cpu0) / (wall1 - wall0), 2),
+    }
 
 
 def main() -> int:
@@ -79,11 +126,18 @@ def main() -> int:
         dev.agent.stop()
         disconnect(cloud)
         broker.close()
+    reader = command_reader()
     print()
     print(f"{'daemon (edgewise-agent run, video at 30 fps)':<48}")
     print(f"{'cold start to first result (s)':<40}{cold_start:>10.3f}")
     print(f"{'RSS serving / peak (MB)':<40}{rss:>10.1f} / {peak:.1f}")
     print(f"{'torch mapped in the agent process':<40}{torch_mapped!s:>10}")
+    print()
+    print("command source: ffmpeg -re testsrc 640x480 30 fps bgr24 -> pipe -> capture thread")
+    print(f"{'frames produced / read / taken':<40}{reader['frames_produced']:>10} / "
+          f"{reader['frames_read']} / {reader['frames_taken']} (dropped {reader['frames_dropped']})")
+    print(f"{'read CPU, % of one core':<40}{reader['read_cpu_percent']:>10.2f}"
+          f"  over {reader['seconds']} s")  # fmt: skip
     print(
         json.dumps(
             {
@@ -96,6 +150,10 @@ def main() -> int:
                 "rss_mb": round(rss, 1),
                 "rss_peak_mb": round(peak, 1),
                 "torch_imported": torch_mapped or report["torch_imported"],
+                "command_frames_produced": reader["frames_produced"],
+                "command_frames_read": reader["frames_read"],
+                "command_frames_dropped": reader["frames_dropped"],
+                "command_read_cpu_percent": reader["read_cpu_percent"],
             }
         )
     )

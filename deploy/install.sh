@@ -28,12 +28,18 @@ JETSON_DEPS=(
     "tomli>=2; python_version < '3.11'"
 )
 
+# Picamera2 (sources kind = "picamera") comes from apt on Raspberry Pi OS, not from pip: it needs
+# the libcamera bindings built for the system. Without recommends: no Qt or OpenGL on a headless
+# board. The venv then also sees the system's site-packages.
+PI_APT=(python3-picamera2)
+
 usage() {
     cat <<EOF
 Usage: $PROG [OPTIONS]
 
 Install the edgewise agent: user '$USER_NAME', a venv in /opt/edgewise/venv, config in
-/etc/edgewise, state in /var/lib/edgewise and the systemd unit $UNIT.service.
+/etc/edgewise, state in /var/lib/edgewise and the systemd unit $UNIT.service. On a Raspberry
+Pi also ${PI_APT[*]} (apt) for the Pi camera, seen by the venv (--system-site-packages).
 
 Options:
   --board jetson|pi|generic  skip detection (Jetson when /etc/nv_tegra_release exists)
@@ -45,7 +51,7 @@ Options:
   --root DIR         install under DIR (image building, tests); unless DIR is /, the user and
                      systemctl steps are only printed
   --dry-run          print each action ("+ ...") and change nothing
-  --no-venv          do not create the venv or run pip (no network needed)
+  --no-venv          do not create the venv, run pip or apt-get (no network needed)
   -h, --help         this text
 
 Environment:
@@ -319,8 +325,16 @@ make_venv() {
         aarch64 | arm64 | x86_64) ;;
         *) echo "$PROG: warning: $(uname -m): onnxruntime has no wheels here; use a 64-bit OS" >&2 ;;
     esac
+    local system_site=()
+    if [[ $board == pi ]]; then
+        install_pi_camera
+        system_site=(--system-site-packages)
+    fi
     if [[ ! -x $PREFIX$py ]]; then
-        act "$PYTHON" -m venv "$PREFIX$VENV"
+        act "$PYTHON" -m venv "${system_site[@]}" "$PREFIX$VENV"
+    elif [[ $board == pi ]] && ! grep -qs '^include-system-site-packages = true' "$PREFIX$VENV/pyvenv.cfg"; then
+        # A venv from an earlier install: let it see picamera2 too; its packages stay.
+        act "$PYTHON" -m venv --system-site-packages "$PREFIX$VENV"
     fi
     local pip=("$PREFIX$py" -m pip install --disable-pip-version-check)
     if [[ $board == jetson ]]; then
@@ -331,12 +345,37 @@ make_venv() {
         drop_other_runtime onnxruntime-gpu
         act "${pip[@]}" "$from_spec"
     fi
+    if [[ $board == pi ]] && ((!DRY_RUN)) && ! "$PREFIX$py" -c 'import picamera2' 2>/dev/null; then
+        # Not fatal: the command source with rpicam-vid reaches the same camera.
+        note "picamera2 does not import in the venv: use kind = \"command\" with rpicam-vid (README)"
+    fi
     # Fails now, not at the first service start, when the agent cannot even import.
     echo "+ $(quote "$PREFIX$VENV/bin/edgewise-agent" --help) >/dev/null"
     if ((!DRY_RUN)); then
         "$PREFIX$VENV/bin/edgewise-agent" --help >/dev/null ||
             die $EX_UNAVAILABLE "the installed agent does not start; see the error above"
     fi
+}
+
+apt_installed() {
+    dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"
+}
+
+# Only what is missing, so a second run has nothing to do. On the host's package database, so
+# under --root it is only reported.
+install_pi_camera() {
+    local missing=() package
+    for package in "${PI_APT[@]}"; do
+        apt_installed "$package" || missing+=("$package")
+    done
+    if ((${#missing[@]} == 0)); then
+        return
+    fi
+    if ! command -v apt-get >/dev/null 2>&1; then
+        note "no apt-get here: install ${missing[*]} for sources kind = \"picamera\""
+        return
+    fi
+    host_act apt-get install -y --no-install-recommends "${missing[@]}"
 }
 
 # A venv left over from the other board type: both wheels own the `onnxruntime` package.

@@ -4,12 +4,18 @@ variables and systemd credentials override the file."""
 from __future__ import annotations
 
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from helpers import BIN
 
-from agent.config import changed_keys, load_config, reloadable
+if sys.version_info >= (3, 11):
+    import tomllib
+else:
+    import tomli as tomllib
+
+from agent.config import SourceConfig, changed_keys, load_config, reloadable
 from agent.contract import generate_keypair
 from agent.errors import ConfigError
 from compiler.certs import create_ca, issue
@@ -35,8 +41,14 @@ def folder(tmp_path: Path) -> Path:
     generate_keypair(tmp_path / "keys" / "a.key", tmp_path / "keys" / "a.pub")
     ca = create_ca(tmp_path / "tls")
     issue(ca, "cam-1", tmp_path / "tls")
+    (tmp_path / "clip.avi").write_bytes(b"")  # check-config looks for the source file
     return tmp_path
 
+
+COMMAND = GOOD.replace(
+    'kind = "video"\nuri = "clip.avi"',
+    'kind = "command"\ncommand = "ffmpeg -i in.mp4"\nwidth = 64\nheight = 48',
+)
 
 TLS = """
 [mqtt.tls]
@@ -79,6 +91,36 @@ def test_the_shipped_example_is_valid_apart_from_its_paths() -> None:
     ), problems
 
 
+def recipes(text: str) -> list[dict[str, object]]:
+    """Each ``kind = ...`` and the keys after it, from TOML lines (comments dropped)."""
+    chunks: list[list[str]] = []
+    for line in text.splitlines():
+        line = line.split(" #")[0].strip()
+        if line.startswith("kind ="):
+            chunks.append([])
+        if chunks and line and not line.startswith("#"):
+            chunks[-1].append(line)
+    return [tomllib.loads("\n".join(chunk)) for chunk in chunks]
+
+
+def test_camera_recipes_in_the_readme_and_the_example_are_valid() -> None:
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text()
+    block = readme.split("**Cameras**")[1].split("```toml")[1].split("```")[0]
+    example = (root / "deploy" / "agent.example.toml").read_text()
+    commented = "\n".join(
+        line.removeprefix("#   ") for line in example.split("[source]")[1].split("[runtime]")[0]
+        .splitlines() if line.startswith("#   ")
+    )  # fmt: skip
+    for text, count in ((block, 5), (commented, 5)):
+        found = recipes(text)
+        assert len(found) == count, found
+        for recipe in found:
+            source = SourceConfig.model_validate(recipe)
+            if source.kind == "command":
+                assert source.command[-1] in ("-", "fdsink"), source.command  # frames on stdout
+
+
 BROKEN = [
     ("missing key", GOOD.replace('uri = "clip.avi"', ""), "source.uri"),
     ("missing section", GOOD.replace('[trust]\npublic_keys = ["keys/a.pub"]', ""), "trust"),
@@ -100,6 +142,19 @@ BROKEN = [
     ),
     ("key of another cert", GOOD + TLS.replace("tls/cam-1.key", "tls/ca.key"), "mqtt.tls"),
     ("negative threads", GOOD + "\n[runtime]\nintra_op_threads = -1\n", "runtime.intra_op_threads"),
+    ("state dir is a file", GOOD.replace('"state"', '"clip.avi/state"'), "device.state_dir"),
+    ("command without size", COMMAND.replace("width = 64\n", ""), "needs width and height"),
+    ("command empty", COMMAND.replace('"ffmpeg -i in.mp4"', "[]"), "needs command"),
+    ("command unbalanced quote", COMMAND.replace('"ffmpeg -i in.mp4"', "\"ffmpeg -i 'a\""),
+     "cannot split"),
+    ("odd size for 4:2:0", COMMAND.replace("height = 48", 'height = 47\npixel_format = "nv12"'),
+     "even width and height"),
+    ("unknown pixel format", COMMAND.replace("height = 48", 'height = 48\npixel_format = "yuyv"'),
+     "source.pixel_format"),
+    ("command for a video", GOOD.replace('uri = "clip.avi"', 'uri = "clip.avi"\ncommand = ["x"]'),
+     "apply to kind = 'command' only"),
+    ("picamera by name", GOOD.replace('kind = "video"\nuri = "clip.avi"', 'kind = "picamera"\nuri = "front"'),
+     "camera number"),
     ("bad TOML", "[device\n", "not valid TOML"),
 ]
 
@@ -127,6 +182,23 @@ def test_cli_exit_codes(folder: Path, command: str) -> None:
     assert "trust.public_keys.0" in bad.stderr and "none.pub" in bad.stderr
     missing = check_config(folder / "nowhere.toml")
     assert missing.returncode == 78 and "cannot read config" in missing.stderr
+
+
+def test_command_source_as_argv_or_string(folder: Path) -> None:
+    listed = GOOD.replace(
+        'kind = "video"\nuri = "clip.avi"',
+        'kind = "command"\ncommand = ["./capture.sh", "--size", "64x48"]\nwidth = 64\n'
+        'height = 48\npixel_format = "yuv420"',
+    )
+    config = load_config(write(folder, listed), environ={})
+    # A program path relative to the config resolves against its folder; arguments stay.
+    assert config.source.command == (str(folder / "capture.sh"), "--size", "64x48")
+    assert config.source.uri == "command:capture.sh"  # the label results carry, no arguments
+    text = COMMAND.replace('"ffmpeg -i in.mp4"', """'ffmpeg -i "rtsp://u:p@cam/a b"'""")
+    config = load_config(write(folder, text + 'uri = "lobby"\n'), environ={})
+    assert config.source.command == ("ffmpeg", "-i", "rtsp://u:p@cam/a b")
+    assert config.source.uri == "lobby"
+    assert load_config(write(folder, COMMAND), environ={}).source.pixel_format == "bgr24"
 
 
 def test_environment_overrides_the_file(folder: Path) -> None:

@@ -173,6 +173,32 @@ def test_jetson_dependencies_follow_the_agent_extra(tmp_path: Path) -> None:
     assert listed == expected
 
 
+def test_pi_gets_picamera2_from_apt_and_a_venv_that_sees_it(tmp_path: Path) -> None:
+    installed = subprocess.run(
+        ["dpkg-query", "-W", "-f=${Status}", "python3-picamera2"],
+        capture_output=True, text=True, timeout=60,
+    ).stdout.endswith("install ok installed") if shutil.which("dpkg-query") else False  # fmt: skip
+    pi = actions(run("--dry-run", "--board", "pi").stdout)
+    assert "python3 -m venv --system-site-packages /opt/edgewise/venv" in pi
+    apt = [a for a in pi if a.startswith("apt-get ")]
+    assert apt == ([] if installed else
+                   ["apt-get install -y --no-install-recommends python3-picamera2"])  # fmt: skip
+    for board in ("generic", "jetson"):
+        other = run("--dry-run", "--board", board, "--root", tmp_path).stdout
+        assert "--system-site-packages" not in other and "apt-get" not in other, board
+
+    # A venv from an earlier install on a Pi is opened to the system packages once, not again.
+    venv = tmp_path / "opt/edgewise/venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin/python").write_text("#!/bin/sh\n")
+    (venv / "bin/python").chmod(0o755)
+    (venv / "pyvenv.cfg").write_text("include-system-site-packages = false\n")
+    upgrade = f"python3 -m venv --system-site-packages {venv}"
+    assert upgrade in actions(run("--dry-run", "--board", "pi", "--root", tmp_path).stdout)
+    (venv / "pyvenv.cfg").write_text("include-system-site-packages = true\n")
+    assert upgrade not in actions(run("--dry-run", "--board", "pi", "--root", tmp_path).stdout)
+
+
 def test_uninstall_keeps_config_and_purge_removes_it(tmp_path: Path) -> None:
     install_into(tmp_path)
     (tmp_path / "opt/edgewise/venv/bin").mkdir(parents=True)  # what --no-venv left out
