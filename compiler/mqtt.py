@@ -61,20 +61,78 @@ def connect(
         connected.set()
 
     client.on_connect = on_connect
+    where = f"{address.host}:{address.port}"
     try:
         client.connect(address.host, address.port, keepalive=30)
-    except OSError as exc:
+    except OSError as exc:  # refused, unresolvable name, TLS handshake failure
         raise BrokerUnavailable(
-            f"cannot reach broker {address.host}:{address.port}: {exc}"
+            f"cannot reach the broker at {where}: {exc.strerror or exc}; check --host/--port"
         ) from exc
     client.loop_start()
-    if not connected.wait(timeout) or refused:
+    try:
+        answered = connected.wait(timeout)
+    except KeyboardInterrupt:
         client.loop_stop()
-        reason = refused[0] if refused else f"no answer in {timeout} s"
-        raise BrokerUnavailable(f"broker {address.host}:{address.port} refused: {reason}")
+        raise
+    if not answered or refused:
+        client.loop_stop()
+        if refused:
+            raise BrokerUnavailable(
+                f"the broker at {where} refused the connection: {refused[0]}; "
+                "check --username/--password or the --tls-* files"
+            )
+        raise BrokerUnavailable(
+            f"cannot reach the broker at {where}: no answer to CONNECT in {timeout:g} s; "
+            "check --host/--port"
+        )
     return client
 
 
 def disconnect(client: mqtt.Client) -> None:
     client.disconnect()
     client.loop_stop()
+
+
+class Subscriber:
+    """Subscribes and waits for the broker's SUBACK of exactly that request.
+
+    It owns the client's ``on_subscribe``; SUBACKs are recorded by message id as they come, so
+    one that arrives before ``subscribe`` learned its id is not missed.
+    """
+
+    def __init__(self, client: mqtt.Client):
+        self._client = client
+        self._acked: dict[int, list[mqtt.ReasonCode]] = {}
+        self._cond = threading.Condition()
+        client.on_subscribe = self._on_subscribe
+
+    def _on_subscribe(
+        self,
+        _client: mqtt.Client,
+        _userdata: object,
+        mid: int,
+        reason_codes: list[mqtt.ReasonCode],
+        _properties: object,
+    ) -> None:
+        with self._cond:
+            self._acked[mid] = list(reason_codes)
+            self._cond.notify_all()
+
+    def subscribe(self, filters: list[tuple[str, int]], timeout: float = 10.0) -> None:
+        """Raises BrokerUnavailable if the request cannot be sent, is not answered within
+        ``timeout`` or is refused (an ACL that does not grant the filter)."""
+        rc, mid = self._client.subscribe(filters)
+        if rc != mqtt.MQTT_ERR_SUCCESS or mid is None:
+            raise BrokerUnavailable(f"cannot subscribe: {mqtt.error_string(rc)}")
+        with self._cond:
+            if not self._cond.wait_for(lambda: mid in self._acked, timeout):
+                raise BrokerUnavailable(
+                    f"the broker did not confirm the subscription in {timeout:g} s"
+                )
+            codes = self._acked.pop(mid)
+        for (topic_filter, _qos), code in zip(filters, codes, strict=False):
+            if code.is_failure:
+                raise BrokerUnavailable(
+                    f"the broker refused the subscription to {topic_filter} ({code}); "
+                    "check its ACL for this client"
+                )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -19,8 +20,12 @@ WINDOW = 64  # chunks awaiting the broker's PUBACK at once
 
 
 def _confirm(info: mqtt.MQTTMessageInfo, what: str, timeout: float) -> None:
-    info.wait_for_publish(timeout)
-    if not info.is_published():
+    try:
+        info.wait_for_publish(timeout)
+        published = info.is_published()
+    except (RuntimeError, ValueError) as exc:  # paho: not connected any more, queue full
+        raise PushError(f"lost the broker while sending {what}: {exc}") from exc
+    if not published:
         raise PushError(f"broker did not acknowledge {what} within {timeout} s")
 
 
@@ -41,17 +46,33 @@ def deployment_envelope(
     return sign_manifest(manifest, key)
 
 
-def publish_blobs(client: mqtt.Client, topics: Topics, package: Package, timeout: float) -> None:
+Acked = Callable[[int], None]  # called with a chunk's size once the broker acknowledged it
+
+
+def publish_blobs(
+    client: mqtt.Client,
+    topics: Topics,
+    package: Package,
+    timeout: float,
+    on_acked: Acked | None = None,
+) -> None:
     """Every chunk, retained, QoS 1, with up to WINDOW awaiting acknowledgement."""
-    pending: deque[tuple[mqtt.MQTTMessageInfo, str]] = deque()
+    pending: deque[tuple[mqtt.MQTTMessageInfo, str, int]] = deque()
+
+    def confirm_oldest() -> None:
+        info, what, size = pending.popleft()
+        _confirm(info, what, timeout)
+        if on_acked is not None:
+            on_acked(size)
+
     for blob, path in package.blobs():
         for index, chunk in enumerate(iter_chunks(path, blob.chunk_size)):
             info = client.publish(topics.blob_chunk(blob.sha256, index), chunk, qos=1, retain=True)
-            pending.append((info, f"{path.name} chunk {index}"))
+            pending.append((info, f"{path.name} chunk {index}", len(chunk)))
             if len(pending) >= WINDOW:
-                _confirm(*pending.popleft(), timeout)
+                confirm_oldest()
     while pending:
-        _confirm(*pending.popleft(), timeout)
+        confirm_oldest()
 
 
 def push_package(
@@ -63,13 +84,14 @@ def push_package(
     signing_key: Path | None = None,
     rollback: bool = False,
     timeout: float = 30.0,
+    on_acked: Acked | None = None,
 ) -> None:
     """Chunks go first, so they are all on the broker when the (retained) manifest lands."""
     envelope = deployment_envelope(package, target, signing_key, rollback)
-    publish_blobs(client, topics, package, timeout)
+    publish_blobs(client, topics, package, timeout, on_acked)
     deploy_topic = topics.deploy(target)
     _confirm(client.publish(deploy_topic, envelope, qos=1, retain=True), "manifest", timeout)
-    log.info(
+    log.debug(  # the CLI prints its own summary line; this is for -v and library callers
         "pushed %s %s to %s (%d chunks)",
         package.manifest.name, package.manifest.version, deploy_topic,
         sum(len(b.chunks) for b, _ in package.blobs()),

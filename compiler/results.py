@@ -67,6 +67,13 @@ class DeviceFeed:
             except queue.Empty:
                 return
 
+    def next(self, timeout: float) -> tuple[str, dict[str, Any]] | None:
+        """The next (kind, message) within ``timeout`` seconds, or None."""
+        try:
+            return self._inbox.get(timeout=max(timeout, 0.0))
+        except queue.Empty:
+            return None
+
     def wait_for(
         self, kind: str, timeout: float, where: Callable[[dict[str, Any]], bool] | None = None
     ) -> dict[str, Any] | None:
@@ -81,6 +88,26 @@ class DeviceFeed:
             if got == kind and (where is None or where(message)):
                 return message
         return None
+
+
+class IdleTimer:
+    """``edgewise results --timeout``: the time left until ``timeout`` seconds pass with nothing
+    new. It runs from creation, so a feed that never brings anything still ends on time; only
+    ``renew`` (a new result) restarts it — events and duplicates do not keep a consumer alive."""
+
+    def __init__(self, timeout: float, clock: Callable[[], float] = time.monotonic):
+        self._timeout, self._clock = timeout, clock
+        self._deadline = clock() + timeout
+
+    def renew(self) -> None:
+        self._deadline = self._clock() + self._timeout
+
+    def remaining(self) -> float:
+        return max(self._deadline - self._clock(), 0.0)
+
+    @property
+    def expired(self) -> bool:
+        return self.remaining() <= 0
 
 
 def format_result(result: dict[str, Any]) -> str:

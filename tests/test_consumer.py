@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
+import signal
 import sqlite3
 import subprocess
+import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -12,6 +16,7 @@ import pytest
 from helpers import BIN
 
 from agent.contract import Topics
+from compiler.broker import MosquittoBroker
 from compiler.mqtt import BrokerAddress, connect, disconnect
 
 BROKER = BrokerAddress("127.0.0.1", 1883)
@@ -82,6 +87,60 @@ def test_a_shared_group_splits_the_results(topics: Topics) -> None:
     assert seen[0] and seen[1], "each consumer in the group takes a share"
     assert seen[0].isdisjoint(seen[1])
     assert seen[0] | seen[1] == set(range(1, 41))
+
+
+def test_timeout_counts_from_the_start_when_nothing_arrives(topics: Topics) -> None:
+    started = time.monotonic()
+    proc = consumer(topics, "--timeout", "2")
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert err.strip().splitlines() == ["0 results, 0 duplicates dropped"]
+    assert 2 <= time.monotonic() - started < 30
+
+
+def test_events_and_duplicates_do_not_keep_it_running(topics: Topics) -> None:
+    """Only a new result renews --timeout: a device that keeps reporting a broken camera, or
+    resends the same batch, does not keep the consumer up forever."""
+    proc = consumer(topics, "--timeout", "2")
+    stop = threading.Event()
+    client = connect(BROKER)
+    event = json.dumps({"type": "source", "state": "failed", "detail": "no camera"}).encode()
+
+    def chatter() -> None:
+        while not stop.wait(0.2):  # the pace of a chatty device, not a synchronisation
+            client.publish(topics.events("cam-3"), event, qos=1)
+            client.publish(topics.results("cam-3"), json.dumps([result("cam-3", 1)]), qos=1)
+
+    thread = threading.Thread(target=chatter)
+    started = time.monotonic()
+    thread.start()
+    try:
+        _, err = proc.communicate(timeout=60)
+    finally:
+        stop.set()
+        thread.join()
+        disconnect(client)
+    assert proc.returncode == 0, err
+    summary = re.fullmatch(r"1 results, (\d+) duplicates dropped", err.strip())
+    assert summary and int(summary[1]) >= 1, err
+    assert time.monotonic() - started < 30
+
+
+def test_ctrl_c_keeps_the_summary_and_disconnects_cleanly(mosquitto: MosquittoBroker) -> None:
+    proc = subprocess.Popen(
+        [str(BIN / "edgewise"), "results", "--port", str(mosquitto.port), "--client-id", "ctrl-c"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert proc.stderr is not None
+    assert proc.stderr.readline().startswith("listening on ")
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130
+    assert err.strip().splitlines() == ["edgewise: interrupted; 0 results, 0 duplicates dropped"]
+    deadline = time.monotonic() + 20
+    while "Client ctrl-c disconnected." not in mosquitto.log_path.read_text():
+        assert time.monotonic() < deadline, mosquitto.log_path.read_text()
+        time.sleep(0.05)  # polling another process's log file: there is no event to wait on
 
 
 def test_fleet_lists_devices_from_retained_status_and_telemetry(topics: Topics) -> None:
