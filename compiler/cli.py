@@ -301,9 +301,7 @@ def _fleet(args: argparse.Namespace) -> int:
             print(view.table(), flush=True)
             if args.once:
                 return 0
-    except KeyboardInterrupt:
-        return 0
-    finally:
+    finally:  # Ctrl-C leaves through here: a clean disconnect, then "interrupted", exit 130
         disconnect(client)
 
 
