@@ -18,7 +18,8 @@ from typing import Any
 import numpy as np
 
 from .config import ResultsConfig, RuntimeConfig, SourceConfig
-from .contract import Manifest, to_tensor
+from .contract import ContractError, Manifest, to_tensor
+from .errors import SourceError, UsageError
 from .pipeline import CaptureWorker, FrameSlot, HealthStats, InferenceWorker, ModelSlot
 from .results import RateFilter, ResultBuilder
 from .runtime import Inference, ModelSession
@@ -28,9 +29,44 @@ from .stats import StageStats
 
 def read_package(root: Path) -> tuple[Manifest, Path]:
     """A package folder's manifest (signature not checked: this is a local measurement)."""
-    data = json.loads((root / "manifest.json").read_bytes())
-    manifest = Manifest.from_dict(data["manifest"])
-    return manifest, root / manifest.model.path
+    if not root.is_dir():
+        raise UsageError(f"--package {root}: no such folder (give a compiled package's folder)")
+    try:
+        data = json.loads((root / "manifest.json").read_bytes())
+        manifest = Manifest.from_dict(data["manifest"])
+    except FileNotFoundError:
+        raise UsageError(f"--package {root}: no manifest.json, not a package folder") from None
+    except (OSError, ValueError, KeyError, TypeError, ContractError) as exc:
+        raise UsageError(f"--package {root}: manifest.json is not a package's: {exc}") from exc
+    model = root / manifest.model.path
+    if not model.is_file():
+        raise UsageError(f"--package {root}: its model {manifest.model.path} is missing")
+    return manifest, model
+
+
+def load_session(manifest: Manifest, model: Path, runtime: RuntimeConfig) -> ModelSession:
+    try:
+        return ModelSession(model, manifest, runtime)
+    except Exception as exc:  # ORT's own errors, or a model its manifest does not describe
+        raise UsageError(f"--package: the model does not load: {exc}") from exc
+
+
+def check_fit(session: ModelSession, source: SourceConfig) -> None:
+    """One frame through the model, so a wrong video or package fails here, in one line."""
+    capture = make_source(source)
+    try:
+        capture.open()
+        frame = capture.read(threading.Event())
+    except SourceError as exc:
+        raise UsageError(f"--source {source.uri}: cannot read it as a video ({exc})") from exc
+    finally:
+        capture.close()
+    if frame is None:
+        raise UsageError(f"--source {source.uri}: no frames in it")
+    try:
+        session.infer(frame.image)
+    except Exception as exc:
+        raise UsageError(f"the model does not take this video's frames: {exc}") from exc
 
 
 def rss_mb() -> float:
@@ -124,9 +160,11 @@ def _ms(seconds: list[float]) -> dict[str, float]:
 
 def run_bench(package: Path, source_uri: str, frames: int, threads: int) -> dict[str, Any]:
     manifest, model = read_package(package)
-    runtime = RuntimeConfig(intra_op_threads=threads)
-    session = ModelSession(model, manifest, runtime)
     source = SourceConfig(kind="video", uri=source_uri, loop=True, realtime=False)
+    if not Path(source_uri).is_file():
+        raise UsageError(f"--source {source_uri}: no such file (give a video file)")
+    session = load_session(manifest, model, RuntimeConfig(intra_op_threads=threads))
+    check_fit(session, source)
     bare = bare_loop(session, source, frames)
     agent = agent_path(session, source, frames)
     return {

@@ -7,7 +7,7 @@ import re
 import threading
 import time
 from collections import deque
-from typing import BinaryIO
+from typing import IO
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ class StderrDrain(threading.Thread):
     the pipe and closes it when done.
     """
 
-    def __init__(self, pipe: BinaryIO, program: str):
+    def __init__(self, pipe: IO[bytes], program: str):
         super().__init__(name=f"stderr:{program}"[:15], daemon=True)
         self._pipe, self._program = pipe, program
         self.tail: deque[str] = deque(maxlen=TAIL)

@@ -1,79 +1,153 @@
-"""``edgewise-agent``: the device daemon."""
+"""``edgewise-agent``: the device daemon.
+
+Every expected failure ends as one line on standard error naming what is wrong and what to do,
+and a documented exit code: 0 done, 1 a runtime failure, 2 bad usage or input, 78 (EX_CONFIG)
+a configuration the agent cannot run with — systemd is told not to restart-loop on it.
+"""
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 
 from .config import load_config
 from .contract import ContractError
-from .errors import ConfigError
+from .errors import AgentError, ConfigError, UsageError
+from .logs import setup_logging
+from .preflight import source_problems, startup_problems
 
-EX_CONFIG = 78  # sysexits.h: systemd is told not to restart-loop on a bad config
+EX_FAILURE = 1
+EX_USAGE = 2
+EX_CONFIG = 78  # sysexits.h: RestartPreventExitStatus=78 in the unit
+EX_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports it
 DEFAULT_CONFIG = Path("/etc/edgewise/agent.toml")
+log = logging.getLogger("agent")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports misuse in one line (its usage block is what --help is for)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EX_USAGE, f"{self.prog}: {_one_line(message)} (see --help)\n")
+
+
+def _count(minimum: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} is below {minimum}")
+        return value
+
+    return parse
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="edgewise-agent", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true")
-    sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="serve models from the broker on the configured source")
+    parser = _Parser(
+        prog="edgewise-agent", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logs, tracebacks")
+    # -v after the subcommand too; SUPPRESS keeps it from resetting a -v given before.
+    common = _Parser(add_help=False)
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add = functools.partial(sub.add_parser, parents=[common])
+    run = add("run", help="serve models from the broker on the configured source")
     run.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
     run.add_argument(
-        "--max-results", type=int, help="exit after this many results (tests, benchmarks)"
+        "--max-results", type=_count(1), help="exit after this many results (tests, benchmarks)"
     )
-    bench = sub.add_parser("bench", help="the agent's frame path against a bare loop")
+    bench = add("bench", help="the agent's frame path against a bare loop")
     bench.add_argument("--package", type=Path, required=True, help="a package folder")
-    bench.add_argument("--source", required=True, help="a video file")
-    bench.add_argument("--frames", type=int, default=500)
-    bench.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads")
+    bench.add_argument("--source", type=Path, required=True, help="a video file")
+    bench.add_argument("--frames", type=_count(1), default=500)
+    bench.add_argument("--threads", type=_count(0), default=1, help="ONNX Runtime threads")
     bench.add_argument("--json", action="store_true", help="also print the figures as JSON")
-    check = sub.add_parser("check-config", help="validate the config file and exit")
+    check = add(
+        "check-config", help="validate the config and what it needs here (packages, port, source)"
+    )
     check.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(threadName)s %(name)s: %(message)s",
-    )
-    if args.command == "bench":
-        from .bench import print_table, run_bench
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
 
-        report = run_bench(args.package, args.source, args.frames, args.threads)
-        print_table(report)
-        if args.json:
-            print(json.dumps(report))
-        return 0
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        print(f"edgewise-agent: config error: {exc}", file=sys.stderr)
-        return EX_CONFIG
-    if args.command == "check-config":
-        print(f"{args.config}: ok (device {config.device.id})")
-        return 0
 
+def _bench(args: argparse.Namespace) -> int:
+    from .bench import print_table, run_bench
+
+    report = run_bench(args.package, str(args.source), args.frames, args.threads)
+    print_table(report)
+    if args.json:
+        print(json.dumps(report))
+    return 0
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    problems = startup_problems(config) + source_problems(config)
+    if problems:
+        raise ConfigError(f"{args.config}: {'; '.join(problems)}")
+    print(f"{args.config}: ok (device {config.device.id})")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    problems = startup_problems(config)
+    if problems:
+        raise ConfigError(f"{args.config}: {'; '.join(problems)}")
     from .daemon import Agent  # keep check-config light: no onnxruntime import
 
     try:
         agent = Agent(config, max_results=args.max_results, config_path=args.config)
     except ContractError as exc:  # e.g. a trusted key file that is missing or not Ed25519
-        print(
-            f"edgewise-agent: config error: {args.config}: trust.public_keys: {exc}",
-            file=sys.stderr,
-        )
-        return EX_CONFIG
+        raise ConfigError(f"{args.config}: trust.public_keys: {exc}") from exc
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: agent.stop_event.set())
     signal.signal(signal.SIGHUP, lambda *_: agent.request_reload())
     return agent.run()
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "run": _run,
+    "bench": _bench,
+    "check-config": _check_config,
+}
+
+
+def _fail(code: int, message: str) -> int:
+    print(f"edgewise-agent: {_one_line(message)}", file=sys.stderr)
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    setup_logging(args.verbose)
+    try:
+        return COMMANDS[args.command](args)
+    except ConfigError as exc:
+        return _fail(EX_CONFIG, f"config error: {exc}")
+    except UsageError as exc:
+        return _fail(EX_USAGE, f"{args.command}: {exc}")
+    except AgentError as exc:
+        return _fail(EX_FAILURE, f"error: {exc}")
+    except KeyboardInterrupt:
+        return EX_INTERRUPTED
+    except Exception as exc:  # a bug: one line for the user, the traceback with -v
+        log.debug("unexpected error", exc_info=True)
+        return _fail(EX_FAILURE, f"unexpected {type(exc).__name__}: {exc} (-v shows where)")
 
 
 if __name__ == "__main__":

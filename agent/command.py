@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import io
 import os
 import select
 import signal
@@ -22,7 +23,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
-from typing import BinaryIO
+from typing import cast
 
 import numpy as np
 
@@ -55,7 +56,7 @@ class CommandSource:
         self._pool = BufferPool(self._size) if shares_buffer(config.pixel_format) else None
         self._raw = np.empty(self._size, np.uint8)
         self._proc: subprocess.Popen[bytes] | None = None
-        self._stdout: BinaryIO | None = None
+        self._stdout: io.RawIOBase | None = None
         self._stderr: StderrDrain | None = None
         self._poller = select.poll()
         self._index = 0
@@ -91,7 +92,8 @@ class CommandSource:
         except OSError as exc:
             raise SourceError(f"{self.name}: cannot start {self._argv[0]!r}: {exc}") from exc
         assert proc.stdout is not None and proc.stderr is not None
-        self._proc, self._stdout = proc, proc.stdout
+        # bufsize=0: the raw pipe, whose readinto takes what is there without buffering it.
+        self._proc, self._stdout = proc, cast(io.RawIOBase, proc.stdout)
         fd = proc.stdout.fileno()
         os.set_blocking(fd, False)
         _grow_pipe(fd, self._size)

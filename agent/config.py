@@ -160,7 +160,7 @@ class SourceConfig(_Section):
 
     def _check_command(self) -> None:
         if not self.command or not self.command[0]:
-            raise ValueError("kind = 'command' needs command = [\"program\", \"arg\", ...]")
+            raise ValueError('kind = \'command\' needs command = ["program", "arg", ...]')
         if self.width is None or self.height is None:
             raise ValueError("kind = 'command' needs width and height: the size of its frames")
         if self.pixel_format in CHROMA_SUBSAMPLED and (self.width % 2 or self.height % 2):
@@ -368,7 +368,9 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None) -> AgentCo
     program = source.command[:1]
     if program and "/" in program[0] and not Path(program[0]).is_absolute():
         # ./capture.sh beside the config, like every other relative path in it
-        source = source.model_copy(update={"command": (str(base / program[0]), *source.command[1:])})
+        source = source.model_copy(
+            update={"command": (str(base / program[0]), *source.command[1:])}
+        )
     tls = config.mqtt.tls
     if tls is not None:
         tls = TlsConfig(ca_file=base / tls.ca_file, cert_file=base / tls.cert_file,

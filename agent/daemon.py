@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 import threading
 import time
 import uuid
@@ -14,7 +15,7 @@ from . import __version__
 from .config import AgentConfig, changed_keys, load_config, reloadable
 from .contract import ContractError, Topics, TrustStore
 from .deployer import Deployer
-from .errors import ConfigError, ModelLoadError
+from .errors import AgentError, ConfigError, ModelLoadError
 from .link import MqttLink
 from .notify import SystemdNotifier, Watchdog
 from .outbox import Outbox
@@ -37,6 +38,26 @@ def _json(obj: Any) -> bytes:
 # SIGTERM to exit: the frame in flight, then the outbox, then goodbye; systemd's stop timeout
 # and the issue ask for 5 s in all.
 JOIN_S, FLUSH_S, GOODBYE_S = 2.0, 1.5, 1.0
+
+
+def _open_outbox(config: AgentConfig) -> Outbox:
+    path = config.device.state_dir / "outbox.db"
+    try:
+        return Outbox(path, config.outbox.max_rows, config.outbox.max_bytes)
+    except (sqlite3.Error, OSError) as exc:
+        raise AgentError(
+            f"cannot open the outbox {path}: {exc} (move it aside to start with an empty one)"
+        ) from exc
+
+
+def _exporter(config: AgentConfig) -> PrometheusExporter | None:
+    port = config.telemetry.prometheus_port
+    if not port:
+        return None
+    try:
+        return PrometheusExporter(port, config.device.id)
+    except (OSError, RuntimeError) as exc:  # taken since check-config looked, or no package
+        raise ConfigError(f"telemetry.prometheus_port: cannot serve on port {port}: {exc}") from exc
 
 
 class Agent:
@@ -65,9 +86,7 @@ class Agent:
         self._source_failed = False
         self.trust = TrustStore.from_files(config.trust.public_keys)
         self.store = ModelStore(config.device.state_dir)
-        self.outbox = Outbox(
-            config.device.state_dir / "outbox.db", config.outbox.max_rows, config.outbox.max_bytes
-        )
+        self.outbox = _open_outbox(config)
         self.models = ModelSlot()
         self.health = HealthStats()
         self._deployment: dict[str, Any] | None = None
@@ -104,9 +123,9 @@ class Agent:
         self._telemetry = TelemetryReporter(
             config.telemetry.interval_s, self._telemetry_message, self._publish_telemetry,
             self.stop_event,
-            PrometheusExporter(config.telemetry.prometheus_port, self._device)
-            if config.telemetry.prometheus_port else None,
+            _exporter(config),
         )  # fmt: skip
+        self._crashed: str | None = None
 
     def _model(self) -> dict[str, str] | None:
         session = self.models.current
@@ -229,7 +248,9 @@ class Agent:
         )
 
     def run(self) -> int:
-        """Serve until ``stop_event`` is set (signal, end of file, or result limit)."""
+        """Serve until ``stop_event`` is set (signal, end of file, or result limit); 1 when a
+        worker thread crashed."""
+        previous, threading.excepthook = threading.excepthook, self._thread_crashed
         self._load_installed()
         self.deployer.subscribe()
         self.link.start()
@@ -246,7 +267,18 @@ class Agent:
                     self._reload_config()
         finally:
             self._shut_down()
-        return 0
+            threading.excepthook = previous
+        return 1 if self._crashed else 0
+
+    def _thread_crashed(self, args: threading.ExceptHookArgs) -> None:
+        """A worker died of a bug: one error line (the traceback with -v), then stop and exit 1
+        so that systemd starts a whole agent again rather than one missing a thread."""
+        self._crashed = args.thread.name if args.thread else "?"
+        log.error(
+            "thread %s crashed: %s: %s; stopping", self._crashed, args.exc_type.__name__,
+            args.exc_value, exc_info=args.exc_value if log.isEnabledFor(logging.DEBUG) else None,
+        )  # fmt: skip
+        self.stop_event.set()
 
     def _shut_down(self) -> None:
         self.notifier.stopping()

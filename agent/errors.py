@@ -9,6 +9,10 @@ class ConfigError(AgentError):
     """The config file is missing, unreadable or invalid; the message names file and key."""
 
 
+class UsageError(AgentError):
+    """Bad input on the command line: a package folder or video that is missing or unusable."""
+
+
 class SourceError(AgentError):
     """A frame source cannot be opened or stopped producing frames."""
 

@@ -134,8 +134,9 @@ def main() -> int:
     print(f"{'torch mapped in the agent process':<40}{torch_mapped!s:>10}")
     print()
     print("command source: ffmpeg -re testsrc 640x480 30 fps bgr24 -> pipe -> capture thread")
-    print(f"{'frames produced / read / taken':<40}{reader['frames_produced']:>10} / "
-          f"{reader['frames_read']} / {reader['frames_taken']} (dropped {reader['frames_dropped']})")
+    counts = f"{reader['frames_read']} / {reader['frames_taken']}"
+    print(f"{'frames produced / read / taken':<40}{reader['frames_produced']:>10} / {counts}")
+    print(f"{'frames dropped (consumer kept up)':<40}{reader['frames_dropped']:>10}")
     print(f"{'read CPU, % of one core':<40}{reader['read_cpu_percent']:>10.2f}"
           f"  over {reader['seconds']} s")  # fmt: skip
     print(

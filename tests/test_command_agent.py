@@ -63,7 +63,9 @@ def test_a_missing_capture_program_is_a_source_event_and_retried(
     mosquitto, cloud, compiled, signing_keys, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
     install(compiled.package, tmp_path / "state")
-    source = 'kind = "command"\ncommand = "rpicam-vid-not-here -t 0 -o -"\nwidth = 64\nheight = 48\n'
+    source = (
+        'kind = "command"\ncommand = "rpicam-vid-not-here -t 0 -o -"\nwidth = 64\nheight = 48\n'
+    )
     config = command_config(tmp_path, mosquitto.port, signing_keys[1], source)
     feed = DeviceFeed(cloud, TOPICS, DEVICE)
     agent = AgentProcess(config)

@@ -212,9 +212,7 @@ class Worker:
         self.source, self.stop = src, threading.Event()
         self.slot = FrameSlot(block=False)
         self.states: queue.Queue[tuple[str, str]] = queue.Queue()
-        self.thread = CaptureWorker(
-            src, self.slot, self.stop, lambda s, d: self.states.put((s, d))
-        )  # type: ignore[arg-type]
+        self.thread = CaptureWorker(src, self.slot, self.stop, lambda s, d: self.states.put((s, d)))  # type: ignore[arg-type]
 
     def state(self) -> tuple[str, str]:
         return self.states.get(timeout=TIMEOUT)

@@ -153,7 +153,8 @@ BROKEN = [
      "source.pixel_format"),
     ("command for a video", GOOD.replace('uri = "clip.avi"', 'uri = "clip.avi"\ncommand = ["x"]'),
      "apply to kind = 'command' only"),
-    ("picamera by name", GOOD.replace('kind = "video"\nuri = "clip.avi"', 'kind = "picamera"\nuri = "front"'),
+    ("picamera by name",
+     GOOD.replace('kind = "video"\nuri = "clip.avi"', 'kind = "picamera"\nuri = "front"'),
      "camera number"),
     ("bad TOML", "[device\n", "not valid TOML"),
 ]
