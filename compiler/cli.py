@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 from pathlib import Path
 
 from agent.contract import ContractError, PreprocessSpec, Topics, generate_keypair
+from agent.logs import setup_logging
 
 from . import arguments
 from .arguments import Parser
@@ -385,10 +385,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
+    setup_logging(args.verbose, "%(levelname)s %(name)s: %(message)s")
     return guarded("edgewise", lambda: _run(args))
 
 
