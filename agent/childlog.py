@@ -27,7 +27,7 @@ class StderrDrain(threading.Thread):
     """
 
     def __init__(self, pipe: IO[bytes], program: str):
-        super().__init__(name=f"stderr:{program}"[:15], daemon=True)
+        super().__init__(name=f"stderr:{program}", daemon=True)
         self._pipe, self._program = pipe, program
         self.tail: deque[str] = deque(maxlen=TAIL)
         self._tokens, self._refilled = float(BURST), time.monotonic()

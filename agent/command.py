@@ -151,7 +151,7 @@ class CommandSource:
             )
         if code == 0:
             return False
-        how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with {code}"
+        how = f"was killed by {_signal_name(-code)}" if code < 0 else f"exited with {code}"
         raise SourceError(f"{self.name} {how}{self._why()}")
 
     def _why(self) -> str:
@@ -174,6 +174,13 @@ class CommandSource:
                 proc.wait()
         if self._stderr is not None:
             self._stderr.join(TERM_S)
+
+
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:  # a real-time signal has no name
+        return f"signal {signum}"
 
 
 def _signal_group(proc: subprocess.Popen[bytes], signum: int) -> None:

@@ -86,6 +86,38 @@ def command_reader() -> dict[str, float]:
     }
 
 
+def print_reader(reader: dict[str, float]) -> None:
+    print()
+    print("command source: ffmpeg -re testsrc 640x480 30 fps bgr24 -> pipe -> capture thread")
+    counts = f"{reader['frames_read']} / {reader['frames_taken']}"
+    print(f"{'frames produced / read / taken':<40}{reader['frames_produced']:>10} / {counts}")
+    print(f"{'frames dropped (consumer kept up)':<40}{reader['frames_dropped']:>10}")
+    print(f"{'read CPU, % of one core':<40}{reader['read_cpu_percent']:>10.2f}"
+          f"  over {reader['seconds']} s")  # fmt: skip
+
+
+def serve_video(package, keys, video: Path, root: Path) -> tuple[float, float, float, bool]:  # type: ignore[no-untyped-def]
+    """``edgewise-agent run`` on the video: (cold start s, RSS MB, peak RSS MB, torch mapped)."""
+    broker = MosquittoBroker().start()
+    cloud = connect(BrokerAddress(broker.host, broker.port))
+    install(package, root / "state")
+    started = time.monotonic()
+    dev = start_device(broker, cloud, keys, video, root)
+    feed = dev.feed
+    first = feed.wait_for("results", 30)
+    cold_start = time.monotonic() - started
+    assert first is not None, dev.agent.output()
+    for _ in range(90):  # three more seconds of video at 30 fps
+        feed.wait_for("results", 5)
+    pid = dev.agent.proc.pid
+    rss, peak = vm(pid, "VmRSS"), vm(pid, "VmHWM")
+    torch_mapped = "/torch/" in Path(f"/proc/{pid}/maps").read_text()
+    dev.agent.stop()
+    disconnect(cloud)
+    broker.close()
+    return cold_start, rss, peak, torch_mapped
+
+
 def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -109,36 +141,14 @@ def main() -> int:
         print("\n".join(out[:-1]))
         report = json.loads(out[-1])
 
-        broker = MosquittoBroker().start()
-        cloud = connect(BrokerAddress(broker.host, broker.port))
-        install(package, root / "state")
-        started = time.monotonic()
-        dev = start_device(broker, cloud, (key, pub), video, root)
-        feed = dev.feed
-        first = feed.wait_for("results", 30)
-        cold_start = time.monotonic() - started
-        assert first is not None, dev.agent.output()
-        for _ in range(90):  # three more seconds of video at 30 fps
-            feed.wait_for("results", 5)
-        pid = dev.agent.proc.pid
-        rss, peak = vm(pid, "VmRSS"), vm(pid, "VmHWM")
-        torch_mapped = "/torch/" in Path(f"/proc/{pid}/maps").read_text()
-        dev.agent.stop()
-        disconnect(cloud)
-        broker.close()
+        cold_start, rss, peak, torch_mapped = serve_video(package, (key, pub), video, root)
     reader = command_reader()
     print()
     print(f"{'daemon (edgewise-agent run, video at 30 fps)':<48}")
     print(f"{'cold start to first result (s)':<40}{cold_start:>10.3f}")
     print(f"{'RSS serving / peak (MB)':<40}{rss:>10.1f} / {peak:.1f}")
     print(f"{'torch mapped in the agent process':<40}{torch_mapped!s:>10}")
-    print()
-    print("command source: ffmpeg -re testsrc 640x480 30 fps bgr24 -> pipe -> capture thread")
-    counts = f"{reader['frames_read']} / {reader['frames_taken']}"
-    print(f"{'frames produced / read / taken':<40}{reader['frames_produced']:>10} / {counts}")
-    print(f"{'frames dropped (consumer kept up)':<40}{reader['frames_dropped']:>10}")
-    print(f"{'read CPU, % of one core':<40}{reader['read_cpu_percent']:>10.2f}"
-          f"  over {reader['seconds']} s")  # fmt: skip
+    print_reader(reader)
     print(
         json.dumps(
             {
@@ -151,10 +161,7 @@ def main() -> int:
                 "rss_mb": round(rss, 1),
                 "rss_peak_mb": round(peak, 1),
                 "torch_imported": torch_mapped or report["torch_imported"],
-                "command_frames_produced": reader["frames_produced"],
-                "command_frames_read": reader["frames_read"],
-                "command_frames_dropped": reader["frames_dropped"],
-                "command_read_cpu_percent": reader["read_cpu_percent"],
+                **{f"command_{k}": v for k, v in reader.items() if k not in ("seconds",)},
             }
         )
     )

@@ -77,6 +77,7 @@ def not_executable(folder: Path) -> None:
     (folder / "capture.sh").chmod(0o644)
 
 
+# fmt: off
 CONFIG_CASES = [
     Case("missing file", None, "cannot read config", prepare=lambda f: f / "nowhere.toml"),
     Case("a directory", None, "cannot read config", prepare=lambda f: f),
@@ -101,97 +102,42 @@ CONFIG_CASES = [
     Case("state dir is a file", GOOD.replace('"state"', '"clip.avi/state"'), "not a directory"),
     Case("bad env value", GOOD, "$EDGEWISE_MQTT__PORT", env={"EDGEWISE_MQTT__PORT": "high"}),
     Case("unknown env key", GOOD, "$EDGEWISE_MQTT__PROT", env={"EDGEWISE_MQTT__PROT": "1"}),
-    Case(
-        "prometheus port taken",
-        GOOD + "\n[telemetry]\nprometheus_port = {port}\n",
-        "telemetry.prometheus_port: cannot listen on port",
-    ),
-    Case(
-        "no prometheus-client",
-        GOOD + "\n[telemetry]\nprometheus_port = 9\n",
-        "needs prometheus-client",
-        env={"shim": "prometheus_client"},
-    ),
-    Case(
-        "no pyserial",
-        source('kind = "sensor"\nuri = "serial:///dev/ttyUSB0"'),
-        "needs pyserial",
-        env={"shim": "serial"},
-    ),
+    Case("prometheus port taken", GOOD + "\n[telemetry]\nprometheus_port = {port}\n",
+         "telemetry.prometheus_port: cannot listen on port"),
+    Case("no prometheus-client", GOOD + "\n[telemetry]\nprometheus_port = 9\n",
+         "needs prometheus-client", env={"shim": "prometheus_client"}),
+    Case("no pyserial", source('kind = "sensor"\nuri = "serial:///dev/ttyUSB0"'),
+         "needs pyserial", env={"shim": "serial"}),
     Case("no picamera2", source('kind = "picamera"'), "python3-picamera2"),
-    Case(
-        "command without size",
-        source('kind = "command"\ncommand = ["ffmpeg"]'),
-        "needs width and height",
-    ),
+    Case("command without size", source('kind = "command"\ncommand = ["ffmpeg"]'),
+         "needs width and height"),
     Case("command quote", source('kind = "command"\ncommand = "ffmpeg -i \'x"'), "cannot split"),
-    Case(
-        "odd nv12",
-        source('kind = "command"\ncommand = ["x"]\nwidth = 63\nheight = 48\npixel_format = "nv12"'),
-        "even width and height",
-    ),
-    Case(
-        "bad credential",
-        GOOD + TLS.replace("tls/cam-1.key", "nope.key"),
-        "do not load",
-        env={"credential": "mqtt-tls-key"},
-    ),
+    Case("odd nv12", source('kind = "command"\ncommand = ["x"]\nwidth = 63\nheight = 48\n'
+                            'pixel_format = "nv12"'), "even width and height"),
+    Case("bad credential", GOOD + TLS.replace("tls/cam-1.key", "nope.key"), "do not load",
+         env={"credential": "mqtt-tls-key"}),
     # What only check-config refuses: run starts and reports the source until it appears.
-    Case(
-        "video missing",
-        GOOD.replace("clip.avi", "gone.avi"),
-        "gone.avi does not exist",
-        commands=("check-config",),
-    ),
-    Case(
-        "video is a folder",
-        GOOD.replace("clip.avi", "keys"),
-        "is not a file",
-        commands=("check-config",),
-    ),
-    Case(
-        "images missing",
-        source('kind = "images"\nuri = "photos"'),
-        "photos does not exist",
-        commands=("check-config",),
-    ),
-    Case(
-        "sensor file missing",
-        source('kind = "sensor"\nuri = "s.csv"'),
-        "s.csv does not exist",
-        commands=("check-config",),
-    ),
-    Case(
-        "program not on PATH",
-        source('kind = "command"\ncommand = "rpicam-vid-x -o -"\nwidth = 64\nheight = 48'),
-        "'rpicam-vid-x' is not on PATH",
-        commands=("check-config",),
-    ),
-    Case(
-        "program not executable",
-        source('kind = "command"\ncommand = ["./capture.sh"]\nwidth = 64\nheight = 48'),
-        "is not executable",
-        commands=("check-config",),
-        prepare=not_executable,
-    ),
+    Case("video missing", GOOD.replace("clip.avi", "gone.avi"), "gone.avi does not exist",
+         commands=("check-config",)),
+    Case("video is a folder", GOOD.replace("clip.avi", "keys"), "is not a file",
+         commands=("check-config",)),
+    Case("images missing", source('kind = "images"\nuri = "photos"'), "photos does not exist",
+         commands=("check-config",)),
+    Case("sensor file missing", source('kind = "sensor"\nuri = "s.csv"'), "s.csv does not exist",
+         commands=("check-config",)),
+    Case("program not on PATH", source('kind = "command"\ncommand = "rpicam-vid-x -o -"\n'
+                                       "width = 64\nheight = 48"), "'rpicam-vid-x' is not on PATH",
+         commands=("check-config",)),
+    Case("program not executable", source('kind = "command"\ncommand = ["./capture.sh"]\n'
+                                          "width = 64\nheight = 48"), "is not executable",
+         commands=("check-config",), prepare=not_executable),
     # What only run meets: a runtime failure, exit 1.
-    Case(
-        "corrupt outbox",
-        GOOD,
-        "cannot open the outbox",
-        commands=("run",),
-        code=1,
-        prepare=corrupt_outbox,
-    ),
-    Case(
-        "broken onnxruntime",
-        GOOD,
-        "unexpected ImportError",
-        commands=("run",),
-        code=1,
-        env={"shim": "onnxruntime"},
-    ),
+    Case("corrupt outbox", GOOD, "cannot open the outbox", commands=("run",), code=1,
+         prepare=corrupt_outbox),
+    Case("broken onnxruntime", GOOD, "unexpected ImportError", commands=("run",), code=1,
+         env={"shim": "onnxruntime"}),
 ]
+# fmt: on
 
 
 @pytest.fixture
@@ -315,36 +261,26 @@ def model_file(root: Path) -> Path:
     return next(p for p in root.iterdir() if p.suffix == ".onnx")
 
 
+# fmt: off
 BENCH_CASES: list[tuple[str, Callable[[Path], None] | None, str, str]] = [
     # (name, how to break the package (None: no package folder at all), video, what the line says)
     ("package missing", None, "good", "no such folder"),
     ("no manifest", lambda r: (r / "manifest.json").unlink(), "good", "no manifest.json"),
-    (
-        "manifest not JSON",
-        lambda r: (r / "manifest.json").write_text("{"),
-        "good",
-        "manifest.json is not a package's",
-    ),
-    (
-        "manifest without fields",
-        lambda r: (r / "manifest.json").write_text('{"manifest": {}}'),
-        "good",
-        "manifest.json is not a package's",
-    ),
+    ("manifest not JSON", lambda r: (r / "manifest.json").write_text("{"), "good",
+     "manifest.json is not a package's"),
+    ("manifest without fields", lambda r: (r / "manifest.json").write_text('{"manifest": {}}'),
+     "good", "manifest.json is not a package's"),
     ("model missing", lambda r: model_file(r).unlink(), "good", "is missing"),
-    (
-        "model corrupt",
-        lambda r: model_file(r).write_bytes(b"\x00garbage" * 64),
-        "good",
-        "the model does not load",
-    ),
+    ("model corrupt", lambda r: model_file(r).write_bytes(b"\x00garbage" * 64), "good",
+     "the model does not load"),
     ("input name wrong", rename_input, "good", "do not match manifest 'pixels'"),
     ("video missing", lambda r: None, "missing", "no such file"),
     ("video is a folder", lambda r: None, "folder", "no such file"),
     ("video is text", lambda r: None, "text", "cannot read it as a video"),
-    ("video without frames", lambda r: None, "empty", "--source"),
+    ("video without frames", lambda r: None, "empty", "no frames in it"),
     ("package is a file", lambda r: None, "package-file", "no such folder"),
 ]
+# fmt: on
 
 
 @pytest.mark.parametrize(

@@ -8,15 +8,18 @@ import logging
 import os
 import queue
 import select
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
+from typing import ClassVar
 
 import cv2
 import numpy as np
 import pytest
 
-from agent import command
+from agent import command, picamera
 from agent.command import CommandSource
 from agent.config import SourceConfig
 from agent.errors import SourceError
@@ -290,3 +293,61 @@ def test_picamera_without_picamera2_names_the_package_and_the_alternative() -> N
     message = str(info.value)
     assert "python3-picamera2" in message and "rpicam-vid" in message
     assert "--system-site-packages" in message
+
+
+class StandInCamera:
+    """Picamera2's calls as its documentation gives them (no camera module here): the
+    configuration asked for, ``capture_array(wait=False)`` and ``wait(job, timeout)``."""
+
+    made: ClassVar[list[StandInCamera]] = []
+
+    def __init__(self, number: int):
+        self.number, self.frames, self.config, self.started, self.closed = number, 2, None, 0, 0
+        StandInCamera.made.append(self)
+
+    def create_video_configuration(self, main: dict, controls: dict) -> dict:  # type: ignore[type-arg]
+        return {"main": main, "controls": controls}
+
+    def configure(self, config: dict) -> None:  # type: ignore[type-arg]
+        self.config = config
+
+    def start(self) -> None:
+        self.started += 1
+
+    def capture_array(self, name: str, wait: bool) -> str:
+        assert name == "main" and wait is False
+        return "job"
+
+    def wait(self, job: str, timeout: float) -> np.ndarray:
+        if self.frames == 0:
+            raise TimeoutError  # a camera that stopped delivering
+        self.frames -= 1
+        return np.full((48, 64, 4), self.frames, np.uint8)  # XRGB-style padding channel
+
+    def stop(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closed += 1
+
+
+def test_picamera_reads_bgr_frames_and_gives_up_on_a_silent_camera(
+    monkeypatch: pytest.MonkeyPatch, stop
+) -> None:
+    monkeypatch.setitem(sys.modules, "picamera2", SimpleNamespace(Picamera2=StandInCamera))
+    monkeypatch.setattr(picamera, "STALL_S", 0.3)
+    src = PicameraSource(SourceConfig(kind="picamera", uri="1", width=64, height=48, fps=10))
+    src.open()
+    camera = StandInCamera.made[-1]
+    assert camera.number == 1 and camera.started == 1
+    assert camera.config == {"main": {"size": (64, 48), "format": "RGB888"},
+                             "controls": {"FrameRate": 10}}  # fmt: skip
+    frames = [src.read(stop), src.read(stop)]
+    assert [f.index for f in frames if f] == [0, 1]
+    assert all(f is not None and f.image.shape == (48, 64, 3) for f in frames)
+    with pytest.raises(SourceError, match="picamera 1: no frame for 0 s"):
+        src.read(stop)
+    stop.set()
+    assert src.read(stop) is None  # stopping wins over waiting
+    src.close()
+    assert camera.closed == 1
