@@ -52,8 +52,10 @@ def _count(minimum: int) -> Callable[[str], int]:
 
 
 def _parser() -> argparse.ArgumentParser:
+    # No option guessed from a prefix: --conf must not quietly mean --config (nor, later, an
+    # option added after it), as in the compiler's CLI.
     parser = _Parser(
-        prog="edgewise-agent", description=__doc__,
+        prog="edgewise-agent", description=__doc__, allow_abbrev=False,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )  # fmt: skip
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logs, tracebacks")
@@ -61,7 +63,7 @@ def _parser() -> argparse.ArgumentParser:
     common = _Parser(add_help=False)
     common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    add = functools.partial(sub.add_parser, parents=[common])
+    add = functools.partial(sub.add_parser, parents=[common], allow_abbrev=False)
     run = add("run", help="serve models from the broker on the configured source")
     run.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
     run.add_argument(
