@@ -69,11 +69,22 @@ def write_package(
     created = not Path(out_dir).exists()
     staging.mkdir(parents=True)
     try:
-        envelope, manifest = _stage(
-            staging, model_path, name=name, version=version, input_spec=input_spec,
-            preprocess=preprocess, postprocess=postprocess, metrics=metrics,
-            signing_key=signing_key, chunk_size=chunk_size, golden=golden,
-        )  # fmt: skip
+        shutil.copyfile(model_path, staging / "model.onnx")
+        if golden is not None:
+            shutil.copyfile(golden, staging / GOLDEN)
+        manifest = Manifest(
+            name=name,
+            version=version,
+            created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            model=describe_blob(staging / "model.onnx", chunk_size),
+            input=input_spec,
+            preprocess=preprocess,
+            postprocess=postprocess,
+            metrics=metrics,
+            golden=describe_blob(staging / GOLDEN, chunk_size) if golden is not None else None,
+        )
+        envelope = sign_manifest(manifest, load_private_key(signing_key))
+        (staging / ENVELOPE).write_bytes(envelope)
     except BaseException:  # a failed compile leaves nothing behind, not even the folder
         shutil.rmtree(staging, ignore_errors=True)
         if created:
@@ -82,39 +93,6 @@ def write_package(
     shutil.rmtree(root, ignore_errors=True)
     staging.rename(root)
     return Package(root, envelope, manifest)
-
-
-def _stage(
-    staging: Path,
-    model_path: Path,
-    *,
-    name: str,
-    version: str,
-    input_spec: InputSpec,
-    preprocess: PreprocessSpec,
-    postprocess: ClassificationSpec,
-    metrics: dict[str, Any],
-    signing_key: Path,
-    chunk_size: int,
-    golden: Path | None,
-) -> tuple[bytes, Manifest]:
-    shutil.copyfile(model_path, staging / "model.onnx")
-    if golden is not None:
-        shutil.copyfile(golden, staging / GOLDEN)
-    manifest = Manifest(
-        name=name,
-        version=version,
-        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        model=describe_blob(staging / "model.onnx", chunk_size),
-        input=input_spec,
-        preprocess=preprocess,
-        postprocess=postprocess,
-        metrics=metrics,
-        golden=describe_blob(staging / GOLDEN, chunk_size) if golden is not None else None,
-    )
-    envelope = sign_manifest(manifest, load_private_key(signing_key))
-    (staging / ENVELOPE).write_bytes(envelope)
-    return envelope, manifest
 
 
 def read_package(root: Path) -> Package:

@@ -45,3 +45,18 @@ class AgentProcess:
         self.proc.kill()
         self.proc.wait(10)
         self._log_file.close()
+
+
+# The smallest agent config that validates, relative to the folder it is written in.
+GOOD_CONFIG = """
+[device]
+id = "cam-1"
+state_dir = "state"
+
+[trust]
+public_keys = ["keys/a.pub"]
+
+[source]
+kind = "video"
+uri = "clip.avi"
+"""

@@ -20,22 +20,11 @@ import cv2
 import numpy as np
 import pytest
 from helpers import BIN, AgentProcess
+from helpers import GOOD_CONFIG as GOOD
 
 from agent.contract import generate_keypair
 from compiler.certs import create_ca, issue
 
-GOOD = """
-[device]
-id = "cam-1"
-state_dir = "state"
-
-[trust]
-public_keys = ["keys/a.pub"]
-
-[source]
-kind = "video"
-uri = "clip.avi"
-"""
 TLS = '\n[mqtt]\nurl = "mqtts://broker:8883"\n[mqtt.tls]\nca_file = "tls/ca.crt"\n' \
       'cert_file = "tls/cam-1.crt"\nkey_file = "tls/cam-1.key"\n'  # fmt: skip
 VIDEO_SOURCE = 'kind = "video"\nuri = "clip.avi"'

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from helpers import BIN
+from helpers import GOOD_CONFIG as GOOD
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -19,19 +20,6 @@ from agent.config import SourceConfig, changed_keys, load_config, reloadable
 from agent.contract import generate_keypair
 from agent.errors import ConfigError
 from compiler.certs import create_ca, issue
-
-GOOD = """
-[device]
-id = "cam-1"
-state_dir = "state"
-
-[trust]
-public_keys = ["keys/a.pub"]
-
-[source]
-kind = "video"
-uri = "clip.avi"
-"""
 
 
 @pytest.fixture
@@ -145,17 +133,31 @@ BROKEN = [
     ("state dir is a file", GOOD.replace('"state"', '"clip.avi/state"'), "device.state_dir"),
     ("command without size", COMMAND.replace("width = 64\n", ""), "needs width and height"),
     ("command empty", COMMAND.replace('"ffmpeg -i in.mp4"', "[]"), "needs command"),
-    ("command unbalanced quote", COMMAND.replace('"ffmpeg -i in.mp4"', "\"ffmpeg -i 'a\""),
-     "cannot split"),
-    ("odd size for 4:2:0", COMMAND.replace("height = 48", 'height = 47\npixel_format = "nv12"'),
-     "even width and height"),
-    ("unknown pixel format", COMMAND.replace("height = 48", 'height = 48\npixel_format = "yuyv"'),
-     "source.pixel_format"),
-    ("command for a video", GOOD.replace('uri = "clip.avi"', 'uri = "clip.avi"\ncommand = ["x"]'),
-     "apply to kind = 'command' only"),
-    ("picamera by name",
-     GOOD.replace('kind = "video"\nuri = "clip.avi"', 'kind = "picamera"\nuri = "front"'),
-     "camera number"),
+    (
+        "command unbalanced quote",
+        COMMAND.replace('"ffmpeg -i in.mp4"', '"ffmpeg -i \'a"'),
+        "cannot split",
+    ),
+    (
+        "odd size for 4:2:0",
+        COMMAND.replace("height = 48", 'height = 47\npixel_format = "nv12"'),
+        "even width and height",
+    ),
+    (
+        "unknown pixel format",
+        COMMAND.replace("height = 48", 'height = 48\npixel_format = "yuyv"'),
+        "source.pixel_format",
+    ),
+    (
+        "command for a video",
+        GOOD.replace('uri = "clip.avi"', 'uri = "clip.avi"\ncommand = ["x"]'),
+        "apply to kind = 'command' only",
+    ),
+    (
+        "picamera by name",
+        GOOD.replace('kind = "video"\nuri = "clip.avi"', 'kind = "picamera"\nuri = "front"'),
+        "camera number",
+    ),
     ("bad TOML", "[device\n", "not valid TOML"),
 ]
 
