@@ -212,6 +212,13 @@ USAGE_CASES = [
     (["bench", "--package", "p", "--source", "v", "--frames", "ten"], "'ten' is not a whole"),
     (["bench", "--package", "p", "--source", "v", "--threads", "-1"], "-1 is below 0"),
     (["bench", "--package", "p", "--source", "v", "--fast"], "unrecognized arguments: --fast"),
+    (["bench", "--package", "p", "--source", "v", "--frames", "-5"], "-5 is below 1"),
+    (["bench", "--package", "p", "--source", "v", "--frames", "1.5"], "'1.5' is not a whole"),
+    (["bench", "--package", "p", "--source", "v", "--threads", "many"], "'many' is not a whole"),
+    (["bench", "--package", "p", "--source", "v", "--json=yes"], "ignored explicit argument"),
+    (["bench", "--package", "--source", "v"], "expected one argument"),
+    (["bench", "--package", "p", "--source"], "expected one argument"),
+    (["bench", "--package", "p", "--source", "v", "extra"], "unrecognized arguments: extra"),
     ([], "required: COMMAND"),
     (["serve"], "invalid choice: 'serve'"),
 ]
