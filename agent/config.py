@@ -24,6 +24,7 @@ from pydantic import (
     Field,
     UrlConstraints,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
@@ -77,6 +78,17 @@ class MqttConfig(_Section):
     keepalive: int = Field(default=30, ge=2)
     topic_root: str = "edgewise"
     reconnect_max_delay: float = Field(default=30.0, gt=0)
+    # MQTT 5 also reads the broker's own cap from CONNACK and announces this one in CONNECT.
+    protocol: Literal["3.1.1", "5"] = "3.1.1"
+    # The largest MQTT packet sent (a results batch, an event) — below the broker's
+    # max_packet_size, which disconnects a client that sends more (1 MiB in the shipped config).
+    max_packet_bytes: int = Field(default=512 * 1024, ge=4096, le=268_435_455)
+
+    @field_validator("protocol", mode="before")
+    @classmethod
+    def _protocol_as_text(cls, value: Any) -> Any:
+        # protocol = 5 (or EDGEWISE_MQTT__PROTOCOL=5, read as TOML) means "5".
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
     @model_validator(mode="after")
     def _tls_for_mqtts(self) -> MqttConfig:
@@ -209,6 +221,11 @@ class OutboxConfig(_Section):
     max_bytes: int = Field(default=64 * 2**20, gt=0)
     batch_max: int = Field(default=500, gt=0, description="results per MQTT message at most")
     window: int = Field(default=8, gt=0, description="messages awaiting PUBACK at once")
+    # While the database cannot be written (disk full, I/O errors): results held in memory up
+    # to this many bytes, oldest dropped and counted beyond it; written when the disk returns.
+    memory_bytes: int = Field(default=8 * 2**20, ge=0)
+    # Exit 1 (systemd restarts the agent) after this long without a single successful write.
+    max_failing_s: float = Field(default=600.0, gt=0)
 
 
 class TelemetryConfig(_Section):

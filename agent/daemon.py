@@ -8,6 +8,7 @@ import sqlite3
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,9 @@ from .outbox import Outbox
 from .pipeline import CaptureWorker, FrameSlot, HealthStats, InferenceWorker, ModelSlot
 from .results import RateFilter, ResultBuilder
 from .runtime import Inference, ModelSession
+from .sizing import payload_budget
 from .sources import Frame, make_source
+from .spool import Spool
 from .stats import StageStats
 from .store import ModelStore
 from .telemetry import ProcessSampler, PrometheusExporter, TelemetryReporter, telemetry_message
@@ -40,10 +43,17 @@ def _json(obj: Any) -> bytes:
 JOIN_S, FLUSH_S, GOODBYE_S = 2.0, 1.5, 1.0
 
 
-def _open_outbox(config: AgentConfig) -> Outbox:
+def _open_outbox(
+    config: AgentConfig, report: Callable[[dict[str, Any]], None], fatal: Callable[[str], None]
+) -> Spool:
+    """The outbox behind a spool: a full disk (at start or later) holds results in memory; a
+    database that cannot be opened for another reason stops the agent here."""
     path = config.device.state_dir / "outbox.db"
     try:
-        return Outbox(path, config.outbox.max_rows, config.outbox.max_bytes)
+        return Spool(
+            lambda: Outbox(path, config.outbox.max_rows, config.outbox.max_bytes),
+            config.outbox.memory_bytes, config.outbox.max_failing_s, report, fatal,
+        )  # fmt: skip
     except (sqlite3.Error, OSError) as exc:
         raise AgentError(
             f"cannot open the outbox {path}: {exc} (move it aside to start with an empty one)"
@@ -79,14 +89,15 @@ class Agent:
         self._device = config.device.id
         self._topics = Topics(config.mqtt.topic_root)
         self._max_results = max_results
-        self.results = ResultBuilder(self._device, self.boot_id, config.source.uri)
+        # A result too big for a message on its own is stored cut (agent.sizing).
+        lone = payload_budget(self._topics.results(self._device), config.mqtt.max_packet_bytes) - 2
+        self.results = ResultBuilder(self._device, self.boot_id, config.source.uri, lone)
         self.rate = RateFilter(config.results)
         self.stages = StageStats()
         self._source: dict[str, Any] | None = None
         self._source_failed = False
         self.trust = TrustStore.from_files(config.trust.public_keys)
         self.store = ModelStore(config.device.state_dir)
-        self.outbox = _open_outbox(config)
         self.models = ModelSlot()
         self.health = HealthStats()
         self._deployment: dict[str, Any] | None = None
@@ -96,6 +107,7 @@ class Agent:
             will=(self._topics.status(self._device), self._status("offline")),
             birth=lambda: (self._topics.status(self._device), self._status("online")),
         )
+        self.outbox = _open_outbox(config, self.report_event, self._give_up)
         self.deployer = Deployer(
             config, self.link, self.trust, self.store, self.models, self.health,
             self.report_event, self.stop_event,
@@ -108,7 +120,7 @@ class Agent:
         self.frames = FrameSlot(block=files)
         self.uplink = ResultsUplink(
             self.outbox, self.link, self._topics.results(self._device), self.stop_event,
-            config.outbox.batch_max, config.outbox.window,
+            config.outbox.batch_max, config.outbox.window, self.outbox.retry,
         )  # fmt: skip
         self._capture = CaptureWorker(
             make_source(config.source, config.mqtt), self.frames, self.stop_event,
@@ -144,6 +156,13 @@ class Agent:
             dropped_frames=self.frames.dropped, results_queued=self.outbox.queued,
             results_dropped=self.outbox.dropped,
             process=self._sampler.sample(self.config.device.state_dir), model=self._model(),
+            upstream={
+                "outbox_errors": self.outbox.errors, "outbox_error": self.outbox.error,
+                "results_in_memory": self.outbox.in_memory,
+                "results_truncated": self.results.truncated + self.uplink.truncated,
+                "messages_shortened": self.link.shortened,
+                "max_packet_bytes": self.link.max_packet,
+            },
         )  # fmt: skip
 
     def _publish_telemetry(self, message: dict[str, object]) -> None:
@@ -269,6 +288,12 @@ class Agent:
             self._shut_down()
             threading.excepthook = previous
         return 1 if self._crashed else 0
+
+    def _give_up(self, reason: str) -> None:
+        """Something the agent cannot go on without (the outbox): exit 1, systemd restarts."""
+        log.error("%s; stopping so that the agent is started again", reason)
+        self._crashed = self._crashed or "outbox"
+        self.stop_event.set()
 
     def _thread_crashed(self, args: threading.ExceptHookArgs) -> None:
         """A worker died of a bug: one error line (the traceback with -v), then stop and exit 1

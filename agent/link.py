@@ -1,5 +1,9 @@
 """The agent's MQTT connection (paho-mqtt 2.x): reconnects by itself, re-subscribes, sends a
-retained birth message on every connect and leaves a retained last will."""
+retained birth message on every connect and leaves a retained last will.
+
+Nothing is published over the packet cap (:mod:`agent.sizing`): ``[mqtt] max_packet_bytes``, or
+less when an MQTT 5 broker says so in CONNACK. With MQTT 5 the agent also announces the cap in
+CONNECT, so the broker drops a bigger message instead of delivering it to the device."""
 
 from __future__ import annotations
 
@@ -8,8 +12,11 @@ import threading
 from collections.abc import Callable
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from .config import MqttConfig
+from .sizing import SMALL_MESSAGE_BYTES, payload_budget, shorten
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +33,19 @@ def configure_client(client: mqtt.Client, config: MqttConfig) -> None:
             certfile=str(config.tls.cert_file),
             keyfile=str(config.tls.key_file),
         )
+
+
+def _client(config: MqttConfig, client_id: str) -> mqtt.Client:
+    if config.protocol == "5":
+        # Clean start and no session expiry: like a 3.1.1 clean session.
+        return mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
+                           protocol=mqtt.MQTTv5)  # fmt: skip
+    return mqtt.Client(
+        mqtt.CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        protocol=mqtt.MQTTv311,
+        clean_session=True,
+    )
 
 
 class MqttLink:
@@ -48,12 +68,9 @@ class MqttLink:
         self.connected = threading.Event()
         self.epoch = 0  # counts connections, so a sender can tell a reconnect happened
         self._ack_handlers: list[Callable[[int], None]] = []
-        client = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2,
-            client_id=client_id,
-            protocol=mqtt.MQTTv311,
-            clean_session=True,
-        )
+        self._broker_max: int | None = None  # from the last CONNACK (MQTT 5 only)
+        self.shortened = 0  # messages over the cap sent shortened
+        client = _client(config, client_id)
         configure_client(client, config)
         client.will_set(will[0], will[1], qos=1, retain=True)
         client.reconnect_delay_set(min_delay=1, max_delay=int(config.reconnect_max_delay))
@@ -62,15 +79,28 @@ class MqttLink:
         client.on_publish = self._on_publish
         self._client = client
 
+    @property
+    def max_packet(self) -> int:
+        """The largest packet this connection may send: the configured cap, or the broker's."""
+        configured = self._config.max_packet_bytes
+        return min(configured, self._broker_max) if self._broker_max else configured
+
     def start(self) -> None:
         host, port = self._config.endpoint
-        self._client.connect_async(host, port, self._config.keepalive)
+        if self._config.protocol == "5":
+            properties = Properties(PacketTypes.CONNECT)
+            properties.MaximumPacketSize = self._config.max_packet_bytes
+            self._client.connect_async(
+                host, port, self._config.keepalive, clean_start=True, properties=properties
+            )
+        else:
+            self._client.connect_async(host, port, self._config.keepalive)
         self._client.loop_start()
 
     def stop(self, goodbye: tuple[str, bytes] | None = None, timeout: float = 2.0) -> None:
         """Publish a last message (e.g. offline status), then disconnect."""
         if goodbye and self.connected.is_set():
-            info = self._client.publish(goodbye[0], goodbye[1], qos=1, retain=True)
+            info = self.publish(goodbye[0], goodbye[1], qos=1, retain=True)
             info.wait_for_publish(timeout)
         self._client.disconnect()
         self._client.loop_stop()
@@ -112,13 +142,32 @@ class MqttLink:
     def publish(
         self, topic: str, payload: bytes, qos: int = 1, retain: bool = False
     ) -> mqtt.MQTTMessageInfo:
+        """An event, status or telemetry message: one over ``SMALL_MESSAGE_BYTES`` (or the
+        packet cap) goes out shortened (:func:`agent.sizing.shorten`), never oversize."""
+        limit = min(SMALL_MESSAGE_BYTES, payload_budget(topic, self.max_packet))
+        if len(payload) > limit:
+            self.shortened += 1
+            log.warning(
+                "a %d-byte message on %s is over the %d-byte cap; sent shortened",
+                len(payload), topic, limit,
+            )  # fmt: skip
+            payload = shorten(payload, limit)
         return self._client.publish(topic, payload, qos=qos, retain=retain)
+
+    def publish_batch(self, topic: str, payload: bytes) -> mqtt.MQTTMessageInfo | None:
+        """A results batch at QoS 1, or None when it is over the packet cap (which an MQTT 5
+        broker may have lowered since the batch was made): the caller makes a smaller one."""
+        if len(payload) > payload_budget(topic, self.max_packet):
+            return None
+        return self._client.publish(topic, payload, qos=1)
 
     def on_ack(self, handler: Callable[[int], None]) -> None:
         """Call ``handler(mid)`` on paho's thread when the broker acknowledges a QoS 1 publish."""
         self._ack_handlers.append(handler)
 
-    def _on_publish(self, _client, _userdata, mid, _reason_code, _properties) -> None:
+    def _on_publish(self, _client, _userdata, mid, reason_code, _properties) -> None:
+        if reason_code.is_failure:  # MQTT 5 only: the broker took the message but refused it
+            log.error("the broker refused a message: %s", reason_code)
         for handler in self._ack_handlers:
             handler(mid)
 
@@ -126,13 +175,16 @@ class MqttLink:
         """Re-send the birth message, e.g. after the serving model changed."""
         if self.connected.is_set():
             topic, payload = self._birth()
-            self._client.publish(topic, payload, qos=1, retain=True)
+            self.publish(topic, payload, qos=1, retain=True)
 
-    def _on_connect(self, client, _userdata, _flags, reason_code, _properties) -> None:
+    def _on_connect(self, client, _userdata, _flags, reason_code, properties) -> None:
         if reason_code.is_failure:
             log.error("broker refused connection: %s", reason_code)
             return
-        log.info("connected to %s:%d", *self._config.endpoint)
+        self._broker_max = getattr(properties, "MaximumPacketSize", None)
+        log.info(
+            "connected to %s:%d; packets up to %d bytes", *self._config.endpoint, self.max_packet
+        )
         with self._lock:
             filters = list(self._filters.items())
         if filters:

@@ -42,43 +42,79 @@ class Outbox:
         self._changed = threading.Condition(self._lock)
 
     def append(self, payload: bytes) -> None:
+        self.append_many([payload])
+
+    def append_many(self, payloads: list[bytes]) -> None:
+        """Append in one transaction: all or, on an error (a full disk), none."""
         with self._lock:
-            self._db.execute("INSERT INTO results (payload) VALUES (?)", (payload,))
-            self._rows += 1
-            self._bytes += len(payload)
-            if self._rows > self.max_rows or self._bytes > self.max_bytes:
-                self._db.execute("BEGIN")
-                self._drop_oldest()
+            added = sum(len(p) for p in payloads)
+            rows, size = self._rows + len(payloads), self._bytes + added
+            if len(payloads) == 1 and rows <= self.max_rows and size <= self.max_bytes:
+                # One statement, committed by itself: the common case, and the cheapest.
+                self._db.execute("INSERT INTO results (payload) VALUES (?)", payloads)
+                self._rows, self._bytes = rows, size
+                self._changed.notify_all()
+                return
+            self._db.execute("BEGIN")
+            try:
+                self._db.executemany("INSERT INTO results (payload) VALUES (?)",
+                                     [(p,) for p in payloads])  # fmt: skip
+                dropped = (0, 0)
+                if rows > self.max_rows or size > self.max_bytes:
+                    dropped = self._drop_oldest(rows, size)
                 self._db.execute("COMMIT")
+            except BaseException:
+                self._rollback()
+                raise
+            # Counted only once committed, so a failed write leaves them true.
+            self._rows, self._bytes = rows - dropped[0], size - dropped[1]
+            self.dropped += dropped[0]
             self._changed.notify_all()
 
-    def _drop_oldest(self) -> None:
+    def _rollback(self) -> None:
+        if self._db.in_transaction:
+            self._db.execute("ROLLBACK")
+
+    def _drop_oldest(self, rows_now: int, bytes_now: int) -> tuple[int, int]:
+        """Delete the oldest results inside the caller's transaction; (rows, bytes) deleted."""
         # Make room for about a tenth more, so a full queue does not pay this on every append.
-        target_rows = min(self._rows, int(self.max_rows * 0.9))
+        target_rows = min(rows_now, int(self.max_rows * 0.9))
         target_bytes = int(self.max_bytes * 0.9)
         rows = self._db.execute(
             "SELECT seq, LENGTH(payload) FROM results ORDER BY seq LIMIT ?",
-            (max(1, self._rows - target_rows),),
+            (max(1, rows_now - target_rows),),
         ).fetchall()
         dropped_bytes, last = 0, None
         for count, (seq, size) in enumerate(rows, 1):
             dropped_bytes, last = dropped_bytes + size, seq
-            if self._rows - count <= target_rows and self._bytes - dropped_bytes <= target_bytes:
+            if rows_now - count <= target_rows and bytes_now - dropped_bytes <= target_bytes:
                 rows = rows[:count]
                 break
         self._db.execute("DELETE FROM results WHERE seq <= ?", (last,))
-        self._rows -= len(rows)
-        self._bytes -= dropped_bytes
-        self.dropped += len(rows)
-        self._db.execute("UPDATE meta SET value=? WHERE key='dropped'", (self.dropped,))
+        self._db.execute("UPDATE meta SET value=? WHERE key='dropped'", (self.dropped + len(rows),))
+        return len(rows), dropped_bytes
 
-    def peek(self, after: int, limit: int) -> list[tuple[int, bytes]]:
-        """Up to ``limit`` oldest results with seq > ``after``."""
+    def peek(self, after: int, limit: int, max_bytes: int | None = None) -> list[tuple[int, bytes]]:
+        """Up to ``limit`` oldest results with seq > ``after``, and no more than ``max_bytes``
+        of them joined as a JSON array's items — but always the first one."""
         with self._lock:
-            return self._db.execute(
+            cursor = self._db.execute(
                 "SELECT seq, payload FROM results WHERE seq > ? ORDER BY seq LIMIT ?",
                 (after, limit),
-            ).fetchall()
+            )
+            try:
+                if max_bytes is None:
+                    return cursor.fetchall()
+                rows: list[tuple[int, bytes]] = []
+                total = -1  # n items take n - 1 commas
+                for seq, payload in cursor:  # row by row: stop reading at the cap
+                    total += len(payload) + 1
+                    if rows and total > max_bytes:
+                        break
+                    rows.append((seq, payload))
+                return rows
+            finally:
+                cursor.close()
 
     def acknowledge(self, first: int, last: int) -> None:
         """The broker has the results ``first..last``: forget them."""

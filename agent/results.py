@@ -8,15 +8,22 @@ from typing import Any
 
 from .config import ResultsConfig
 from .runtime import Inference, ModelSession
+from .sizing import fit_result
 from .sources import Frame
 
 
 class ResultBuilder:
-    """Numbers results per boot so ``{device}:{boot}:{seq}`` is unique for deduplication."""
+    """Numbers results per boot so ``{device}:{boot}:{seq}`` is unique for deduplication.
 
-    def __init__(self, device: str, boot_id: str, source: str):
+    A result over ``max_bytes`` (too big for an MQTT message on its own) is stored cut, its
+    lowest-scoring predictions dropped, and flagged ``"truncated": true``: stored whole, it could
+    never be sent and would block the results behind it."""
+
+    def __init__(self, device: str, boot_id: str, source: str, max_bytes: int | None = None):
         self._device, self._boot, self._source = device, boot_id, source
+        self._max_bytes = max_bytes
         self.seq = 0
+        self.truncated = 0
 
     def build(self, frame: Frame, session: ModelSession, inference: Inference) -> bytes:
         self.seq += 1
@@ -41,7 +48,11 @@ class ResultBuilder:
                 "total": round((now - frame.captured_at) * 1e3, 3),
             },
         }
-        return json.dumps(result, separators=(",", ":")).encode()
+        if self._max_bytes is None:
+            return json.dumps(result, separators=(",", ":")).encode()
+        encoded, cut = fit_result(result, self._max_bytes)
+        self.truncated += cut
+        return encoded
 
 
 class RateFilter:

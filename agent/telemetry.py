@@ -15,7 +15,7 @@ import shutil
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -84,10 +84,11 @@ def telemetry_message(
     results_dropped: int,
     process: dict[str, float | None],
     model: dict[str, str] | None,
+    upstream: Mapping[str, object] | None = None,
 ) -> dict[str, object]:
     """The telemetry payload for one interval. ``stages`` is ``StageStats.summary()``;
     ``frames``/``frames_before`` are frame counts now and one interval ago; ``process`` is
-    ``ProcessSampler.sample()``."""
+    ``ProcessSampler.sample()``; ``upstream`` the outbox's and uplink's figures (``UPSTREAM``)."""
     fps = round((frames - frames_before) / interval_s, 2) if interval_s > 0 else 0.0
     total = stages.get("total")
     latency = {"p50": total["p50"], "p99": total["p99"]} if total else None
@@ -103,7 +104,19 @@ def telemetry_message(
         "results_dropped": results_dropped,
         "model": model,
         **process,
+        **(upstream or {}),
     }
+
+
+# What the outbox and the uplink report besides results_queued and results_dropped.
+UPSTREAM = {
+    "outbox_errors": "Failed outbox database operations since start",
+    "outbox_error": "The outbox's last error while it fails (null when it writes)",
+    "results_in_memory": "Results held in memory while the outbox cannot write",
+    "results_truncated": "Results cut to fit one MQTT message, since start",
+    "messages_shortened": "Events and status shortened to fit the cap, since start",
+    "max_packet_bytes": "The packet cap in force (configured, or the broker's if lower)",
+}
 
 
 # gauge name -> (help, how to read it from a telemetry message)
@@ -118,6 +131,11 @@ _GAUGES: dict[str, tuple[str, tuple[str, ...]]] = {
     "edgewise_rss_mb": ("Agent resident memory (MB)", ("rss_mb",)),
     "edgewise_disk_free_mb": ("Free disk under the agent's state dir (MB)", ("disk_free_mb",)),
     "edgewise_soc_temp_celsius": ("Hottest SoC thermal zone (°C)", ("soc_temp_c",)),
+    **{
+        f"edgewise_{key}": (help_, (key,))
+        for key, help_ in UPSTREAM.items()
+        if key != "outbox_error"  # text: no gauge
+    },
 }
 
 

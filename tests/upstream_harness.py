@@ -1,0 +1,88 @@
+"""What the upstream tests share: a persistent cloud consumer, the real agent on a test broker,
+and reading the agent's outbox beside it."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+
+from device_harness import DEVICE, TOPICS, install
+from helpers import AgentProcess
+
+from compiler.broker import MosquittoBroker
+from compiler.demo import write_agent_config
+from compiler.mqtt import BrokerAddress, connect, disconnect
+from compiler.results import Deduper, DeviceFeed
+
+CONSUMER = "edgewise-test-consumer"
+
+
+class Consumer:
+    """A cloud consumer with a persistent session: the broker queues results while it is away."""
+
+    def __init__(self, broker: MosquittoBroker):
+        self.client = connect(
+            BrokerAddress(broker.host, broker.port), client_id=CONSUMER, clean_session=False
+        )
+        self.feed = DeviceFeed(self.client, TOPICS, DEVICE)
+        self.dedupe = Deduper()
+        self.results: list[dict] = []
+
+    def take(self, timeout: float = 1.0, done=lambda: False) -> None:  # type: ignore[no-untyped-def]
+        """Collect unique results, in arrival order, for ``timeout`` s or until ``done()``."""
+        deadline = time.monotonic() + timeout
+        while not done() and (remaining := deadline - time.monotonic()) > 0:
+            message = self.feed.wait_for("results", remaining)
+            if message is not None and self.dedupe.first_time(message["id"]):
+                self.results.append(message)
+
+    def collect_until(self, done, timeout: float) -> None:  # type: ignore[no-untyped-def]
+        self.take(timeout, done)
+        assert done(), f"gave up with {len(self.results)} results"
+
+    def close(self) -> None:
+        disconnect(self.client)
+
+
+def queued_in_outbox(state: Path) -> tuple[int, int]:
+    """(rows, dropped) in the agent's outbox, read beside the running agent (WAL allows it)."""
+    db = sqlite3.connect(f"file:{state / 'outbox.db'}?mode=ro", uri=True, timeout=5)
+    try:
+        rows = db.execute("SELECT COUNT(*) FROM results").fetchone()[0]
+        dropped = db.execute("SELECT value FROM meta WHERE key='dropped'").fetchone()[0]
+        return rows, dropped
+    finally:
+        db.close()
+
+
+def wait_until(condition, timeout: float, state=lambda: "") -> None:  # type: ignore[no-untyped-def]
+    """Poll ``condition``; on timeout fail with what ``state()`` says."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"condition not met in time {state()}"
+        time.sleep(0.05)  # polling a file the agent writes; there is no event to wait on
+
+
+def assert_complete_and_ordered(results: list[dict], boot: str | None = None) -> int:
+    seqs = [r["seq"] for r in results if boot is None or r["id"].split(":")[1] == boot]
+    assert seqs == sorted(seqs), "first arrivals must keep the device's order"
+    assert seqs == list(range(1, len(seqs) + 1)), (
+        f"gaps: {sorted(set(range(1, max(seqs) + 1)) - set(seqs))[:10]}"
+    )
+    return len(seqs)
+
+
+def start_agent(  # type: ignore[no-untyped-def]
+    broker, compiled, signing_keys, video, tmp_path, extra: str = "", mqtt: str = ""
+) -> AgentProcess:
+    """The real agent on ``broker`` (keepalive 2 s, so a dead link shows quickly); ``mqtt`` adds
+    keys to its [mqtt] section, ``extra`` whole sections."""
+    if not (tmp_path / "state" / "current").exists():
+        install(compiled.package, tmp_path / "state")
+    config = write_agent_config(
+        tmp_path / "agent.toml", port=broker.port, public_keys=[signing_keys[1]], video=video,
+        state=tmp_path / "state", device=DEVICE, extra=extra,
+    )  # fmt: skip
+    config.write_text(config.read_text().replace("[mqtt]\n", f"[mqtt]\nkeepalive = 2\n{mqtt}"))
+    return AgentProcess(config, log=tmp_path / f"agent-{time.monotonic_ns()}.log")
