@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import sqlite3
 import threading
 import time
@@ -53,6 +54,7 @@ def _open_outbox(
         return Spool(
             lambda: Outbox(path, config.outbox.max_rows, config.outbox.max_bytes),
             config.outbox.memory_bytes, config.outbox.max_failing_s, report, fatal,
+            lambda: shutil.disk_usage(config.device.state_dir).free,
         )  # fmt: skip
     except (sqlite3.Error, OSError) as exc:
         raise AgentError(

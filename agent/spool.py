@@ -25,15 +25,20 @@ log = logging.getLogger(__name__)
 
 RETRY_S = 1.0
 WRITE_SLICE = 256 * 1024  # bytes of held results written per transaction when catching up
+LOW_SPACE = 1024 * 1024  # free bytes under which a failure to open is the disk's, not the file's
 DbErrors = (sqlite3.Error, OSError)
+# Opening a WAL database on a full disk fails to size its shared-memory file, not with FULL.
+_SQLITE_IOERR_SHMSIZE = 4874
 
 
 def is_disk_full(exc: BaseException) -> bool:
-    """SQLITE_FULL, or ENOSPC/EDQUOT from the filesystem."""
+    """SQLITE_FULL (or the WAL index that could not grow), or ENOSPC/EDQUOT."""
     if isinstance(exc, OSError):
         return exc.errno in (errno.ENOSPC, errno.EDQUOT)
     code = getattr(exc, "sqlite_errorcode", None)  # Python 3.11+
-    return code == sqlite3.SQLITE_FULL if code is not None else "disk is full" in str(exc)
+    if code is None:
+        return "disk is full" in str(exc)
+    return code in (sqlite3.SQLITE_FULL, _SQLITE_IOERR_SHMSIZE)
 
 
 class Spool:
@@ -47,10 +52,12 @@ class Spool:
         max_failing_s: float,
         report: Callable[[dict[str, object]], None],
         fatal: Callable[[str], None],
+        free_bytes: Callable[[], int] = lambda: LOW_SPACE,
         clock: Callable[[], float] = time.monotonic,
     ):
-        """``open_outbox`` raising a disk-full error starts the spool in memory (it is opened
-        again when the disk allows); any other error it raises propagates."""
+        """``open_outbox`` failing on a full disk (its error says so, or ``free_bytes()`` is
+        under 1 MiB) starts the spool in memory, and the outbox is opened when the disk allows;
+        any other error it raises propagates."""
         self._open, self._memory_bytes = open_outbox, memory_bytes
         self._max_failing_s = max_failing_s
         self._report, self._fatal, self._clock = report, fatal, clock
@@ -69,7 +76,7 @@ class Spool:
         try:
             self._outbox = open_outbox()
         except DbErrors as exc:
-            if not is_disk_full(exc):
+            if not (is_disk_full(exc) or free_bytes() < LOW_SPACE):
                 raise
             self._failed(exc)
 
@@ -130,7 +137,7 @@ class Spool:
                     self._gave_up = True
                     self._fatal(
                         f"outbox: no write succeeded for {self._max_failing_s:.0f} s "
-                        f"({self.error}); {len(self._held)} results held in memory are lost"
+                        f"({self.error})"
                     )
                 return
             self._recovered()

@@ -12,6 +12,7 @@ import pytest
 from device_harness import DEVICE, TOPICS, install
 from upstream_harness import (
     Consumer,
+    Watcher,
     assert_complete_and_ordered,
     queued_in_outbox,
     start_agent,
@@ -20,7 +21,6 @@ from upstream_harness import (
 from wide_results import wide_results_package
 
 from compiler.broker import MosquittoBroker
-from compiler.mqtt import BrokerAddress, Subscriber, connect, disconnect
 
 SHIPPED_CAP = "max_packet_size 1048576\n"  # deploy/mosquitto/mosquitto.conf
 
@@ -74,30 +74,6 @@ def test_an_outage_with_6_kb_results_drains_under_a_1_mib_cap(
     consumer.close()
     assert assert_complete_and_ordered(consumer.results) == expected >= 250
     print(f"drained 250+ results of {size} B in {drain_s:.1f} s")
-
-
-class Watcher:
-    """A plain cloud client recording every message on some topics, with its size. Its session
-    is persistent, so the broker keeps what arrives while the broker restarts."""
-
-    def __init__(self, broker: MosquittoBroker, *filters: str):
-        self.messages: list[tuple[str, bytes]] = []
-        self.client = connect(
-            BrokerAddress(broker.host, broker.port), client_id="watcher", clean_session=False
-        )
-        self.client.on_message = lambda _c, _u, msg: self.messages.append(
-            (msg.topic, bytes(msg.payload))
-        )
-        Subscriber(self.client).subscribe([(f, 1) for f in filters])
-
-    def on(self, leaf: str) -> list[bytes]:
-        return [p for t, p in list(self.messages) if t.endswith(f"/{leaf}")]
-
-    def telemetry(self) -> list[dict]:
-        return [json.loads(p) for p in self.on("telemetry") if p]
-
-    def close(self) -> None:
-        disconnect(self.client)
 
 
 def test_a_result_too_big_for_any_message_is_sent_truncated(

@@ -3,6 +3,7 @@ and reading the agent's outbox beside it."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from pathlib import Path
@@ -12,7 +13,7 @@ from helpers import AgentProcess
 
 from compiler.broker import MosquittoBroker
 from compiler.demo import write_agent_config
-from compiler.mqtt import BrokerAddress, connect, disconnect
+from compiler.mqtt import BrokerAddress, Subscriber, connect, disconnect
 from compiler.results import Deduper, DeviceFeed
 
 CONSUMER = "edgewise-test-consumer"
@@ -86,3 +87,30 @@ def start_agent(  # type: ignore[no-untyped-def]
     )  # fmt: skip
     config.write_text(config.read_text().replace("[mqtt]\n", f"[mqtt]\nkeepalive = 2\n{mqtt}"))
     return AgentProcess(config, log=tmp_path / f"agent-{time.monotonic_ns()}.log")
+
+
+class Watcher:
+    """A plain cloud client recording every message on some topics, with its size. Its session
+    is persistent, so the broker keeps what arrives while the broker restarts."""
+
+    def __init__(self, broker: MosquittoBroker, *filters: str):
+        self.messages: list[tuple[str, bytes]] = []
+        self.client = connect(
+            BrokerAddress(broker.host, broker.port), client_id="watcher", clean_session=False
+        )
+        self.client.on_message = lambda _c, _u, msg: self.messages.append(
+            (msg.topic, bytes(msg.payload))
+        )
+        Subscriber(self.client).subscribe([(f, 1) for f in filters])
+
+    def on(self, leaf: str) -> list[bytes]:
+        return [p for t, p in list(self.messages) if t.endswith(f"/{leaf}")]
+
+    def telemetry(self) -> list[dict]:
+        return [json.loads(p) for p in self.on("telemetry") if p]
+
+    def events(self, kind: str) -> list[dict]:
+        return [e for e in (json.loads(p) for p in self.on("events")) if e.get("type") == kind]
+
+    def close(self) -> None:
+        disconnect(self.client)
