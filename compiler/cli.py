@@ -13,7 +13,7 @@ from agent.logs import setup_logging
 
 from . import arguments
 from .arguments import Parser
-from .errors import BrokerUnavailable, CompilerError, InputError
+from .errors import CompilerError, InputError
 from .failures import EXIT_FAILED, describe, guarded, one_line
 from .quantize import CALIBRATIONS, TARGETS
 
@@ -139,8 +139,9 @@ def _parser() -> argparse.ArgumentParser:
     results = sub.add_parser("results", help="consume results devices publish (deduplicated)")
     results.add_argument("--device", type=arguments.device_id, help="one device; default all")
     results.add_argument(
-        "--count", type=arguments.positive_int, help="stop after this many results"
-    )
+        "--count", type=arguments.positive_int,
+        help="stop after this many results (with --client-id, at the end of that batch)",
+    )  # fmt: skip
     results.add_argument(
         "--timeout", type=arguments.positive_float, default=3600,
         help="stop after this many seconds without a new result, counted from the start",
@@ -233,50 +234,38 @@ def _compile(args: argparse.Namespace) -> int:
 
 def _consume(args: argparse.Namespace) -> int:
     """Until --count new results, or --timeout seconds without a new one (counted from the
-    start, so it ends even if nothing ever arrives); Ctrl-C keeps the summary and exits 130."""
+    start, so it ends even if nothing ever arrives); Ctrl-C keeps the summary and exits 130.
+    The feed subscribes again on every reconnect; a refused subscription is an error (exit 1)."""
+    from .consume import Consumer, Sinks, listening
     from .failures import EXIT_INTERRUPTED
     from .mqtt import connect, disconnect
-    from .results import Deduper, DeviceFeed, IdleTimer, SqliteSink, format_result
+    from .results import DeviceFeed
 
-    dedupe, shown, interrupted, client = Deduper(), 0, False, None
-    sqlite = SqliteSink(args.sqlite) if args.sqlite else None
-    jsonl = open(args.jsonl, "a") if args.jsonl else None  # noqa: SIM115 - closed below
+    persistent, feeds, client = bool(args.client_id), [], None
+    interrupted, consumer = False, None
+    sinks = Sinks(args.jsonl, args.sqlite)
+
+    def prepare(client):  # type: ignore[no-untyped-def]
+        # Before CONNECT: what a persistent session kept arrives right after CONNACK.
+        feeds.append(DeviceFeed(client, Topics(args.topic_root), args.device, args.group,
+                                manual_ack=persistent))  # fmt: skip
+
     try:
-        client = connect(_address(args), client_id=args.client_id, clean_session=not args.client_id)
-        feed = DeviceFeed(client, Topics(args.topic_root), args.device, args.group)
-        if not feed.subscribed.wait(10):
-            raise BrokerUnavailable("the broker did not confirm the subscription in 10 s")
-        print(f"listening on {', '.join(feed.filters)}", file=sys.stderr, flush=True)
-        idle = IdleTimer(args.timeout)
-        while not idle.expired and (item := feed.next(idle.remaining())) is not None:
-            kind, message = item
-            if kind == "results":
-                if not dedupe.first_time(str(message.get("id"))):
-                    continue
-                shown += 1
-                idle.renew()
-                if sqlite:
-                    sqlite.write(message)
-                if jsonl:
-                    jsonl.write(json.dumps(message) + "\n")
-            if args.json:
-                print(json.dumps(message), flush=True)
-            elif kind == "results":
-                print(format_result(message), flush=True)
-            else:
-                print(f"[{kind}] {json.dumps(message)}", flush=True)
-            if args.count and shown >= args.count:
-                break
+        client = connect(
+            _address(args), client_id=args.client_id, clean_session=not persistent,
+            prepare=prepare,
+        )  # fmt: skip
+        feeds[0].wait_subscribed(10)
+        listening(feeds[0])
+        consumer = Consumer(feeds[0], sinks, args.json, persistent)
+        consumer.run(args.count, args.timeout)
     except KeyboardInterrupt:
         interrupted = True
     finally:
         if client is not None:
             disconnect(client)
-        if sqlite:
-            sqlite.close()
-        if jsonl:
-            jsonl.close()
-    summary = f"{shown} results, {dedupe.duplicates} duplicates dropped"
+        sinks.close()
+    summary = consumer.summary if consumer else "0 results, 0 duplicates dropped"
     if interrupted:
         print(f"edgewise: interrupted; {summary}", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,8 +31,12 @@ def connect(
     client_id: str | None = None,
     timeout: float = 10.0,
     clean_session: bool = True,
+    prepare: Callable[[mqtt.Client], None] | None = None,
 ) -> mqtt.Client:
-    """A started client (network loop running); raises BrokerUnavailable on failure."""
+    """A started client (network loop running); raises BrokerUnavailable on failure.
+
+    ``prepare(client)`` runs just before CONNECT: a persistent session's queued messages arrive
+    right after CONNACK, so their handlers must be in place by then."""
     client = mqtt.Client(
         mqtt.CallbackAPIVersion.VERSION2,
         client_id=client_id or f"edgewise-{uuid.uuid4().hex[:8]}",
@@ -61,6 +66,8 @@ def connect(
         connected.set()
 
     client.on_connect = on_connect
+    if prepare is not None:
+        prepare(client)
     where = f"{address.host}:{address.port}"
     try:
         client.connect(address.host, address.port, keepalive=30)

@@ -10,15 +10,33 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import paho.mqtt.client as mqtt
 
 from agent.contract import Topics
 
+from .errors import BrokerUnavailable
+
+
+class _Item(NamedTuple):
+    kind: str  # "results", "events", "invalid", or "refused" (a subscription the broker denied)
+    message: dict[str, Any]
+    mid: int
+    qos: int
+    last: bool  # the last item of its MQTT message (a results batch holds many)
+
 
 class DeviceFeed:
-    """Subscribes to one device's (or every device's) results and events."""
+    """Subscribes to one device's (or every device's) results and events — again on every
+    reconnect, since a clean session (or a broker that lost a persistent one) forgets them — and
+    turns a refused subscription (SUBACK failure) into :class:`BrokerUnavailable` from
+    :meth:`next`. With ``manual_ack`` a message is acknowledged only once :meth:`done` says its
+    last item was handled: what was received but not handled stays with a persistent session.
+
+    Made before the client connects (``connect(prepare=...)``), it also gets the messages a
+    persistent session held while the consumer was away, which arrive right after CONNACK.
+    """
 
     def __init__(
         self,
@@ -26,53 +44,129 @@ class DeviceFeed:
         topics: Topics,
         device_id: str | None = None,
         share_group: str | None = None,
+        manual_ack: bool = False,
     ):
         """``share_group``: consumers in one group split the results (an MQTT shared
         subscription) instead of each getting them all."""
-        self._inbox: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue()
-        self._client = client
+        self._inbox: queue.Queue[_Item] = queue.Queue()
+        self._client, self._manual_ack = client, manual_ack
         results = topics.results(device_id) if device_id else topics.all_devices("results")
         self._filters = [
             f"$share/{share_group}/{results}" if share_group else results,
             topics.events(device_id) if device_id else topics.all_devices("events"),
         ]
-        self.subscribed = threading.Event()
+        self.subscribed = threading.Event()  # the first SUBACK came (refused or not)
+        self.refused: str | None = None
+        self._current: _Item | None = None
+        self._mids: set[int] = set()  # our SUBSCRIBE requests, for their SUBACKs
+        self._lock = threading.Lock()
+        client.manual_ack_set(manual_ack)
         client.on_message = self._on_message
-        client.on_subscribe = lambda *_args: self.subscribed.set()
-        client.subscribe([(topic_filter, 1) for topic_filter in self._filters])
+        client.on_subscribe = self._on_subscribe
+        self._connected_before = client.on_connect
+        client.on_connect = self._on_connect
+        if client.is_connected():
+            self._subscribe()
 
     @property
     def filters(self) -> list[str]:
         return list(self._filters)
 
+    def _subscribe(self) -> None:
+        # Under the lock: a SUBACK racing in is matched only once its request id is known.
+        with self._lock:
+            _, mid = self._client.subscribe([(f, 1) for f in self._filters])
+            if mid is not None:
+                self._mids.add(mid)
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:  # type: ignore[no-untyped-def]
+        if self._connected_before is not None:
+            self._connected_before(client, userdata, flags, reason_code, properties)
+        if not reason_code.is_failure:
+            self._subscribe()
+
+    def _on_subscribe(self, _client, _userdata, mid, reason_codes, _properties) -> None:  # type: ignore[no-untyped-def]
+        with self._lock:
+            if mid not in self._mids:
+                return  # someone else's subscription on this client
+            self._mids.discard(mid)
+        refused = [
+            f"{topic_filter} ({code})"
+            for topic_filter, code in zip(self._filters, reason_codes, strict=False)
+            if code.is_failure
+        ]
+        if refused:
+            self.refused = ", ".join(refused)
+            self._inbox.put(_Item("refused", {"filters": self.refused}, 0, 0, True))
+        self.subscribed.set()
+
     def _on_message(self, _client: mqtt.Client, _userdata: object, msg: mqtt.MQTTMessage) -> None:
         kind = msg.topic.rsplit("/", 1)[-1]
         if kind not in ("results", "events"):
+            self._ack(msg.mid, msg.qos)
             return
         try:
             message = json.loads(msg.payload)
         except ValueError:
-            self._inbox.put(("invalid", {"topic": msg.topic, "payload": msg.payload[:200].hex()}))
+            invalid = {"topic": msg.topic, "payload": msg.payload[:200].hex()}
+            self._inbox.put(_Item("invalid", invalid, msg.mid, msg.qos, True))
             return
         # Results travel in batches (a JSON array per message); hand them on one by one.
-        for item in message if isinstance(message, list) else [message]:
-            self._inbox.put((kind, item))
+        items = message if isinstance(message, list) else [message]
+        if not items:
+            self._ack(msg.mid, msg.qos)
+        for i, item in enumerate(items):
+            self._inbox.put(_Item(kind, item, msg.mid, msg.qos, i == len(items) - 1))
+
+    def _ack(self, mid: int, qos: int) -> None:
+        if self._manual_ack and qos > 0:
+            self._client.ack(mid, qos)
+
+    def wait_subscribed(self, timeout: float) -> None:
+        """Raises BrokerUnavailable unless the broker granted the subscriptions in time."""
+        if not self.subscribed.wait(timeout):
+            raise BrokerUnavailable(f"the broker did not confirm the subscription in {timeout:g} s")
+        self._raise_if_refused()
+
+    def _raise_if_refused(self) -> None:
+        if self.refused:
+            raise BrokerUnavailable(
+                f"the broker refused the subscription to {self.refused}; "
+                "check its ACL for this client"
+            )
+
+    def _get(self, timeout: float) -> _Item | None:
+        try:
+            item = self._inbox.get(timeout=max(timeout, 0.0))
+        except queue.Empty:
+            return None
+        if item.kind == "refused":
+            self._raise_if_refused()
+        self._current = item
+        return item
+
+    @property
+    def in_batch(self) -> bool:
+        """The item :meth:`next` returned last has more of its message behind it."""
+        return self._current is not None and not self._current.last
+
+    def done(self) -> None:
+        """The item :meth:`next` returned last is handled (written, printed): with
+        ``manual_ack``, its message is acknowledged once that was its last item."""
+        item, self._current = self._current, None
+        if item is not None and item.last:
+            self._ack(item.mid, item.qos)
 
     def messages(self, timeout: float) -> Iterator[tuple[str, dict[str, Any]]]:
         """(kind, message) pairs — kind is ``results`` or ``events`` — until ``timeout`` passes
         without one."""
-        while True:
-            try:
-                yield self._inbox.get(timeout=timeout)
-            except queue.Empty:
-                return
+        while (item := self._get(timeout)) is not None:
+            yield item.kind, item.message
 
     def next(self, timeout: float) -> tuple[str, dict[str, Any]] | None:
         """The next (kind, message) within ``timeout`` seconds, or None."""
-        try:
-            return self._inbox.get(timeout=max(timeout, 0.0))
-        except queue.Empty:
-            return None
+        item = self._get(timeout)
+        return (item.kind, item.message) if item is not None else None
 
     def wait_for(
         self, kind: str, timeout: float, where: Callable[[dict[str, Any]], bool] | None = None
@@ -80,13 +174,9 @@ class DeviceFeed:
         """The next message of one kind (and matching ``where``) within ``timeout`` seconds,
         skipping the others."""
         deadline = time.monotonic() + timeout
-        while (remaining := deadline - time.monotonic()) > 0:
-            try:
-                got, message = self._inbox.get(timeout=remaining)
-            except queue.Empty:
-                break
-            if got == kind and (where is None or where(message)):
-                return message
+        while (item := self._get(deadline - time.monotonic())) is not None:
+            if item.kind == kind and (where is None or where(item.message)):
+                return item.message
         return None
 
 

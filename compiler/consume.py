@@ -1,0 +1,86 @@
+"""The loop of ``edgewise results``: results and events from the broker to the terminal and the
+sinks, deduplicated, until ``--count`` or ``--timeout``.
+
+With ``--client-id`` (a persistent session) a message is acknowledged to the broker only once
+every result in it is written: a message received but not handled — the consumer stopped or was
+interrupted — is sent again next time instead of lost. ``--count`` therefore stops at the end of
+the batch that reaches the count (it may show up to one batch more); without ``--client-id``
+nothing is kept for the consumer anyway, and it stops at exactly the count.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, TextIO
+
+from .results import Deduper, DeviceFeed, IdleTimer, SqliteSink, format_result
+
+
+class Sinks:
+    """``--jsonl`` and ``--sqlite``, opened before connecting so a bad path fails first."""
+
+    def __init__(self, jsonl: Path | None, sqlite: Path | None):
+        self._sqlite = SqliteSink(sqlite) if sqlite else None
+        self._jsonl: TextIO | None = None
+        try:
+            self._jsonl = open(jsonl, "a") if jsonl else None  # noqa: SIM115 - closed in close()
+        except BaseException:
+            self.close()
+            raise
+
+    def write(self, result: dict[str, Any]) -> None:
+        if self._sqlite:
+            self._sqlite.write(result)
+        if self._jsonl:
+            self._jsonl.write(json.dumps(result) + "\n")
+
+    def close(self) -> None:
+        if self._sqlite:
+            self._sqlite.close()
+        if self._jsonl:
+            self._jsonl.close()
+
+
+class Consumer:
+    """Counts what it shows; ``run`` returns when done (KeyboardInterrupt passes through)."""
+
+    def __init__(self, feed: DeviceFeed, sinks: Sinks, as_json: bool, persistent: bool):
+        self._feed, self._sinks, self._json, self._persistent = feed, sinks, as_json, persistent
+        self.dedupe = Deduper()
+        self.shown = 0
+
+    def run(self, count: int | None, timeout: float) -> None:
+        idle = IdleTimer(timeout)
+        while not idle.expired and (item := self._feed.next(idle.remaining())) is not None:
+            if self._handle(*item):
+                idle.renew()
+            more = self._feed.in_batch
+            self._feed.done()
+            if count and self.shown >= count and not (self._persistent and more):
+                return
+
+    def _handle(self, kind: str, message: dict[str, Any]) -> bool:
+        """Show and store one item; True for a result not seen before."""
+        new = kind == "results" and self.dedupe.first_time(str(message.get("id")))
+        if kind == "results" and not new:
+            return False
+        if new:
+            self.shown += 1
+            self._sinks.write(message)
+        if self._json:
+            print(json.dumps(message), flush=True)
+        elif kind == "results":
+            print(format_result(message), flush=True)
+        else:
+            print(f"[{kind}] {json.dumps(message)}", flush=True)
+        return new
+
+    @property
+    def summary(self) -> str:
+        return f"{self.shown} results, {self.dedupe.duplicates} duplicates dropped"
+
+
+def listening(feed: DeviceFeed) -> None:
+    print(f"listening on {', '.join(feed.filters)}", file=sys.stderr, flush=True)
