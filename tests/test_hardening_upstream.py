@@ -22,12 +22,16 @@ from wide_results import wide_results_package
 
 from compiler.broker import MosquittoBroker
 
-SHIPPED_CAP = "max_packet_size 1048576\n"  # deploy/mosquitto/mosquitto.conf
+SHIPPED = Path(__file__).resolve().parents[1] / "deploy" / "mosquitto" / "mosquitto.conf"
+# The shipped broker's cap (1 MiB), as it ships.
+SHIPPED_CAP = next(
+    line for line in SHIPPED.read_text().splitlines() if line.startswith("max_packet_size ")
+)
 
 
 @pytest.fixture
 def capped_broker():  # type: ignore[no-untyped-def]
-    broker = MosquittoBroker(persistent=True, extra_config=SHIPPED_CAP).start()
+    broker = MosquittoBroker(persistent=True, extra_config=SHIPPED_CAP + "\n").start()
     yield broker
     broker.close()
 

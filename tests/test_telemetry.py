@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from agent.contract import Topics
-from agent.telemetry import ProcessSampler, PrometheusExporter, telemetry_message
+from agent.telemetry import UPSTREAM, ProcessSampler, PrometheusExporter, telemetry_message
 from compiler.fleet import FleetView
 
 STAGES = {
@@ -257,3 +257,37 @@ def test_fleet_table() -> None:
     fps_end = lines[0].index("FPS") + len("FPS")
     assert lines[2][fps_end - len("12.5") : fps_end] == "12.5"
     assert lines[1][fps_end - 1] == "-"
+
+
+UPSTREAM_FIGURES = {
+    "outbox_errors": 3,
+    "outbox_error": "OperationalError: database or disk is full",
+    "results_in_memory": 120,
+    "results_truncated": 7,
+    "messages_shortened": 1,
+    "max_packet_bytes": 65536,
+}
+
+
+def test_telemetry_carries_the_outbox_and_uplink_figures() -> None:
+    message = telemetry_message(
+        device="cam-1", boot_id="b", interval_s=10.0, frames=0, frames_before=0, stages={},
+        dropped_frames=0, results_queued=130, results_dropped=2, process=_process(), model=None,
+        upstream=UPSTREAM_FIGURES,
+    )  # fmt: skip
+    assert {k: message[k] for k in UPSTREAM} == UPSTREAM_FIGURES
+    json.dumps(message)
+
+
+def test_prometheus_serves_the_upstream_figures_but_not_the_error_text() -> None:
+    exporter = PrometheusExporter(0, device="cam-1", host="127.0.0.1")
+    try:
+        exporter.update(_message(**UPSTREAM_FIGURES))
+        body = _scrape(exporter.port)
+        assert 'edgewise_outbox_errors{device="cam-1"} 3.0' in body
+        assert 'edgewise_results_in_memory{device="cam-1"} 120.0' in body
+        assert 'edgewise_results_truncated{device="cam-1"} 7.0' in body
+        assert 'edgewise_max_packet_bytes{device="cam-1"} 65536.0' in body
+        assert "disk is full" not in body
+    finally:
+        exporter.close()

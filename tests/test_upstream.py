@@ -114,6 +114,9 @@ def test_queue_cap_drops_the_oldest_and_says_so(
         watcher.subscribe(TOPICS.device(DEVICE, "telemetry"), qos=1)
         wait_until(lambda: any(t.get("results_dropped", 0) >= 100 for t in seen), 20)
         disconnect(watcher)
+        # Dropped by the outbox's own cap: the disk and the packet cap were never the problem.
+        assert seen[-1]["outbox_errors"] == 0 and seen[-1]["results_in_memory"] == 0
+        assert seen[-1]["max_packet_bytes"] == 512 * 1024
         metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
         dropped = re.search(rb'edgewise_results_dropped\{device="cam-1"\} ([0-9.e+]+)', metrics)
         assert dropped and float(dropped[1]) >= 100, metrics.decode()[:2000]
