@@ -4,7 +4,7 @@ Owned by the agent so a device needs nothing else; the compiler imports it.
 """
 
 from .blob import describe_blob, iter_chunks, sha256_file
-from .errors import ContractError, IntegrityError, ManifestError, SignatureError
+from .errors import ContractError, IntegrityError, ManifestError, PayloadError, SignatureError
 from .manifest import (
     DEFAULT_CHUNK_SIZE,
     BlobSpec,
@@ -13,6 +13,7 @@ from .manifest import (
     InputSpec,
     Manifest,
     ScoreSpec,
+    describe_errors,
     parse_semver,
 )
 from .preprocess import (
@@ -23,6 +24,7 @@ from .preprocess import (
     preprocess_batch,
     to_tensor,
 )
+from .reasons import MAX_REASON, clip, summarise
 from .signing import (
     TrustStore,
     canonical_json,
@@ -33,11 +35,13 @@ from .signing import (
     sign_manifest,
     write_private,
 )
+from .strictjson import parse_json
 from .topics import DEVICE_ID_PATTERN, Topics
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
     "DEVICE_ID_PATTERN",
+    "MAX_REASON",
     "BlobSpec",
     "ClassificationSpec",
     "ContractError",
@@ -46,6 +50,7 @@ __all__ = [
     "IntegrityError",
     "Manifest",
     "ManifestError",
+    "PayloadError",
     "PreprocessSpec",
     "ScoreSpec",
     "SensorSpec",
@@ -53,18 +58,22 @@ __all__ = [
     "Topics",
     "TrustStore",
     "canonical_json",
+    "clip",
     "describe_blob",
+    "describe_errors",
     "generate_keypair",
     "iter_chunks",
     "key_id",
     "letterbox_transform",
     "load_private_key",
     "load_public_key",
+    "parse_json",
     "parse_semver",
     "preprocess",
     "preprocess_batch",
     "sha256_file",
     "sign_manifest",
+    "summarise",
     "to_tensor",
     "write_private",
 ]

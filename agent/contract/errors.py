@@ -15,3 +15,8 @@ class SignatureError(ContractError):
 
 class IntegrityError(ContractError):
     """Model bytes do not match the size or sha256 the manifest declares."""
+
+
+class PayloadError(ContractError):
+    """A message is not strict JSON: not UTF-8, NaN or Infinity, a lone surrogate, a duplicate
+    key, or nested deeper than the limit."""

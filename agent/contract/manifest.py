@@ -1,6 +1,8 @@
 """The package manifest: what a model is, how to feed it, and how to read its output.
 
 Validated with pydantic (``extra="forbid"``) so a wrong or unknown field is named in the error.
+Every number is bounded and finite and every name checked before anything on the device uses
+it: the signature says who made a manifest, not that its values are sane.
 """
 
 from __future__ import annotations
@@ -20,14 +22,34 @@ from pydantic import (
 )
 
 from .errors import ManifestError
+from .names import not_reserved
 from .preprocess import InputTransform, kind_or
+from .reasons import clip
 
 SCHEMA_VERSION: Literal[1] = 1
 DEFAULT_CHUNK_SIZE = 128 * 1024
+MAX_VERSION_PART = 2**31 - 1  # a 99999999999999999999999.0.0 would make every real version a replay
+MAX_BLOB_BYTES = 2**40
+MAX_CHUNK_SIZE = 16 * 2**20
+MAX_CHUNKS = 2**16
+MAX_GOLDEN_ATOL = 10.0  # looser than this, the golden check no longer tells models apart
+MAX_LABEL = 128  # characters: a label travels in every result
+MAX_DIM = 2**31 - 1
 
 _SEMVER = r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)$"
-SemVer = Annotated[str, Field(pattern=_SEMVER)]
+
+
+def _bounded_version(value: str) -> str:
+    if any(int(part) > MAX_VERSION_PART for part in value.split(".")):
+        raise ValueError(f"each part of a version must be at most {MAX_VERSION_PART}")
+    return value
+
+
+SemVer = Annotated[str, Field(pattern=_SEMVER, max_length=32), AfterValidator(_bounded_version)]
 Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+Label = Annotated[str, Field(max_length=MAX_LABEL)]
+Labels = Annotated[tuple[Label, ...], Field(min_length=1, max_length=100_000)]
+Dim = Annotated[int, Field(ge=1, le=MAX_DIM)]
 
 
 # Names become folder and file names on the device: no separators, no "..", no leading dot.
@@ -37,9 +59,17 @@ def _no_parent(value: str) -> str:
     return value
 
 
-Name = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$"), AfterValidator(_no_parent)]
+Name = Annotated[
+    str,
+    Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$"),
+    AfterValidator(_no_parent),
+    AfterValidator(not_reserved),
+]
 FileName = Annotated[
-    str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"), AfterValidator(_no_parent)
+    str,
+    Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"),
+    AfterValidator(_no_parent),
+    AfterValidator(not_reserved),
 ]
 # "device:ID", "group:NAME" or "all": where a deployment may be installed.
 Target = Annotated[str, Field(pattern=r"^(all|(device|group):[A-Za-z0-9][A-Za-z0-9._-]{0,63})$")]
@@ -48,14 +78,14 @@ Target = Annotated[str, Field(pattern=r"^(all|(device|group):[A-Za-z0-9][A-Za-z0
 def parse_semver(version: str) -> tuple[int, int, int]:
     """``"1.2.3"`` to ``(1, 2, 3)`` so versions compare numerically."""
     match = re.match(_SEMVER, version)
-    if not match:
+    if not match or len(version) > 32:
         raise ValueError(f"not a MAJOR.MINOR.PATCH version: {version!r}")
     major, minor, patch = (int(g) for g in match.groups())
     return major, minor, patch
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class BlobSpec(_Strict):
@@ -63,9 +93,9 @@ class BlobSpec(_Strict):
 
     path: FileName = "model.onnx"
     sha256: Sha256
-    size: int = Field(gt=0)
-    chunk_size: int = Field(default=DEFAULT_CHUNK_SIZE, gt=0)
-    chunks: tuple[Sha256, ...]
+    size: int = Field(gt=0, le=MAX_BLOB_BYTES)
+    chunk_size: int = Field(default=DEFAULT_CHUNK_SIZE, gt=0, le=MAX_CHUNK_SIZE)
+    chunks: tuple[Sha256, ...] = Field(max_length=MAX_CHUNKS)
 
     @model_validator(mode="after")
     def _chunk_count(self) -> BlobSpec:
@@ -76,15 +106,15 @@ class BlobSpec(_Strict):
 
 
 class InputSpec(_Strict):
-    name: str
-    shape: tuple[int | None, ...]  # None marks a dynamic axis (the batch)
+    name: str = Field(max_length=256)
+    shape: tuple[Dim | None, ...] = Field(max_length=8)  # None marks a dynamic axis (the batch)
     dtype: Literal["float32", "uint8", "int8"] = "float32"
 
 
 class ClassificationSpec(_Strict):
     kind: Literal["classification"] = "classification"
-    labels: tuple[str, ...] = Field(min_length=1)
-    top_k: int = Field(default=1, gt=0)
+    labels: Labels
+    top_k: int = Field(default=1, gt=0, le=1000)
     softmax: bool = True  # True when the model outputs logits
     min_score: float = Field(default=0.0, ge=0, le=1)
 
@@ -95,11 +125,11 @@ class DetectionSpec(_Strict):
     are in model-input pixels; they are mapped back through the letterbox to the frame."""
 
     kind: Literal["detection"]
-    labels: tuple[str, ...] = Field(min_length=1)
+    labels: Labels
     format: Literal["yolov8", "yolov5"] = "yolov8"
     score_threshold: float = Field(default=0.25, ge=0, le=1)
     iou_threshold: float = Field(default=0.45, ge=0, le=1)
-    max_detections: int = Field(default=100, gt=0)
+    max_detections: int = Field(default=100, gt=0, le=10_000)
 
 
 class ScoreSpec(_Strict):
@@ -108,8 +138,8 @@ class ScoreSpec(_Strict):
 
     kind: Literal["score"]
     threshold: float
-    label_above: str = "anomaly"
-    label_below: str = "normal"
+    label_above: Label = "anomaly"
+    label_below: Label = "normal"
 
 
 PostprocessSpec = Annotated[
@@ -124,7 +154,7 @@ class Manifest(_Strict):
     schema_version: Literal[1] = SCHEMA_VERSION
     name: Name
     version: SemVer
-    created_at: str
+    created_at: str = Field(max_length=64)
     model: BlobSpec
     input: InputSpec
     preprocess: InputTransform
@@ -133,7 +163,7 @@ class Manifest(_Strict):
     # npz with ``inputs`` (model-ready tensors) and ``outputs`` (what the int8 model returned for
     # them at compile time): a device checks a freshly loaded model against them.
     golden: BlobSpec | None = None
-    golden_atol: float = Field(default=1e-3, ge=0)
+    golden_atol: float = Field(default=1e-3, gt=0, le=MAX_GOLDEN_ATOL)
     min_agent_version: SemVer = "0.1.0"
     # Set when pushing: the signature then binds the package to where it was sent, so a copy
     # republished on another device's topic is refused. None: any target.
@@ -141,14 +171,20 @@ class Manifest(_Strict):
     # A signed rollback: the device accepts this older version instead of treating it as a replay.
     rollback: bool = False
     # Device-side budget for going live, measured on the board before the switch.
-    max_latency_ms: float | None = Field(default=None, gt=0)
+    max_latency_ms: float | None = Field(default=None, gt=0, le=3_600_000)
+
+    @model_validator(mode="after")
+    def _distinct_files(self) -> Manifest:
+        if self.golden is not None and self.golden.path == self.model.path:
+            raise ValueError("the golden file and the model cannot share a name")
+        return self
 
     @classmethod
     def from_dict(cls, data: Any) -> Manifest:
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
-            raise ManifestError(f"invalid manifest: {exc}") from exc
+            raise ManifestError(f"invalid manifest: {describe_errors(exc)}") from exc
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -156,3 +192,22 @@ class Manifest(_Strict):
     @property
     def semver(self) -> tuple[int, int, int]:
         return parse_semver(self.version)
+
+
+def describe_errors(exc: ValidationError, shown: int = 3) -> str:
+    """The first few errors as ``field: what is wrong``, never the value received. A field
+    is named only when it looks like one (an unknown key came from the payload too)."""
+    errors = exc.errors(include_url=False, include_input=False, include_context=False)
+    parts = [
+        f"{'.'.join(_field(p) for p in e['loc']) or '(top level)'}: {clip(e['msg'], 120)}"
+        for e in errors[:shown]
+    ]
+    more = f" (and {len(errors) - shown} more)" if len(errors) > shown else ""
+    return "; ".join(parts) + more
+
+
+_FIELD = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,31}$")
+
+
+def _field(part: str | int) -> str:
+    return str(part) if isinstance(part, int) or _FIELD.match(part) else "?"

@@ -13,22 +13,28 @@ import cv2
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
+# Bounds on what a manifest may ask of the device: the agent allocates frames and windows of
+# this size in the serving process (warm-up), so they must be sane before anything runs.
+MAX_SIDE = 16384
+MAX_WINDOW = 2**20
+MAX_CHANNELS = 4096
+
 
 class PreprocessSpec(BaseModel):
     """How a frame (OpenCV BGR or single-channel uint8) becomes the model's input tensor."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     kind: Literal["image"] = "image"
-    width: int = Field(gt=0)
-    height: int = Field(gt=0)
+    width: int = Field(gt=0, le=MAX_SIDE)
+    height: int = Field(gt=0, le=MAX_SIDE)
     # stretch: to width×height, aspect lost; letterbox: fit inside, pad (boxes map back through
     # it); center_crop: scale the short side to fit, cut the middle out.
     resize: Literal["stretch", "letterbox", "center_crop"] = "stretch"
     color: Literal["GRAY", "RGB", "BGR"] = "RGB"
     scale: float = 1 / 255
-    mean: tuple[float, ...] = (0.0,)
-    std: tuple[float, ...] = (1.0,)
+    mean: tuple[float, ...] = Field(default=(0.0,), max_length=3)
+    std: tuple[float, ...] = Field(default=(1.0,), max_length=3)
     layout: Literal["NCHW", "NHWC"] = "NCHW"
     dtype: Literal["float32", "uint8"] = "float32"
 
@@ -124,13 +130,13 @@ class SensorSpec(BaseModel):
     """How a window of numeric samples (``window`` rows × ``channels`` columns) becomes the
     model's input tensor."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     kind: Literal["sensor"]
-    window: int = Field(gt=0)
-    channels: int = Field(gt=0)
-    mean: tuple[float, ...] = (0.0,)
-    std: tuple[float, ...] = (1.0,)
+    window: int = Field(gt=0, le=MAX_WINDOW)
+    channels: int = Field(gt=0, le=MAX_CHANNELS)
+    mean: tuple[float, ...] = Field(default=(0.0,), max_length=MAX_CHANNELS)
+    std: tuple[float, ...] = Field(default=(1.0,), max_length=MAX_CHANNELS)
     layout: Literal["NWC", "NCW"] = "NWC"
     dtype: Literal["float32"] = "float32"
 

@@ -15,6 +15,7 @@ import base64
 import hashlib
 import json
 import os
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -23,8 +24,9 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from .errors import ManifestError, SignatureError
+from .errors import ManifestError, PayloadError, SignatureError
 from .manifest import Manifest
+from .strictjson import parse_json
 
 
 def canonical_json(obj: Any) -> bytes:
@@ -117,25 +119,20 @@ class TrustStore:
         return sorted(self._keys)
 
     def verify(self, envelope: bytes) -> Manifest:
-        """Check an envelope's signature and schema; returns the manifest or raises."""
-        try:
-            data = json.loads(envelope)
-            body, signatures = data["manifest"], data["signatures"]
-            if not isinstance(body, dict) or not isinstance(signatures, list):
-                raise TypeError("manifest must be an object and signatures a list")
-        except (ValueError, KeyError, TypeError) as exc:
-            raise ManifestError(f"not a signed manifest envelope: {exc}") from exc
+        """Check an envelope's signature and schema; returns the manifest or raises a
+        ContractError whose message never quotes the envelope."""
+        body, signatures = _envelope_parts(envelope)
         signed_bytes = canonical_json(body)
         seen = []
         for entry in signatures:
-            kid = entry.get("key_id") if isinstance(entry, dict) else None
-            seen.append(str(kid))
-            key = self._keys.get(kid) if isinstance(kid, str) else None
-            if key is None or entry.get("alg") != "ed25519":
+            kid, alg, sig = _signature_fields(entry)
+            seen.append(kid if _KEY_ID.match(kid) else "?")
+            key = self._keys.get(kid)
+            if key is None or alg != "ed25519":
                 continue
             try:
-                key.verify(base64.b64decode(entry["sig"], validate=True), signed_bytes)
-            except (InvalidSignature, ValueError, KeyError) as exc:
+                key.verify(base64.b64decode(sig, validate=True), signed_bytes)
+            except (InvalidSignature, ValueError) as exc:
                 raise SignatureError(
                     f"signature by trusted key {kid} does not verify: manifest altered or forged"
                 ) from exc
@@ -143,3 +140,38 @@ class TrustStore:
         raise SignatureError(
             f"manifest signed by untrusted key(s) {seen or 'none'}; trusted: {self.key_ids}"
         )
+
+
+_KEY_ID = re.compile(r"^[0-9a-f]{16}$")
+MAX_SIGNATURES = 8  # a few keys during a rotation; more is noise to make the device work
+
+
+def _envelope_parts(envelope: bytes) -> tuple[dict[str, Any], list[Any]]:
+    """``manifest`` and ``signatures`` of an envelope, parsed strictly and type-checked."""
+    try:
+        data = parse_json(envelope)
+    except PayloadError as exc:
+        raise ManifestError(f"not a signed manifest envelope: {exc}") from exc
+    if not isinstance(data, dict) or set(data) != {"manifest", "signatures"}:
+        raise ManifestError(
+            "not a signed manifest envelope: expected an object with manifest and signatures"
+        )
+    body, signatures = data["manifest"], data["signatures"]
+    if not isinstance(body, dict) or not isinstance(signatures, list):
+        raise ManifestError(
+            "not a signed manifest envelope: manifest must be an object and signatures a list"
+        )
+    if len(signatures) > MAX_SIGNATURES:
+        raise ManifestError(f"not a signed manifest envelope: over {MAX_SIGNATURES} signatures")
+    return body, signatures
+
+
+def _signature_fields(entry: object) -> tuple[str, str, str]:
+    """key_id, alg and sig of one signature: strings, or the envelope is malformed."""
+    fields = entry if isinstance(entry, dict) else {}
+    kid, alg, sig = (fields.get(k) for k in ("key_id", "alg", "sig"))
+    if isinstance(kid, str) and isinstance(alg, str) and isinstance(sig, str):
+        return kid, alg, sig
+    raise ManifestError(
+        "not a signed manifest envelope: each signature needs key_id, alg and sig as strings"
+    )
