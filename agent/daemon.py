@@ -287,6 +287,8 @@ class Agent:
                     self._reload.clear()
                     self._reload_config()
         finally:
+                if not self._deployer_alive():
+                    break
             self._shut_down()
             threading.excepthook = previous
         return 1 if self._crashed else 0
@@ -295,6 +297,16 @@ class Agent:
         """Something the agent cannot go on without (the outbox): exit 1, systemd restarts."""
         log.error("%s; stopping so that the agent is started again", reason)
         self._crashed = self._crashed or "outbox"
+    def _deployer_alive(self) -> bool:
+        """The deployer ends only when the agent stops; gone before that (however it went), the
+        agent could never be updated again, so it exits 1 and systemd starts a whole one."""
+        if self.deployer.is_alive() or self.stop_event.is_set():
+            return True
+        if self._crashed is None:
+            self._crashed = self.deployer.name
+            log.error("thread %s ended unexpectedly; stopping", self.deployer.name)
+        return False
+
         self.stop_event.set()
 
     def _thread_crashed(self, args: threading.ExceptHookArgs) -> None:

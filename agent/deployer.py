@@ -6,40 +6,48 @@ the candidate in a child process (load, golden inputs, latency on this board) �
 disk → load and health-check it in-process while the old model serves → swap between two frames
 → make the slot current → watch a probation window and roll back if it misbehaves. A failure at
 any step leaves the serving model serving; a package that failed is quarantined.
+
+What the broker delivers is held at arm's length: paho's callback drops a message over
+``deploy.max_manifest_bytes`` before it is queued and keeps only the latest message per deploy
+topic (they are retained: only the latest matters), and every message is handled inside a
+Boundary (agent.guard), so nothing a message causes can end this thread.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import queue
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
-from . import __version__
+from .admission import check_admission
+from .bounded import Mailbox, RecentSet
+from .candidate import Candidates
 from .config import AgentConfig
-from .contract import ContractError, Manifest, Topics, TrustStore, parse_semver
+from .contract import ContractError, Manifest, Topics, TrustStore, summarise
+from .deploy_errors import Interrupted, Rejected, Superseded
 from .errors import DeployError, ModelLoadError
 from .fetcher import ChunkFetcher
+from .guard import Boundary, Oversize
 from .link import MqttLink
 from .pipeline import HealthStats, ModelSlot
-from .probe import ProbeInterrupted, probe_candidate
+from .probation import Probation, Report
 from .runtime import ModelSession
-from .store import InstalledModel, ModelStore, blobs_of, verify_blob
+from .store import InstalledModel, ModelStore
 
 log = logging.getLogger(__name__)
 
-Report = Callable[[dict[str, Any]], None]
+REFUSED_MEMORY = 1024  # digests of refused payloads remembered (the oldest forgotten)
+IDLE_TIDY_S = 10.0  # idle and connected this long: no download is in progress, none will resume
 
 
 def _same_package(a: Manifest, b: Manifest) -> bool:
     return (a.name, a.version, a.model.sha256) == (b.name, b.version, b.model.sha256)
 
 
-class Rejected(DeployError):
-    """The package itself is bad: quarantine it so it is not retried on every reconnect."""
+def _model_of(manifest: Manifest | None) -> dict[str, str] | None:
+    return {"name": manifest.name, "version": manifest.version} if manifest else None
 
 
 class Deployer(threading.Thread):
@@ -56,16 +64,21 @@ class Deployer(threading.Thread):
     ):
         super().__init__(name="deployer", daemon=True)
         self._config, self._link, self._trust, self._store = config, link, trust, store
-        self._models, self._health, self._report, self._halt = models, health, report, stop
-        self._topics = Topics(config.mqtt.topic_root)
-        self._fetcher = ChunkFetcher(link, self._topics, config.deploy.chunk_window)
-        self._inbox: queue.Queue[tuple[str, bytes]] = queue.Queue()
+        self._models, self._report, self._halt = models, report, stop
+        self.boundary = Boundary("deployer", self._publish_rejection)
+        topics = Topics(config.mqtt.topic_root)
+        fetcher = ChunkFetcher(link, topics, config.deploy.chunk_window, self.boundary)
+        self._candidates = Candidates(store, fetcher, self._status, stop)
+        self._probation = Probation(models, health, store, self._status, link, stop)
         device = config.device
         scopes = [f"device:{device.id}", *(f"group:{g}" for g in device.groups), "all"]
         # deploy topic → (rank, target); a lower rank is more specific and wins
-        self._scopes = {self._topics.deploy(t): (rank, t) for rank, t in enumerate(scopes)}
+        self._scopes = {topics.deploy(t): (rank, t) for rank, t in enumerate(scopes)}
+        self._inbox: Mailbox[bytes | Oversize] = Mailbox(max_keys=len(self._scopes))
         self._wanted: dict[int, tuple[Manifest, bytes]] = {}
-        self._refused: set[str] = set()  # digests of payloads already refused this boot
+        self._refused = RecentSet(REFUSED_MEMORY)  # digests of payloads already refused
+        self._resume = False  # a download was superseded: look again once the inbox is empty
+        self._idle_since = time.monotonic()
 
     def reconfigure(self, config: AgentConfig) -> None:
         """Take new limits and budgets (a SIGHUP reload); they apply from the next deployment."""
@@ -73,22 +86,42 @@ class Deployer(threading.Thread):
 
     def subscribe(self) -> None:
         for topic in self._scopes:
-            self._link.subscribe(topic, self.submit)
+            self._link.subscribe(topic, self.boundary.wrap(self.submit))
 
     def submit(self, topic: str, payload: bytes) -> None:
-        self._inbox.put((topic, payload))
+        """On paho's thread: drop what is too big, keep the latest per topic, nothing more."""
+        limit = self._config.deploy.max_manifest_bytes
+        if len(payload) > limit:
+            dropped = Oversize(len(payload), summarise(payload), limit, "deploy.max_manifest_bytes")
+            self._inbox.put(topic, dropped)
+        else:
+            self._inbox.put(topic, payload)
 
     def run(self) -> None:
         while not self._halt.is_set():
-            try:
-                topic, payload = self._inbox.get(timeout=0.5)
-            except queue.Empty:
+            item = self._inbox.get(timeout=0.5)
+            if item is None:
+                self._tidy_when_idle()
                 continue
-            self._handle(topic, payload)
+            self.boundary.call(self._handle, *item)
+            if self._resume and not len(self._inbox):
+                self.boundary.call(self._reconsider)
+            self._idle_since = time.monotonic()
 
-    def _handle(self, topic: str, payload: bytes) -> None:
-        log.debug("deploy message on %s (%d bytes)", topic, len(payload))
+    def _tidy_when_idle(self) -> None:
+        """Partial downloads left by an earlier run that no announcement came back for."""
+        if time.monotonic() - self._idle_since < IDLE_TIDY_S or not self._link.connected.is_set():
+            return
+        self._idle_since = float("inf")  # once per idle spell
+        for name in self._store.prune_incoming():
+            log.info("deleted abandoned partial download %s", name)
+
+    def _handle(self, topic: str, payload: bytes | Oversize) -> None:
         rank, target = self._scopes[topic]
+        if isinstance(payload, Oversize):
+            self._reject(None, f"{topic}: {payload.describe()}")
+            return
+        log.debug("deploy message on %s (%d bytes)", topic, len(payload))
         if not payload:  # an empty retained message withdraws this scope's deployment
             self._wanted.pop(rank, None)
             self._reconsider()
@@ -113,9 +146,40 @@ class Deployer(threading.Thread):
             )
 
     def _reconsider(self) -> None:
+        """Pursue the deployment that wins now, and map how that ended. Partial downloads are
+        deleted (before the outcome is reported) unless the step was only cut short."""
+        self._resume = False
         if not self._wanted:
+            self._store.prune_incoming()
             return
         manifest, envelope = self._wanted[min(self._wanted)]
+        failure: Exception | None = None
+        try:
+            self._pursue(manifest, envelope, min(self._wanted))
+        except Superseded:
+            self._resume = True  # its chunks stay on disk until the next decision
+            log.info("%s %s superseded mid-download", manifest.name, manifest.version)
+            return
+        except Interrupted:
+            # Not the candidate's fault: its verified chunks stay on disk and the retained
+            # announcement brings it back at the next start.
+            log.info("stopping during the deployment of %s %s", manifest.name, manifest.version)
+            return
+        except Rejected as exc:
+            self._store.quarantine(manifest, str(exc))
+            failure = exc
+        except (DeployError, ContractError, ModelLoadError, OSError) as exc:
+            failure = exc
+        except Exception:
+            # A bug this package reaches: the boundary reports it; retrying would reach it again.
+            self._store.quarantine(manifest, "internal error")
+            self._store.prune_incoming()
+            raise
+        self._store.prune_incoming()
+        if failure is not None:
+            self._reject(manifest, str(failure))
+
+    def _pursue(self, manifest: Manifest, envelope: bytes, rank: int) -> None:
         serving = self._models.current
         if serving is not None and _same_package(serving.manifest, manifest):
             return
@@ -123,51 +187,50 @@ class Deployer(threading.Thread):
         if why is not None:
             log.info("%s %s is quarantined (%s); not retried", manifest.name, manifest.version, why)
             return
-        try:
-            self._check_versions(manifest, serving.manifest if serving else None)
-            self._deploy(manifest, envelope)
-        except Rejected as exc:
-            self._store.quarantine(manifest, str(exc))
-            self._reject(manifest, str(exc))
-        except ProbeInterrupted:
-            # Not the candidate's fault: its verified chunks stay on disk and the retained
-            # announcement brings it back at the next start.
-            log.info("stopping during the probe of %s %s", manifest.name, manifest.version)
-        except (DeployError, ContractError, ModelLoadError, OSError) as exc:
-            self._reject(manifest, str(exc))
+        check_admission(manifest, self._config.deploy, serving.manifest if serving else None)
+        self._deploy(manifest, envelope, rank)
 
-    def _check_versions(self, manifest: Manifest, serving: Manifest | None) -> None:
-        if parse_semver(__version__) < parse_semver(manifest.min_agent_version):
-            raise DeployError(f"needs agent >= {manifest.min_agent_version}, this is {__version__}")
-        if manifest.model.size > self._config.deploy.max_model_bytes:
-            raise DeployError(
-                f"model is {manifest.model.size} bytes, over the device limit of "
-                f"{self._config.deploy.max_model_bytes} (deploy.max_model_bytes)"
-            )
-        if serving is None or serving.name != manifest.name or manifest.rollback:
-            return
-        if manifest.semver <= serving.semver:
-            raise Rejected(
-                f"version {manifest.version} is not newer than serving {serving.version}: "
-                "refused as a replay (a signed rollback can name an older version)"
-            )
+    def _superseded(self, rank: int) -> bool:
+        """A message waits that changes this or a more specific scope's deployment."""
+        for topic, payload in self._inbox.pending().items():
+            other, _ = self._scopes[topic]
+            if other > rank or not isinstance(payload, bytes):
+                continue  # less specific, or too big (it will only be rejected)
+            held = self._wanted.get(other)
+            if held is not None and held[1] == payload:
+                continue  # the same announcement again (a reconnect redelivers it)
+            if payload and hashlib.sha256(payload).hexdigest() in self._refused:
+                continue
+            return True
+        return False
 
     def _status(self, state: str, manifest: Manifest | None, **extra: Any) -> None:
-        model = {"name": manifest.name, "version": manifest.version} if manifest else None
-        self._report({"type": "deployment", "state": state, "model": model, **extra})
+        self._report({"type": "deployment", "state": state, "model": _model_of(manifest), **extra})
 
     def _reject(self, manifest: Manifest | None, reason: str) -> None:
-        log.error("rejected deployment: %s", reason)
-        self._status("rejected", manifest, reason=reason)
+        self.boundary.reject(reason, model=_model_of(manifest))
 
-    def _deploy(self, manifest: Manifest, envelope: bytes) -> None:
+    def _publish_rejection(self, reason: str, detail: dict[str, Any]) -> None:
+        """The boundary's sink: every rejection it lets through, as an event and in the status."""
+        log.error("rejected deployment: %s", reason)
+        self._report({"type": "deployment", "state": "rejected", "reason": reason,
+                      "model": detail.pop("model", None), **detail})  # fmt: skip
+
+    def _deploy(self, manifest: Manifest, envelope: bytes, rank: int) -> None:
         installed = self._store.installed(manifest, self._trust)
-        slot = installed.slot if installed else self._download_and_probe(manifest, envelope)
+        if installed:
+            slot = installed.slot
+        else:
+            slot = self._candidates.build(
+                manifest, envelope, self._config, lambda: self._superseded(rank)
+            )
         candidate = InstalledModel(manifest, envelope, slot)
         try:
             session = ModelSession(candidate.model_path, manifest, self._config.runtime)
             session.check_golden(candidate.golden_path)
         except ModelLoadError as exc:
+            if not installed:
+                self._store.discard(slot)  # a staged slot that failed is not kept
             raise Rejected(str(exc)) from exc
         old = self._models.swap(session)  # between two frames: the next frame uses the new one
         self._store.activate(slot)
@@ -175,87 +238,4 @@ class Deployer(threading.Thread):
         self._status("active", manifest)
         self._link.announce()
         if old is not None and self._config.deploy.probation_s > 0:
-            self._probation(manifest, old)
-
-    def _download_and_probe(self, manifest: Manifest, envelope: bytes) -> Any:
-        deploy = self._config.deploy
-        total = sum(b.size for b in blobs_of(manifest))
-        files = {}
-        state = {"base": 0, "size": 0, "shown": -10}
-
-        def progress(done: int, of: int) -> None:
-            percent = int(100 * (state["base"] + state["size"] * done / of) / total)
-            if percent >= state["shown"] + 10:  # every 10%: status is retained, keep it calm
-                state["shown"] = percent
-                self._status("downloading", manifest, percent=percent)
-
-        self._status("downloading", manifest, percent=0)
-        chunks = {"fetched": 0, "resumed": 0, "duplicates": 0}
-        for blob in blobs_of(manifest):
-            state["size"] = blob.size
-            files[blob.path] = self._store.partial_path(blob)
-            stats = self._fetcher.fetch(
-                blob, files[blob.path], deploy.fetch_timeout, self._halt, progress
-            )
-            for key in chunks:
-                chunks[key] += getattr(stats, key)
-            state["base"] += blob.size
-        self._status("verifying", manifest)
-        try:
-            for blob in blobs_of(manifest):
-                verify_blob(files[blob.path], blob)
-            golden = files.get(manifest.golden.path) if manifest.golden else None
-            report = probe_candidate(
-                files[manifest.model.path], manifest, golden, self._config.runtime,
-                timeout_s=deploy.probe_timeout, memory_limit_mb=deploy.probe_memory_mb,
-                stop=self._halt,
-            )  # fmt: skip
-        except (ContractError, DeployError) as exc:
-            for path in files.values():
-                path.unlink(missing_ok=True)
-            raise Rejected(str(exc)) from exc
-        figures = (
-            f"p50 {report.latency_p50_ms:.2f} ms, p99 {report.latency_p99_ms:.2f} ms, "
-            f"peak RSS {report.peak_rss_mb:.0f} MB"
-        )
-        budgets = [b for b in (manifest.max_latency_ms, deploy.max_latency_ms) if b is not None]
-        if budgets and report.latency_p99_ms > min(budgets):
-            raise Rejected(
-                f"too slow for this device: p99 over the {min(budgets):.2f} ms budget ({figures})"
-            )
-        if deploy.max_memory_mb is not None and report.peak_rss_mb > deploy.max_memory_mb:
-            raise Rejected(
-                f"too big for this device: peak RSS over the {deploy.max_memory_mb:.0f} MB budget "
-                f"({figures})"
-            )
-        slot = self._store.stage(manifest, envelope, files)
-        self._status(
-            "installed", manifest, latency_p50_ms=round(report.latency_p50_ms, 3),
-            latency_p99_ms=round(report.latency_p99_ms, 3),
-            peak_rss_mb=round(report.peak_rss_mb, 1), chunks=chunks,
-        )  # fmt: skip
-        return slot
-
-    def _probation(self, manifest: Manifest, old: ModelSession) -> None:
-        deploy = self._config.deploy
-        limit = min(
-            (b for b in (manifest.max_latency_ms, deploy.max_latency_ms) if b is not None),
-            default=None,
-        )
-        self._health.reset()
-        deadline = time.monotonic() + deploy.probation_s
-        while time.monotonic() < deadline and not self._halt.wait(0.25):
-            seen, error_rate, p99 = self._health.snapshot()
-            reason = None
-            if seen >= 10 and error_rate > deploy.max_error_rate:
-                reason = f"error rate {error_rate:.0%} > {deploy.max_error_rate:.0%}"
-            elif seen >= 10 and limit is not None and p99 is not None and p99 > limit:
-                reason = f"p99 latency {p99:.2f} ms > {limit:.2f} ms"
-            if reason:
-                self._models.swap(old)
-                self._store.revert()
-                self._store.quarantine(manifest, f"rolled back: {reason}")
-                log.error("rolled back %s %s: %s", manifest.name, manifest.version, reason)
-                self._status("rolled_back", manifest, reason=reason, restored=old.manifest.version)
-                self._link.announce()
-                return
+            self._probation.watch(manifest, old, self._config.deploy)

@@ -2,7 +2,8 @@
 
 A malformed model can crash or hang ONNX Runtime's loader, so the serving process never loads a
 candidate before a child has: loaded it under a memory limit and a time limit, checked its input
-against what the device will feed it, run the package's golden inputs, and timed it on this
+against what the device will feed it, run the package's golden inputs, run a blank frame through
+preprocess, model and postprocess as serving does (agent.probe_checks), and timed it on this
 board. The child prints one JSON line; the parent turns every way it can fail into ProbeError.
 
     python -m agent.probe MODEL GOLDEN|- THREADS RUNS  < manifest.json
@@ -22,14 +23,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import RuntimeConfig
-from .contract import Manifest
-from .errors import AgentError, DeployError
+from .contract import Manifest, clip
+from .deploy_errors import Interrupted
+from .errors import DeployError
 
 MEMORY = "memory limit"
 _POLL_S = 0.2  # how often a waiting parent looks at its stop event
 
 
-class ProbeInterrupted(AgentError):
+class ProbeInterrupted(Interrupted):
     """The agent stopped while a probe ran: nothing is known about the candidate yet."""
 
 
@@ -43,6 +45,9 @@ class ProbeReport:
     latency_p99_ms: float
     peak_rss_mb: float
     load_ms: float
+
+
+_REPORTED = ("latency_p50_ms", "latency_p99_ms", "peak_rss_mb", "load_ms")
 
 
 def _limit_memory(limit_mb: int) -> None:
@@ -94,38 +99,44 @@ def probe_candidate(
             if stopping:
                 raise ProbeInterrupted("the agent is stopping; the probe was abandoned") from None
             raise ProbeError(f"candidate hung the loader: no answer in {timeout_s:.0f} s") from None
+    return _read_answer(proc.returncode, out, err, memory_limit_mb)
+
+
+def _read_answer(returncode: int, out: bytes, err: bytes, memory_limit_mb: int) -> ProbeReport:
+    """The child's one JSON line (or its death) as a report or a ProbeError."""
     lines = out.decode(errors="replace").strip().splitlines()
     try:
         answer = json.loads(lines[-1]) if lines else {}
     except ValueError:
         answer = {}
-    if proc.returncode < 0:
-        name = signal.Signals(-proc.returncode).name
+    if not isinstance(answer, dict):  # a model's own output on stdout is not an answer
+        answer = {}
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
         raise ProbeError(f"candidate crashed the loader ({name})")
     if "error" in answer:
         if answer["error"] == MEMORY:
             raise ProbeError(f"candidate exceeded the {memory_limit_mb} MB memory limit")
-        raise ProbeError(answer["error"])
-    if proc.returncode != 0 or "latency_p50_ms" not in answer:
-        tail = err.decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
-        if "MemoryError" in tail[0] or "bad_alloc" in err.decode(errors="replace"):
-            raise ProbeError(f"candidate exceeded the {memory_limit_mb} MB memory limit")
-        raise ProbeError(f"candidate crashed the loader (exit {proc.returncode}): {tail[0]}")
-    return ProbeReport(**answer)
-
-
-def _fits(declared: list[object], wanted: list[int | None]) -> bool:
-    if len(declared) != len(wanted):
-        return False
-    return all(
-        not isinstance(d, int) or w is None or d == w for d, w in zip(declared, wanted, strict=True)
-    )
+        raise ProbeError(clip(answer["error"]))
+    try:
+        return ProbeReport(**{key: float(answer[key]) for key in _REPORTED})
+    except (KeyError, TypeError, ValueError):
+        pass
+    text = err.decode(errors="replace")
+    tail = text.strip().splitlines()[-1:] or ["no output"]
+    if "MemoryError" in tail[0] or "bad_alloc" in text:
+        raise ProbeError(f"candidate exceeded the {memory_limit_mb} MB memory limit")
+    raise ProbeError(f"candidate crashed the loader (exit {returncode}): {clip(tail[0], 160)}")
 
 
 def _run_child(argv: list[str]) -> dict[str, object]:
     import numpy as np
-    import onnxruntime as ort
 
+    from .onnxrt import ort  # telemetry off before ONNX Runtime starts
+    from .probe_checks import Unfit, check_golden, check_input, check_serving_path
     from .runtime import session_options
 
     model, golden, threads, runs, *providers = argv
@@ -139,54 +150,34 @@ def _run_child(argv: list[str]) -> dict[str, object]:
     try:
         session = ort.InferenceSession(model, session_options(config), providers=wanted)
     except Exception as exc:  # ORT's errors are untyped
-        return {"error": f"not a loadable ONNX model: {str(exc).strip().splitlines()[0][:300]}"}
+        return {"error": f"not a loadable ONNX model: {_first_line(exc)}"}
     load_ms = (time.perf_counter() - started) * 1e3
-    inputs = session.get_inputs()
-    source = manifest.preprocess.input_shape(1)
-    element = {"float32": "tensor(float)", "uint8": "tensor(uint8)"}[manifest.preprocess.dtype]
-    if len(inputs) != 1 or inputs[0].name != manifest.input.name:
-        names = [i.name for i in inputs]
-        return {
-            "error": f"model inputs {names} do not match the manifest's {manifest.input.name!r}"
-        }
-    if not _fits(list(inputs[0].shape), source) or inputs[0].type != element:
-        return {
-            "error": f"model input {inputs[0].name!r} {inputs[0].type} {inputs[0].shape} does not "
-            f"fit the source tensor {element} {source}"
-        }
-    name = inputs[0].name
     try:
+        name = check_input(session, manifest)
         if golden != "-":
-            with np.load(golden, allow_pickle=False) as data:
-                x, expected = data["inputs"], data["outputs"]
-            got = session.run(None, {name: x})[0]
-            if got.shape != expected.shape or not np.allclose(
-                got, expected, atol=manifest.golden_atol, rtol=0
-            ):
-                diff = (
-                    float(np.abs(got - expected).max()) if got.shape == expected.shape else "shape"
-                )
-                return {
-                    "error": f"golden outputs differ from the package's: max |diff| {diff} > atol "
-                    f"{manifest.golden_atol}"
-                }
-            sample = x[:1]
-        else:
-            sample = np.zeros([d or 1 for d in source], np.dtype(manifest.preprocess.dtype))
+            check_golden(session, manifest, name, Path(golden))
+        sample = check_serving_path(session, manifest, name)
         times = []
         for _ in range(int(runs)):
             t0 = time.perf_counter()
             session.run(None, {name: sample})
             times.append((time.perf_counter() - t0) * 1e3)
+    except Unfit as exc:
+        return {"error": str(exc)}
     except Exception as exc:  # ORT's errors are untyped
-        text = str(exc).strip().splitlines()[0][:300]
-        return {"error": MEMORY if "allocat" in text.lower() else f"candidate fails to run: {text}"}
+        if "allocat" in str(exc).lower():  # ORT's arena failing to allocate: out of memory
+            return {"error": MEMORY}
+        return {"error": f"candidate fails to run: {_first_line(exc)}"}
     return {
         "latency_p50_ms": float(np.percentile(times, 50)),
         "latency_p99_ms": float(np.percentile(times, 99)),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "load_ms": load_ms,
     }
+
+
+def _first_line(exc: BaseException) -> str:
+    return clip((str(exc).strip().splitlines() or [type(exc).__name__])[0], 200)
 
 
 if __name__ == "__main__":

@@ -7,11 +7,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 
 from .config import RuntimeConfig
-from .contract import Manifest, PreprocessSpec, SensorSpec, to_tensor
+from .contract import Manifest, PreprocessSpec, SensorSpec, clip, to_tensor
 from .errors import ModelLoadError
+from .golden import load_golden
+from .onnxrt import ort
 from .postprocess import Prediction, postprocess
 
 
@@ -51,23 +52,34 @@ def blank_sample(spec: PreprocessSpec | SensorSpec) -> np.ndarray:
 
 
 class ModelSession:
-    """Loads the model, checks its input against the manifest, and warms it up."""
+    """Loads the model, checks its input against the manifest, and warms it up.
+
+    The child probe has vetted the candidate before the serving process loads it; still,
+    whatever goes wrong here is a ModelLoadError and nothing else, so the caller's handling is
+    the whole story."""
 
     def __init__(self, model_path: Path, manifest: Manifest, config: RuntimeConfig):
         self.manifest = manifest
+        what = f"{manifest.name} {manifest.version}"
+        try:
+            self._load(model_path, config)
+        except ModelLoadError:
+            raise
+        except Exception as exc:  # ORT raises its own untyped errors; numpy and postprocess too
+            raise ModelLoadError(f"{what}: cannot load: {clip(exc, 200)}") from exc
+
+    def _load(self, model_path: Path, config: RuntimeConfig) -> None:
+        manifest = self.manifest
         available = set(ort.get_available_providers())
         providers = [p for p in config.providers if p in available] or ["CPUExecutionProvider"]
-        try:
-            self._session = ort.InferenceSession(
-                str(model_path), session_options(config), providers=providers
-            )
-        except Exception as exc:  # ORT raises its own untyped errors for corrupt models
-            raise ModelLoadError(f"{manifest.name} {manifest.version}: cannot load: {exc}") from exc
+        self._session = ort.InferenceSession(
+            str(model_path), session_options(config), providers=providers
+        )
         inputs = self._session.get_inputs()
         if len(inputs) != 1 or inputs[0].name != manifest.input.name:
             names = [i.name for i in inputs]
             raise ModelLoadError(
-                f"model inputs {names} do not match manifest {manifest.input.name!r}"
+                f"model inputs {clip(names, 100)} do not match manifest {manifest.input.name!r}"
             )
         self._input = manifest.input.name
         self._dtype = np.dtype(manifest.input.dtype)
@@ -79,12 +91,16 @@ class ModelSession:
         """Run the package's golden inputs; raise ModelLoadError unless the outputs match."""
         if golden is None:
             return
-        with np.load(golden, allow_pickle=False) as data:
-            inputs, expected = data["inputs"], data["outputs"]
-        (got, *_) = self._session.run(None, {self._input: inputs.astype(self._dtype, copy=False)})
-        if got.shape != expected.shape or not np.allclose(
-            got, expected, atol=self.manifest.golden_atol, rtol=0
-        ):
+        inputs, expected = load_golden(golden)
+        try:
+            feed = {self._input: inputs.astype(self._dtype, copy=False)}
+            (got, *_) = self._session.run(None, feed)
+            same = got.shape == expected.shape and np.allclose(
+                got, expected, atol=self.manifest.golden_atol, rtol=0
+            )
+        except Exception as exc:  # ORT's errors are untyped
+            raise ModelLoadError(f"golden inputs do not run: {clip(exc, 200)}") from exc
+        if not same:
             diff = float(np.abs(got - expected).max()) if got.shape == expected.shape else None
             raise ModelLoadError(
                 f"golden outputs differ from the package's: max |diff| {diff} > atol "

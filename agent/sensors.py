@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import enum
 import io
-import json
+import logging
 import math
 import os
-import queue
 import re
 import secrets
 import select
@@ -24,15 +23,24 @@ from typing import Any, Protocol
 import numpy as np
 import paho.mqtt.client as mqtt
 
+from .bounded import DropOldest
 from .config import MqttConfig, SourceConfig
+from .contract import PayloadError, parse_json
 from .errors import SourceError
+from .guard import Boundary
 from .link import configure_client
 from .sources import Frame
+
+log = logging.getLogger(__name__)
 
 POLL_S = 0.2  # longest a read waits before looking at its stop event again
 CHUNK = 65536
 MAX_LINE = 64 * 1024  # a longer run without a newline is noise (e.g. a wrong baud rate)
 MQTT_QUEUE = 4096  # samples held for read(); the oldest go first when it is full
+# A sample message is a few numbers: a longer one is dropped in paho's callback, before it is
+# queued, and the queue holds at most this many bytes, so a flood cannot fill memory.
+MQTT_MAX_MESSAGE = 4096
+MQTT_QUEUE_BYTES = 4 * 2**20
 MQTT_OPEN_TIMEOUT_S = 10.0
 
 _CSV_SPLIT = re.compile(r"\s*,\s*|\s+")
@@ -73,8 +81,8 @@ def parse_sample(text: str, fmt: str, fields: tuple[str, ...] = ()) -> list[floa
             return None
     else:
         try:
-            data = json.loads(text)
-        except ValueError:
+            data = parse_json(text)  # strict: no NaN, no lone surrogates, bounded depth
+        except PayloadError:
             return None
         if isinstance(data, dict):
             if fields:
@@ -416,9 +424,10 @@ class _MqttInput:
             raise SourceError(f"{name}: no topic")
         self.name = name
         self.arrived = 0.0
-        self.overflow = 0
+        self.oversize = 0  # dropped unread for their size, or because they made the handler fail
         self._topic = topic
-        self._queue: queue.Queue[tuple[float, bytes]] = queue.Queue(maxsize=MQTT_QUEUE)
+        self._queue: DropOldest[tuple[float, bytes]] = DropOldest(MQTT_QUEUE, MQTT_QUEUE_BYTES)
+        self._boundary = Boundary(name, self._rejected)
         self._ready = threading.Event()
         self._refused: str | None = None
         client = mqtt.Client(
@@ -431,7 +440,7 @@ class _MqttInput:
         client.reconnect_delay_set(min_delay=1, max_delay=int(config.reconnect_max_delay))
         client.on_connect = self._on_connect
         client.on_subscribe = self._on_subscribe
-        client.on_message = self._on_message
+        client.on_message = self._guarded_message
         self._client = client
         host, port = config.endpoint
         where = f"{host}:{port}"
@@ -446,11 +455,16 @@ class _MqttInput:
             why = self._refused or f"no subscription after {MQTT_OPEN_TIMEOUT_S:.0f} s"
             raise SourceError(f"{name}: broker {where}: {why}")
 
+    @property
+    def overflow(self) -> int:
+        """Samples dropped because read() fell behind."""
+        return self._queue.dropped
+
     def next(self, stop: threading.Event) -> Record:
-        try:
-            self.arrived, payload = self._queue.get(timeout=POLL_S)
-        except queue.Empty:
+        item = self._queue.get(timeout=POLL_S)
+        if item is None:
             return _Signal.IDLE
+        self.arrived, payload = item
         return payload
 
     def close(self) -> None:
@@ -469,15 +483,19 @@ class _MqttInput:
             self._refused = f"subscription to {self._topic!r} refused"
         self._ready.set()
 
-    def _on_message(self, _client, _userdata, msg: mqtt.MQTTMessage) -> None:
-        item = (time.time(), bytes(msg.payload))
-        while True:
-            try:
-                self._queue.put_nowait(item)
-                return
-            except queue.Full:
-                try:
-                    self._queue.get_nowait()
-                    self.overflow += 1
-                except queue.Empty:
-                    pass
+    def _guarded_message(
+        self, _client: mqtt.Client, _userdata: object, msg: mqtt.MQTTMessage
+    ) -> None:
+        self._boundary.call(self._on_message, msg)
+
+    def _on_message(self, msg: mqtt.MQTTMessage) -> None:
+        """On paho's thread, inside the boundary: drop what is too big, queue the rest."""
+        if len(msg.payload) > MQTT_MAX_MESSAGE:
+            self.oversize += 1
+            return
+        self._queue.put((time.time(), bytes(msg.payload)), len(msg.payload))
+
+    def _rejected(self, reason: str, detail: dict[str, object]) -> None:
+        """The boundary's sink: a sample message that made the handler fail is garbage."""
+        self.oversize += 1
+        log.warning("%s: message dropped: %s", self.name, reason)

@@ -3,8 +3,8 @@
     state_dir/models/{name}/{version}/   a slot: model, golden inputs, envelope.json
     state_dir/current  -> models/...      what boots; switched with an atomic rename
     state_dir/previous -> models/...      what a rollback returns to
-    state_dir/incoming/{sha256}.part      downloads in progress (resumable)
-    state_dir/quarantine.json             versions that failed: never retried
+    state_dir/incoming/{sha256}.part      the download in progress, and nothing else (resumable)
+    state_dir/quarantine.json             packages that failed: never retried (the latest 256)
 
 Every write is temp → fsync file → rename → fsync directory, so a power cut or ``kill -9`` at any
 instant leaves the old or the new state, never a half-written one; a slot becomes ``current`` only
@@ -13,15 +13,27 @@ once it is complete on disk.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
 import shutil
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .contract import BlobSpec, ContractError, IntegrityError, Manifest, TrustStore, sha256_file
+from .contract import (
+    BlobSpec,
+    ContractError,
+    IntegrityError,
+    Manifest,
+    TrustStore,
+    canonical_json,
+    sha256_file,
+)
 
 ENVELOPE = "envelope.json"
+MAX_QUARANTINE = 256  # entries; the oldest go first (a replay of one is still refused by version)
 
 
 def fsync_dir(path: Path) -> None:
@@ -86,20 +98,25 @@ class ModelStore:
         return self.models / manifest.name / manifest.version
 
     def stage(self, manifest: Manifest, envelope: bytes, files: dict[str, Path]) -> Path:
-        """Move verified downloads (``blob path → file``) into their slot; not yet current."""
+        """Move verified downloads (``blob path → file``) into their slot; not yet current. A
+        failure leaves no staging folder behind."""
         slot = self.slot_of(manifest)
         staging = slot.with_name(slot.name + ".staging")
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
-        for blob in blobs_of(manifest):
-            source = files[blob.path]
-            verify_blob(source, blob)
-            with open(source, "rb+") as fh:
-                os.fsync(fh.fileno())
-            os.replace(source, staging / blob.path)
-        write_durably(staging / ENVELOPE, envelope)
-        fsync_dir(staging)
-        if slot.exists() and slot not in (self._target("current"), self._target("previous")):
+        try:
+            for blob in blobs_of(manifest):
+                source = files[blob.path]
+                verify_blob(source, blob)
+                with open(source, "rb+") as fh:
+                    os.fsync(fh.fileno())
+                os.replace(source, staging / blob.path)
+            write_durably(staging / ENVELOPE, envelope)
+            fsync_dir(staging)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        if slot.exists() and not self._in_use(slot):
             shutil.rmtree(slot)
         if not slot.exists():
             os.replace(staging, slot)
@@ -107,6 +124,26 @@ class ModelStore:
         else:
             shutil.rmtree(staging)  # the very same version is already installed and in use
         return slot
+
+    def discard(self, slot: Path) -> None:
+        """Remove a staged slot that failed, unless it is current or previous."""
+        if not self._in_use(slot):
+            shutil.rmtree(slot, ignore_errors=True)
+            with contextlib.suppress(OSError):  # the package's folder, once it holds no version
+                slot.parent.rmdir()
+
+    def prune_incoming(self, keep: Iterable[BlobSpec] = ()) -> list[str]:
+        """Delete every partial download but those of ``keep``; returns the names deleted."""
+        wanted = {self.partial_path(blob).name for blob in keep}
+        deleted = []
+        for path in self.incoming.iterdir():
+            if path.name not in wanted:
+                path.unlink(missing_ok=True)
+                deleted.append(path.name)
+        return deleted
+
+    def _in_use(self, slot: Path) -> bool:
+        return slot.resolve() in (self._target("current"), self._target("previous"))
 
     def activate(self, slot: Path) -> None:
         """Make ``slot`` current, the old current previous, and drop every other slot."""
@@ -177,7 +214,11 @@ class ModelStore:
 
     @staticmethod
     def _key(manifest: Manifest) -> str:
-        return f"{manifest.name}@{manifest.version}#{manifest.model.sha256[:16]}"
+        """Name and version for a reader, and the sha256 of the whole canonical manifest: a
+        corrected manifest with the same version (new labels, a new golden file) is a new
+        package, not the quarantined one."""
+        digest = hashlib.sha256(canonical_json(manifest.to_dict())).hexdigest()
+        return f"{manifest.name}@{manifest.version}#{digest}"
 
     def quarantined(self, manifest: Manifest) -> str | None:
         """Why this package failed before, or None."""
@@ -185,11 +226,18 @@ class ModelStore:
 
     def quarantine(self, manifest: Manifest, reason: str) -> None:
         entries = self._read_quarantine()
-        entries[self._key(manifest)] = reason
+        key = self._key(manifest)
+        entries.pop(key, None)  # the newest goes last, so the oldest is evicted first
+        entries[key] = reason
+        while len(entries) > MAX_QUARANTINE:
+            del entries[next(iter(entries))]
         write_durably(self._quarantine, json.dumps(entries, indent=1).encode())
 
     def _read_quarantine(self) -> dict[str, str]:
         try:
-            return dict(json.loads(self._quarantine.read_text()))
+            entries = json.loads(self._quarantine.read_text())
         except (OSError, ValueError):
             return {}
+        if not isinstance(entries, dict):
+            return {}
+        return {str(k): str(v) for k, v in entries.items()}

@@ -1,0 +1,40 @@
+"""Whether a verified manifest may be pursued on this device: its own limits, before a chunk is
+asked for. The schema bounds what any manifest may say; these bound what this device takes."""
+
+from __future__ import annotations
+
+import math
+
+from . import __version__
+from .config import DeployConfig
+from .contract import Manifest, parse_semver
+from .deploy_errors import Rejected
+from .errors import DeployError
+from .store import blobs_of
+
+
+def check_admission(manifest: Manifest, deploy: DeployConfig, serving: Manifest | None) -> None:
+    """DeployError when this device cannot take the package now (a later config or agent may);
+    Rejected when it is a replay of an older version."""
+    if parse_semver(__version__) < parse_semver(manifest.min_agent_version):
+        raise DeployError(f"needs agent >= {manifest.min_agent_version}, this is {__version__}")
+    limit = deploy.max_model_bytes
+    for blob in blobs_of(manifest):
+        what = "model" if blob is manifest.model else "golden file"
+        if blob.size > limit:
+            raise DeployError(
+                f"{what} is {blob.size} bytes, over the device limit of {limit} "
+                "(deploy.max_model_bytes)"
+            )
+        if len(blob.chunks) > math.ceil(limit / blob.chunk_size):
+            raise DeployError(
+                f"{what} lists {len(blob.chunks)} chunks, more than {limit} bytes "
+                f"(deploy.max_model_bytes) in {blob.chunk_size}-byte chunks can hold"
+            )
+    if serving is None or serving.name != manifest.name or manifest.rollback:
+        return
+    if manifest.semver <= serving.semver:
+        raise Rejected(
+            f"version {manifest.version} is not newer than serving {serving.version}: "
+            "refused as a replay (a signed rollback can name an older version)"
+        )

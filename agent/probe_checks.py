@@ -1,0 +1,98 @@
+"""What the probe child checks before a candidate may reach the serving process.
+
+A signed manifest can still be unusable: labels that do not match the model's scores, an input
+dtype or shape the model does not take, a golden file that is not plain arrays. Each check here
+raises Unfit with a short reason; the child reports it and the candidate is rejected. The checks
+run the very functions the serving process runs (preprocess, ``session.run``, postprocess), so
+what passes here cannot fail there for a reason the manifest could have told.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .contract import Manifest, clip, to_tensor
+from .golden import GoldenError, load_golden
+from .postprocess import postprocess
+from .runtime import blank_sample
+
+ELEMENT = {"float32": "tensor(float)", "uint8": "tensor(uint8)", "int8": "tensor(int8)"}
+
+
+class Unfit(Exception):
+    """The candidate does not fit its manifest or this device; the message says how."""
+
+
+def _fits(declared: list[object], wanted: list[int | None]) -> bool:
+    if len(declared) != len(wanted):
+        return False
+    return all(
+        not isinstance(d, int) or w is None or d == w for d, w in zip(declared, wanted, strict=True)
+    )
+
+
+def check_input(session: Any, manifest: Manifest) -> str:
+    """The model's one input against the manifest's name, dtype and shape, and against what the
+    preprocessing produces; returns the input's name."""
+    inputs = session.get_inputs()
+    if len(inputs) != 1 or inputs[0].name != manifest.input.name:
+        names = clip([i.name for i in inputs], 100)
+        raise Unfit(f"model inputs {names} do not match the manifest's {manifest.input.name!r}")
+    model = inputs[0]
+    declared = ELEMENT[manifest.input.dtype]
+    if model.type != declared:
+        raise Unfit(
+            f"manifest declares input dtype {manifest.input.dtype}, the model takes {model.type}"
+        )
+    source = manifest.preprocess.input_shape(1)
+    produced = ELEMENT.get(manifest.preprocess.dtype)
+    if not _fits(list(model.shape), source) or model.type != produced:
+        raise Unfit(
+            f"model input {model.name!r} {model.type} {clip(model.shape, 60)} does not fit the "
+            f"source tensor {produced} {source}"
+        )
+    if not _fits(list(model.shape), list(manifest.input.shape)):
+        raise Unfit(
+            f"manifest declares input shape {list(manifest.input.shape)}, the model takes "
+            f"{clip(model.shape, 60)}"
+        )
+    return str(model.name)
+
+
+def check_serving_path(session: Any, manifest: Manifest, name: str) -> np.ndarray:
+    """A blank frame or window through preprocess → model → postprocess, as serving does it;
+    returns the model-ready sample."""
+    sample = blank_sample(manifest.preprocess)
+    tensor = to_tensor(sample, manifest.preprocess).astype(manifest.input.dtype, copy=False)
+    outputs = session.run(None, {name: tensor})
+    try:
+        postprocess(outputs, manifest.postprocess, sample.shape, manifest.preprocess)
+    except (ValueError, IndexError, TypeError) as exc:
+        raise Unfit(f"postprocessing does not fit the model's output: {clip(exc, 160)}") from exc
+    return tensor
+
+
+def check_golden(session: Any, manifest: Manifest, name: str, golden: Path) -> None:
+    """The golden inputs give the golden outputs, within ``golden_atol``."""
+    try:
+        inputs, expected = load_golden(golden)
+    except GoldenError as exc:
+        raise Unfit(str(exc)) from exc
+    dtype = np.dtype(manifest.input.dtype)
+    if inputs.dtype != dtype:
+        raise Unfit(f"golden inputs are {inputs.dtype}, the manifest's input is {dtype}")
+    got = session.run(None, {name: inputs})[0]
+    if got.shape != expected.shape:
+        raise Unfit(
+            f"golden outputs differ from the package's: shape {list(got.shape)} != "
+            f"{list(expected.shape)}"
+        )
+    if not np.allclose(got, expected, atol=manifest.golden_atol, rtol=0):
+        diff = float(np.abs(got - expected).max())
+        raise Unfit(
+            f"golden outputs differ from the package's: max |diff| {diff} > atol "
+            f"{manifest.golden_atol}"
+        )
