@@ -19,13 +19,16 @@ def package_from(
     *,
     version: str,
     model: Path | None = None,
-    golden: tuple[np.ndarray, np.ndarray] | bool | None = True,
+    golden: tuple[np.ndarray, np.ndarray] | Path | bool | None = True,
     chunk_size: int | None = None,
 ) -> Package:
     """A real signed package like ``base`` with another version, model file or golden set.
-    ``golden=True`` keeps base's golden file, ``None`` drops it, a pair replaces it."""
+    ``golden=True`` keeps base's golden file, ``None`` drops it, a pair replaces it, a path is
+    shipped as the golden file whatever it holds."""
     golden_path = None
-    if golden is True and base.manifest.golden is not None:
+    if isinstance(golden, Path):
+        golden_path = golden
+    elif golden is True and base.manifest.golden is not None:
         golden_path = base.root / base.manifest.golden.path
     elif isinstance(golden, tuple):
         golden_path = out / "golden-src.npz"
