@@ -168,8 +168,12 @@ class Agent:
         )  # fmt: skip
 
     def _publish_telemetry(self, message: dict[str, object]) -> None:
-        # Retained, so `edgewise fleet` shows a device's last figures the moment it starts.
-        self.link.publish(self._topics.telemetry(self._device), _json(message), qos=1, retain=True)
+        # Retained, so `edgewise fleet` shows a device's last figures the moment it starts. Not
+        # while offline: paho would queue every interval in memory for the whole outage, to send
+        # figures that the next interval's replace anyway.
+        if self.link.connected.is_set():
+            topic = self._topics.telemetry(self._device)
+            self.link.publish(topic, _json(message), qos=1, retain=True)
 
     def _status(self, state: str) -> bytes:
         return _json(
@@ -287,16 +291,10 @@ class Agent:
                     self._reload.clear()
                     self._reload_config()
         finally:
-                if not self._deployer_alive():
-                    break
             self._shut_down()
             threading.excepthook = previous
         return 1 if self._crashed else 0
 
-    def _give_up(self, reason: str) -> None:
-        """Something the agent cannot go on without (the outbox): exit 1, systemd restarts."""
-        log.error("%s; stopping so that the agent is started again", reason)
-        self._crashed = self._crashed or "outbox"
     def _deployer_alive(self) -> bool:
         """The deployer ends only when the agent stops; gone before that (however it went), the
         agent could never be updated again, so it exits 1 and systemd starts a whole one."""
@@ -307,6 +305,10 @@ class Agent:
             log.error("thread %s ended unexpectedly; stopping", self.deployer.name)
         return False
 
+    def _give_up(self, reason: str) -> None:
+        """Something the agent cannot go on without (the outbox): exit 1, systemd restarts."""
+        log.error("%s; stopping so that the agent is started again", reason)
+        self._crashed = self._crashed or "outbox"
         self.stop_event.set()
 
     def _thread_crashed(self, args: threading.ExceptHookArgs) -> None:

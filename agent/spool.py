@@ -31,6 +31,10 @@ DbErrors = (sqlite3.Error, OSError)
 _SQLITE_IOERR_SHMSIZE = 4874
 
 
+def _size(count: int) -> str:
+    return f"{count / 2**20:.0f} MB" if count >= 2**20 else f"{count // 1024} KB"
+
+
 def is_disk_full(exc: BaseException) -> bool:
     """SQLITE_FULL (or the WAL index that could not grow), or ENOSPC/EDQUOT."""
     if isinstance(exc, OSError):
@@ -105,8 +109,8 @@ class Spool:
         while self._held_bytes > self._memory_bytes and self._held:
             if not self.held_dropped:
                 log.error(
-                    "outbox: %d MB of results held in memory and the disk still fails; "
-                    "dropping the oldest", self._memory_bytes // 2**20,
+                    "outbox: %s of results held in memory and the disk still fails; "
+                    "dropping the oldest", _size(self._memory_bytes),
                 )  # fmt: skip
             self._held_bytes -= len(self._held.popleft())
             self.held_dropped += 1
@@ -119,8 +123,8 @@ class Spool:
             return
         self._failing_since = self._clock()
         log.error(
-            "outbox: cannot write results: %s; holding up to %d MB of them in memory and retrying "
-            "every %.0f s", self.error, self._memory_bytes // 2**20, RETRY_S,
+            "outbox: cannot write results: %s; holding up to %s of them in memory and retrying "
+            "every %.0f s", self.error, _size(self._memory_bytes), RETRY_S,
         )  # fmt: skip
         self._report({"type": "outbox", "state": "failing", "error": self.error})
 
@@ -136,8 +140,7 @@ class Spool:
                 if not self._gave_up and self._clock() - self._last_ok >= self._max_failing_s:
                     self._gave_up = True
                     self._fatal(
-                        f"outbox: no write succeeded for {self._max_failing_s:.0f} s "
-                        f"({self.error})"
+                        f"outbox: no write succeeded for {self._max_failing_s:.0f} s ({self.error})"
                     )
                 return
             self._recovered()

@@ -103,6 +103,10 @@ def test_a_result_too_big_for_any_message_is_sent_truncated(
     assert min(kept) > 50, "as many predictions as fit are kept, best first"
     assert all(r["predictions"][0]["label"] == r["label"] for r in results)
     assert watcher.telemetry()[-1]["max_packet_bytes"] == 4096
+    # Status and telemetry fit the 2 KiB cap for small messages as they are.
+    small = [json.loads(p) for p in watcher.on("status") + watcher.on("telemetry")]
+    assert small and not any("truncated" in m for m in small)
+    print(f"largest telemetry {max(len(p) for p in watcher.on('telemetry'))} B")
     assert oversize_disconnects(capped_broker) == 0
 
 

@@ -66,7 +66,7 @@ def test_a_full_disk_is_reported_held_in_memory_and_recovered(
         wait_until(lambda: watcher.events("outbox")[-1:] and
                    watcher.events("outbox")[-1]["state"] == "recovered", 30)  # fmt: skip
         wait_until(lambda: queued_in_outbox(small_disk)[0] < 30, 30)
-        wait_until(lambda: watcher.telemetry()[-1]["outbox_error"] is None, 10)
+        wait_until(lambda: watcher.latest("outbox_error") == [None], 10)
     finally:
         assert agent.stop() == 0, agent.output()[-3000:]
         watcher.close()
@@ -101,7 +101,7 @@ def test_past_the_memory_bound_the_oldest_are_dropped_and_counted(
         wait_until(lambda: queued_in_outbox(small_disk)[0] < 30, 30)
         dropped = watcher.events("outbox")[-1]["dropped"]
         assert dropped > 0
-        wait_until(lambda: watcher.telemetry()[-1]["results_dropped"] == dropped, 10)
+        wait_until(lambda: watcher.latest("results_dropped") == [dropped], 10)
     finally:
         assert agent.stop() == 0, agent.output()[-3000:]
         watcher.close()

@@ -109,6 +109,10 @@ class Watcher:
     def telemetry(self) -> list[dict]:
         return [json.loads(p) for p in self.on("telemetry") if p]
 
+    def latest(self, key: str) -> list[object]:
+        """``[value]`` of ``key`` in the last telemetry message, ``[]`` before there is one."""
+        return [t[key] for t in self.telemetry()][-1:]
+
     def events(self, kind: str) -> list[dict]:
         return [e for e in (json.loads(p) for p in self.on("events")) if e.get("type") == kind]
 
