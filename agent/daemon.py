@@ -287,6 +287,8 @@ class Agent:
         self._inference.start()
         try:
             while not self.stop_event.is_set() and self._inference.is_alive():
+                if not self._deployer_alive():
+                    break
                 if self._reload.wait(0.5):
                     self._reload.clear()
                     self._reload_config()
