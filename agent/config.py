@@ -35,6 +35,7 @@ else:  # JetPack 6 ships Python 3.10
 
 from .contract import DEVICE_ID_PATTERN, ContractError, TrustStore
 from .errors import ConfigError
+from .upstream_config import OutboxConfig, ResultsConfig, TelemetryConfig
 
 DeviceId = Annotated[str, Field(pattern=DEVICE_ID_PATTERN)]
 # Raw frames a capture command writes (ffmpeg's -pix_fmt names; i420 = yuv420 = yuv420p).
@@ -192,16 +193,6 @@ class RuntimeConfig(_Section):
     warmup_runs: int = Field(default=3, ge=0)
 
 
-class ResultsConfig(_Section):
-    """Which results are published: ``every`` one, ``on_change`` of the top label, at most one
-    per ``interval_s`` (``interval``), or those whose top score passes ``min_score``
-    (``threshold``)."""
-
-    mode: Literal["every", "on_change", "interval", "threshold"] = "every"
-    interval_s: float = Field(default=1.0, gt=0)
-    min_score: float = Field(default=0.5, ge=0)
-
-
 class DeployConfig(_Section):
     # A deploy message over this is dropped in paho's callback, before it is queued or parsed.
     # 64 KiB holds a manifest of ~950 chunks: a 119 MB model at the default 128 KiB chunk size.
@@ -215,25 +206,6 @@ class DeployConfig(_Section):
     max_memory_mb: float | None = Field(default=None, gt=0, description="probe's peak RSS budget")
     probation_s: float = Field(default=30.0, ge=0, description="watch after a switch")
     max_error_rate: float = Field(default=0.1, ge=0, le=1)
-
-
-class OutboxConfig(_Section):
-    """Results wait on disk until the broker has them; when full, the oldest are dropped."""
-
-    max_rows: int = Field(default=100_000, gt=0)
-    max_bytes: int = Field(default=64 * 2**20, gt=0)
-    batch_max: int = Field(default=500, gt=0, description="results per MQTT message at most")
-    window: int = Field(default=8, gt=0, description="messages awaiting PUBACK at once")
-    # While the database cannot be written (disk full, I/O errors): results held in memory up
-    # to this many bytes, oldest dropped and counted beyond it; written when the disk returns.
-    memory_bytes: int = Field(default=8 * 2**20, ge=0)
-    # Exit 1 (systemd restarts the agent) after this long without a single successful write.
-    max_failing_s: float = Field(default=600.0, gt=0)
-
-
-class TelemetryConfig(_Section):
-    interval_s: float = Field(default=10.0, gt=0)
-    prometheus_port: int | None = Field(default=None, ge=1, le=65535)
 
 
 class AgentConfig(_Section):
