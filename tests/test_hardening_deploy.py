@@ -327,6 +327,7 @@ def test_a_flood_of_big_deploy_messages_leaves_memory_flat(
         for i in range(40):  # the flood: 40 x 8 MiB on subscribed topics
             topic = TOPICS.deploy_device(DEVICE) if i % 2 else TOPICS.deploy_group(GROUP)
             cloud.publish(topic, big, qos=1).wait_for_publish(30)
+        assert "message of 8388608 bytes" in next_rejection(device)["reason"]  # it got there
         # In order behind the flood on the same connection: once it is active, all was read.
         push_package(cloud, TOPICS, v2, f"device:{DEVICE}")
         assert device.deployment("active", timeout=120)["model"]["version"] == "1.1.0"
