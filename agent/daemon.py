@@ -164,6 +164,7 @@ class Agent:
                 "results_truncated": self.results.truncated + self.uplink.truncated,
                 "messages_shortened": self.link.shortened,
                 "max_packet_bytes": self.link.max_packet,
+                "messages_rejected": self.deployer.boundary.rejected,
             },
         )  # fmt: skip
 

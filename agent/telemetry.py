@@ -116,6 +116,7 @@ UPSTREAM = {
     "results_truncated": "Results cut to fit one MQTT message, since start",
     "messages_shortened": "Events and status shortened to fit the cap, since start",
     "max_packet_bytes": "The packet cap in force (configured, or the broker's if lower)",
+    "messages_rejected": "Deploy and chunk messages the agent rejected, since start",
 }
 
 

@@ -49,12 +49,12 @@ def next_rejection(device: Device, timeout: float = 60) -> dict[str, Any]:
     return event
 
 
-def retained_status(mosquitto, until, timeout: float = 20) -> bytes:  # type: ignore[no-untyped-def]
-    """The device's retained status once ``until(status)`` holds."""
+def retained_status(mosquitto, until, timeout: float = 20, kind: str = "status") -> bytes:  # type: ignore[no-untyped-def]
+    """The device's retained status (or telemetry) once ``until(message)`` holds."""
     got: queue.Queue[bytes] = queue.Queue()
     client = connect(BrokerAddress(mosquitto.host, mosquitto.port))
     client.on_message = lambda _c, _u, msg: got.put(msg.payload)
-    client.subscribe(TOPICS.status(DEVICE), 1)
+    client.subscribe(getattr(TOPICS, kind)(DEVICE), 1)
     deadline = time.monotonic() + timeout
     try:
         while True:
@@ -110,7 +110,8 @@ def test_the_deployer_survives_each_row_of_the_issue_then_installs(
     install(compiled.package, tmp_path / "state")
     home = tmp_path / "home"
     home.mkdir()
-    device = start(mosquitto, cloud, signing_keys, video, tmp_path, home=home)
+    telemetry = DEPLOY + "\n[telemetry]\ninterval_s = 0.5\n"
+    device = start(mosquitto, cloud, signing_keys, video, tmp_path, home=home, extra=telemetry)
     try:
         assert device.serving() == {"1.0.0"}
         for what, payload, says in eight_rows(compiled, signing_keys, tmp_path):
@@ -120,6 +121,8 @@ def test_the_deployer_survives_each_row_of_the_issue_then_installs(
                 publish(cloud, payload)
             reason = next_rejection(device)["reason"]
             assert says in reason and len(reason) <= 256, (what, reason)
+        counted = lambda m: m.get("messages_rejected", 0) >= 8  # noqa: E731
+        retained_status(mosquitto, counted, kind="telemetry")  # every rejection is counted
         assert device.serving() == {"1.0.0"}
         push_package(cloud, TOPICS, v2, f"device:{DEVICE}")
         assert device.deployment("active")["model"]["version"] == "1.1.0"

@@ -266,6 +266,7 @@ UPSTREAM_FIGURES = {
     "results_truncated": 7,
     "messages_shortened": 1,
     "max_packet_bytes": 65536,
+    "messages_rejected": 9,
 }
 
 
@@ -288,6 +289,7 @@ def test_prometheus_serves_the_upstream_figures_but_not_the_error_text() -> None
         assert 'edgewise_results_in_memory{device="cam-1"} 120.0' in body
         assert 'edgewise_results_truncated{device="cam-1"} 7.0' in body
         assert 'edgewise_max_packet_bytes{device="cam-1"} 65536.0' in body
+        assert 'edgewise_messages_rejected{device="cam-1"} 9.0' in body
         assert "disk is full" not in body
     finally:
         exporter.close()
