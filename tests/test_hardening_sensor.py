@@ -7,7 +7,8 @@ import threading
 import time
 
 from agent.config import MqttConfig, SourceConfig
-from agent.sensors import MQTT_MAX_MESSAGE, MQTT_QUEUE, MQTT_QUEUE_BYTES, SensorSource
+from agent.sensor_inputs import MQTT_MAX_MESSAGE, MQTT_QUEUE, MQTT_QUEUE_BYTES
+from agent.sensors import SensorSource
 
 TOPIC = "plant/line-1/vibration"
 

@@ -18,7 +18,7 @@ import numpy as np
 import paho.mqtt.client as mqtt
 import pytest
 
-from agent import sensors
+from agent import sensor_inputs
 from agent.config import MqttConfig, SourceConfig
 from agent.errors import SourceError
 from agent.images import ImageFolderSource
@@ -406,11 +406,11 @@ def test_mqtt_topic_windows(mosquitto: MosquittoBroker, publisher: mqtt.Client, 
 def test_mqtt_overflow_drops_the_oldest(
     mosquitto: MosquittoBroker, monkeypatch: pytest.MonkeyPatch, stop
 ) -> None:
-    monkeypatch.setattr(sensors, "MQTT_QUEUE", 4)
+    monkeypatch.setattr(sensor_inputs, "MQTT_QUEUE", 4)
     source = mqtt_sensor(mosquitto, "plant/overflow")
     source.open()
     try:
-        deliver = source._input._on_message  # type: ignore[union-attr]
+        deliver = source._input._guarded_message  # type: ignore[union-attr]
         before = time.time()
         for i in range(10):  # as paho's thread would, faster than read() takes them
             deliver(None, None, SimpleNamespace(payload=str(i).encode()))
