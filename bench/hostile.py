@@ -108,12 +108,15 @@ GOALS = [
     ("state_dir_mb", "≤ 2 × largest model",
      lambda f: f["state_dir_mb"] <= 2 * f["largest_model_mb"]),
     ("largest_event_bytes", f"≤ {EVENT_MAX:,}", lambda f: f["largest_event_bytes"] <= EVENT_MAX),
+    ("sensor_alive", "true", lambda f: f["sensor_alive"]),
+    ("sensor_gap_s_max", f"≤ {GAP_GOAL_S:g} s", lambda f: f["sensor_gap_s_max"] <= GAP_GOAL_S),
+    ("sensor_rss_peak_mb", f"≤ {RSS_GOAL_MB:.0f} MB",
+     lambda f: f["sensor_rss_peak_mb"] <= RSS_GOAL_MB),
 ]  # fmt: skip
 OTHER = (
     "messages", "refused_at_broker", "agent_alive", "valid_states", "arrival_gap_s_max",
     "largest_status_bytes", "largest_model_mb", "outbox_mb", "results", "publish_s", "backlog_s",
-    "unanswered_slow",
-    "sensor_alive", "sensor_gap_s_max", "sensor_rss_peak_mb", "exit_codes",
+    "unanswered_slow", "exit_codes",
 )  # fmt: skip
 
 

@@ -204,7 +204,7 @@ def run_corpus(
         "agent_alive": stage.alive,
         "deployer_alive": any(s in TERMINAL for s in states),
         "valid_install_after": "active" in states,
-        "valid_states": states,
+        "valid_states": [s for i, s in enumerate(states) if i == 0 or states[i - 1] != s],
         "serving_gap_s_max": round(serving_gap(stage.recorder, began, ended), 3),
         "arrival_gap_s_max": round(arrival_gap(stage.recorder, began, ended), 3),
         "rss_peak_mb": round(stage.rss_peak_mb(), 1),

@@ -161,16 +161,22 @@ class Publisher:
     def _send(self, topic: str, data: bytes, retain: bool) -> None:
         if self._over_cap(topic, data):
             self.refused += 1
-            throwaway = connect(BrokerAddress(self.broker.host, self.broker.port))
-            # The broker cuts the connection: what a capped broker does.
-            with contextlib.suppress(RuntimeError, ValueError):
-                throwaway.publish(topic, data, qos=0, retain=retain).wait_for_publish(5)
-            disconnect(throwaway)
+            self._send_over_cap(topic, data, retain)
             return
         assert self._client is not None
         self._pending.append(self._client.publish(topic, data, qos=1, retain=retain))
         while len(self._pending) > 32:  # a window, as a push keeps one
             self._pending.pop(0).wait_for_publish(30)
+
+    def _send_over_cap(self, topic: str, data: bytes, retain: bool) -> None:
+        """On a connection of its own, which the broker cuts as soon as it reads the size."""
+        throwaway = connect(BrokerAddress(self.broker.host, self.broker.port))
+        cut = threading.Event()
+        throwaway.on_disconnect = lambda *_args: cut.set()
+        with contextlib.suppress(RuntimeError, ValueError):
+            throwaway.publish(topic, data, qos=0, retain=retain)
+        cut.wait(10)
+        disconnect(throwaway)
 
     def publish(self, payload: Payload) -> None:
         for topic, data in payload.before:  # supporting chunks, once each

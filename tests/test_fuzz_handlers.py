@@ -116,7 +116,7 @@ def valid_after(rig: Rig, scene: Scene, version: str) -> list[str]:
     return problems
 
 
-def run_corpus(rigs: Rigs, scene: Scene, payloads: list[Payload], crashes: Crashes) -> None:
+def feed_corpus(rigs: Rigs, scene: Scene, payloads: list[Payload], crashes: Crashes) -> None:
     failures: dict[str, list[str]] = {}
     for payload in payloads:
         threads = len(crashes.threads)
@@ -142,14 +142,14 @@ def deploy_corpus(scene: Scene) -> list[Payload]:
 
 
 def test_corpus_sample_in_process(rigs, scene, crashes) -> None:  # type: ignore[no-untyped-def]
-    run_corpus(rigs, scene, subset(deploy_corpus(scene), per_kind=4), crashes)
+    feed_corpus(rigs, scene, subset(deploy_corpus(scene), per_kind=4), crashes)
 
 
 @pytest.mark.slow
 def test_whole_corpus_in_process(rigs, scene, crashes) -> None:  # type: ignore[no-untyped-def]
     payloads = deploy_corpus(scene)
     assert len(payloads) >= 2000
-    run_corpus(rigs, scene, payloads, crashes)
+    feed_corpus(rigs, scene, payloads, crashes)
 
 
 def fuzz_deployer(rigs: Rigs, scene: Scene, examples: int) -> None:

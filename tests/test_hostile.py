@@ -132,7 +132,9 @@ def test_sensor_agent_survives_hostile_samples(
             attacker.publish(payload)
         attacker.close()
         ended = time.time()
-        stage.recorder.wait(lambda: bool(stage.recorder.results_since(ended)), 20)
+        stage.recorder.wait(
+            lambda: bool(stage.recorder.results_since(ended)) or not stage.alive, 20
+        )
         gap = serving_gap(stage.recorder, began, ended)
         alive, rss = stage.alive, stage.rss_peak_mb()
     finally:
@@ -276,11 +278,15 @@ def test_8mib_floods_past_an_uncapped_broker_leave_memory_bounded(
         attacker.flush()
         rec, version = stage.recorder, version_of(stuck)
         assert rec.wait(lambda: "downloading" in rec.deployment(version or "?"), 30)
+        # While the deployer waits for chunks that never come: 30 on the deploy scopes, then 10
+        # on the chunk topics it holds (not retained, so each fails its hash once and the
+        # download keeps waiting rather than ending early).
         sha = json.loads(stuck.data)["manifest"]["model"]["sha256"]
         chunk_topics = [TOPICS.blob_chunk(sha, i) for i in range(10)]
         for i, (_, data) in enumerate(floods(random.Random(8), 40, 0)):
-            topics = chunk_topics if i < 10 else scene.deploy_topics
-            attacker.publish(Payload("flood:8mib", topics[i % len(topics)], data))
+            on_chunks = i >= 30
+            topic = chunk_topics[i - 30] if on_chunks else scene.deploy_topics[i % 3]
+            attacker.publish(Payload("flood:8mib", topic, data, retain=not on_chunks))
         attacker.flush()
         states = install_after(attacker, stage, v2, TOPICS, backlog_s=60)
         rss, alive = stage.rss_peak_mb(), stage.alive
