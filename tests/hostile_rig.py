@@ -21,7 +21,14 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from hostile import Payload, event_problems
 
-from agent.config import AgentConfig, DeployConfig, DeviceConfig, MqttConfig, SourceConfig
+from agent.config import (
+    AgentConfig,
+    DeployConfig,
+    DeviceConfig,
+    MqttConfig,
+    SourceConfig,
+    TrustConfig,
+)
 from agent.contract import Topics, TrustStore
 from agent.deployer import Deployer
 from agent.link import MqttLink
@@ -126,7 +133,7 @@ class Rig:
         self.config = AgentConfig(
             device=DeviceConfig(id=DEVICE, groups=GROUPS, state_dir=state),
             mqtt=MqttConfig(host=self.broker.host, port=self.broker.port),
-            trust={"public_keys": (self.public_key,)},  # type: ignore[arg-type]
+            trust=TrustConfig(public_keys=(self.public_key,)),
             source=SourceConfig(uri=str(self.work / "unused.avi")),
             deploy=DeployConfig(fetch_timeout=self.fetch_timeout, probe_timeout=30, probation_s=0),
         )  # fmt: skip
@@ -146,7 +153,7 @@ class Rig:
             self.events.append, self.stop,
         )  # fmt: skip
         self.inbox = InboxWatch(self.deployer._inbox)
-        self.deployer._inbox = self.inbox  # type: ignore[assignment]
+        self.deployer._inbox = self.inbox
         self.deployer.start()
 
     @property

@@ -79,7 +79,7 @@ class Recorder:
             body = json.loads(msg.payload) if msg.payload else None
         except ValueError:
             body = None
-            self.invalid.append(f"{kind}: {size} bytes, not JSON ({digest(msg.payload)})")
+            self.invalid.append(f"{kind}: {size} bytes, not JSON ({digest(bytes(msg.payload))})")
         with self._cond:
             if kind == "results" and isinstance(body, list):
                 self.arrivals.append(now)

@@ -15,6 +15,7 @@ import threading
 from collections.abc import Iterator
 
 import numpy as np
+import paho.mqtt.client as mqtt
 import pytest
 from forge import package_from, sign_raw
 from hostile import Payload, Scene, corpus, subset
@@ -47,7 +48,7 @@ def broker() -> Iterator[MosquittoBroker]:
 
 
 @pytest.fixture(scope="module")
-def cloud(broker):  # type: ignore[no-untyped-def]
+def cloud(broker: MosquittoBroker) -> Iterator[mqtt.Client]:
     client = connect(BrokerAddress(broker.host, broker.port))
     yield client
     disconnect(client)
