@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -138,6 +139,16 @@ def reason_troubles(recorder: Recorder, labels: dict[str, str]) -> list[str]:
     return out
 
 
+def _remaining_length(n: int) -> bytes:
+    """MQTT's variable-length integer."""
+    out = bytearray()
+    while True:
+        n, digit = divmod(n, 128)
+        out.append(digit | (128 if n else 0))
+        if not n:
+            return bytes(out)
+
+
 @dataclass
 class Publisher:
     """Publishes payloads as an attacker would: QoS 1, retained where the payload says; one over
@@ -169,14 +180,21 @@ class Publisher:
             self._pending.pop(0).wait_for_publish(30)
 
     def _send_over_cap(self, topic: str, data: bytes, retain: bool) -> None:
-        """On a connection of its own, which the broker cuts as soon as it reads the size."""
-        throwaway = connect(BrokerAddress(self.broker.host, self.broker.port))
-        cut = threading.Event()
-        throwaway.on_disconnect = lambda *_args: cut.set()
-        with contextlib.suppress(RuntimeError, ValueError):
-            throwaway.publish(topic, data, qos=0, retain=retain)
-        cut.wait(10)
-        disconnect(throwaway)
+        """Raw MQTT 3.1.1 on a connection of its own (paho would wait on a socket the broker has
+        cut): CONNECT, then the PUBLISH, which the broker refuses once it reads the length."""
+        client_id = b"hostile-oversize"
+        connect_body = (
+            b"\x00\x04MQTT\x04\x02\x00\x1e" + len(client_id).to_bytes(2, "big") + client_id
+        )
+        name = topic.encode()
+        publish_body = len(name).to_bytes(2, "big") + name + data
+        with socket.create_connection((self.broker.host, self.broker.port), timeout=10) as sock:
+            sock.sendall(b"\x10" + _remaining_length(len(connect_body)) + connect_body)
+            sock.recv(4)  # CONNACK
+            with contextlib.suppress(OSError):  # the broker may reset before the last byte
+                sock.sendall(bytes([0x30 | retain]) + _remaining_length(len(publish_body)))
+                sock.sendall(publish_body)
+                sock.recv(1)  # returns b"" once the broker has closed the connection
 
     def publish(self, payload: Payload) -> None:
         for topic, data in payload.before:  # supporting chunks, once each
