@@ -112,22 +112,21 @@ def everywhere(scene: Scene, kind: str, items: Iterable[tuple[str, bytes]]) -> l
 
 
 def corpus(scene: Scene, seed: int = 12) -> list[Payload]:
-    """Every hostile payload, in publishing order: cheap ones shuffled (seeded) around the slow
-    signed ones, and last the signed manifests that today's agent installs (absurd version …),
-    so that they do not shadow the rest. ≥ 2,000 payloads."""
+    """Every hostile payload, in publishing order: first the signed ones that make the agent
+    download or probe (each hostile chunk just before the manifest that asks for it), then the
+    cheap ones shuffled (seeded), last the signed manifests that today's agent installs (absurd
+    version …), so that they do not shadow the rest. ≥ 2,000 payloads.
+
+    The slow ones go first because a publisher waits for each one's outcome (the deployer keeps
+    only the latest message per topic) and rejections are rate-limited: after a flood of cheap
+    ones an outcome could be held back and never seen."""
     from hostile_signed import installable, signed_cheap, signed_slow
     from hostile_wire import deploy_payloads, sensor_payloads
 
     rng = random.Random(seed)
     cheap = deploy_payloads(scene, rng) + signed_cheap(scene, rng) + sensor_payloads(scene, rng)
     rng.shuffle(cheap)
-    slow = signed_slow(scene)
-    # Slow ones at seeded positions, in their own order: the cheap ones pile up behind each.
-    total = len(cheap) + len(slow)
-    at = set(rng.sample(range(total), len(slow)))
-    slow_left, cheap_left = iter(slow), iter(cheap)
-    merged = [next(slow_left) if i in at else next(cheap_left) for i in range(total)]
-    return merged + installable(scene)
+    return signed_slow(scene) + cheap + installable(scene)
 
 
 def subset(payloads: list[Payload], per_kind: int, seed: int = 12) -> list[Payload]:

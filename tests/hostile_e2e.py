@@ -130,7 +130,7 @@ def version_of(payload: Payload) -> str | None:
     return version if isinstance(version, str) else None
 
 
-def settle(stage: Stage, version: str, since: int, first_s: float = 3, done_s: float = 60) -> bool:
+def settle(stage: Stage, version: str, since: int, first_s: float = 3, done_s: float = 40) -> bool:
     """Wait until the deployer has dealt with ``version``: within ``first_s`` a deployment event
     for it (or, after event number ``since``, a rejection naming no model: the schema refused
     it), then a terminal one within ``done_s``. False when nothing came (the rate limit may hold
