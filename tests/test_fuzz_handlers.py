@@ -1,7 +1,8 @@
 """Issue 12, in process: every topic handler of the agent fed hostile payloads — the deployer's
 (deploy scopes: device, group, fleet-wide), the fetcher's (chunk topics, through real downloads)
-and the ``mqtt:`` sensor source's — by the seeded corpus (tests/hostile.py) and by hypothesis
-(derandomized; a few thousand examples by default, ten times more under ``slow``).
+and the ``mqtt:`` sensor source's — by the seeded corpus (tests/hostile.py; three more seeds
+under ``slow``) and by hypothesis (derandomized; a few thousand examples by default, ten times
+more under ``slow``).
 
 For each payload: no exception escapes, the handling thread stays alive, every event it reports
 is strict JSON of at most 2,048 bytes whose reason is at most 256 characters and does not quote
@@ -117,7 +118,9 @@ def valid_after(rig: Rig, scene: Scene, version: str) -> list[str]:
     return problems
 
 
-def feed_corpus(rigs: Rigs, scene: Scene, payloads: list[Payload], crashes: Crashes) -> None:
+def feed_corpus(
+    rigs: Rigs, scene: Scene, payloads: list[Payload], crashes: Crashes, seed: int = 12
+) -> None:
     failures: dict[str, list[str]] = {}
     for payload in payloads:
         threads = len(crashes.threads)
@@ -128,7 +131,7 @@ def feed_corpus(rigs: Rigs, scene: Scene, payloads: list[Payload], crashes: Cras
         problems += crashes.threads[threads:]
         if problems:
             failures.setdefault(payload.kind, []).append(f"{payload.label}: {'; '.join(problems)}")
-    failures_after = valid_after(rigs.live(), scene, "2.0.0")
+    failures_after = valid_after(rigs.live(), scene, f"2.0.{seed}")  # newer with every seed
     if failures_after:
         failures["valid-after"] = failures_after
     lines = [f"{kind}: {len(items)} payloads, e.g. {items[0][:300]}" for kind, items in
@@ -138,19 +141,20 @@ def feed_corpus(rigs: Rigs, scene: Scene, payloads: list[Payload], crashes: Cras
     assert not failures, "\n".join(lines)
 
 
-def deploy_corpus(scene: Scene) -> list[Payload]:
-    return [p for p in corpus(scene) if not p.kind.startswith("sensor:")]
+def deploy_corpus(scene: Scene, seed: int = 12) -> list[Payload]:
+    return [p for p in corpus(scene, seed) if not p.kind.startswith("sensor:")]
 
 
-def test_corpus_sample_in_process(rigs, scene, crashes) -> None:  # type: ignore[no-untyped-def]
-    feed_corpus(rigs, scene, subset(deploy_corpus(scene), per_kind=4), crashes)
-
-
-@pytest.mark.slow
-def test_whole_corpus_in_process(rigs, scene, crashes) -> None:  # type: ignore[no-untyped-def]
+def test_corpus_in_process(rigs, scene, crashes) -> None:  # type: ignore[no-untyped-def]
     payloads = deploy_corpus(scene)
     assert len(payloads) >= 2000
     feed_corpus(rigs, scene, payloads, crashes)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [13, 14, 15])
+def test_corpus_of_other_seeds_in_process(rigs, scene, crashes, seed: int) -> None:  # type: ignore[no-untyped-def]
+    feed_corpus(rigs, scene, deploy_corpus(scene, seed), crashes, seed)
 
 
 def fuzz_deployer(rigs: Rigs, scene: Scene, examples: int) -> None:

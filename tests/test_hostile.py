@@ -1,12 +1,13 @@
 """Issue 12 end to end: hostile payloads at a real agent on a real Mosquitto with the shipped
 1 MiB packet cap. Nothing a broker delivers may silence the agent, fill its memory or its disk:
 
-- the corpus (tests/hostile.py; a per-kind sample by default, all of it under ``slow``): agent
-  and deployer alive, a valid deployment installs afterwards, a result at least every second,
-  VmHWM ≤ 200 MB, state_dir ≤ 2 × the largest model, no event over 2,048 bytes;
+- the corpus (tests/hostile.py; a per-kind sample by default, all of it for three seeds under
+  ``slow``): agent and deployer alive, a valid deployment installs afterwards, a result at least
+  every second, VmHWM ≤ 200 MB, state_dir ≤ 2 × the largest model, no event over 2,048 bytes;
 - the same for a sensor agent reading an ``mqtt:`` topic, and for 8 MiB floods past a broker
   without a cap;
-- the outbox drains after a 30 s outage with 6 KB results under a 1 MiB packet cap;
+- the outbox drains after a 30 s outage with 6 KB results under a 1 MiB packet cap (``slow``:
+  tests/test_hardening_upstream.py has the same case in the default run);
 - a full state_dir is reported, and the agent recovers once space returns.
 """
 
@@ -87,25 +88,29 @@ def attack(capped, compiled, v2, signing_keys, video, tmp_path, payloads: list[P
     assert not problems, "\n".join([*problems, str(summary), agent.output()[-4000:]])
 
 
-def deploy_corpus(compiled, signing_keys, tmp_path: Path) -> list[Payload]:  # type: ignore[no-untyped-def]
-    every = corpus(scene_of(compiled, signing_keys, tmp_path))
+def deploy_corpus(compiled, signing_keys, tmp_path: Path, seed: int = 12) -> list[Payload]:  # type: ignore[no-untyped-def]
+    every = corpus(scene_of(compiled, signing_keys, tmp_path), seed)
     return [p for p in every if not p.kind.startswith("sensor:")]
 
 
 def test_hostile_corpus_sample_leaves_the_agent_serving_and_deployable(
     capped, compiled, v2, signing_keys, video, tmp_path
 ) -> None:  # type: ignore[no-untyped-def]
+    """At most three payloads of each kind (every kind of the corpus)."""
     payloads = subset(deploy_corpus(compiled, signing_keys, tmp_path), per_kind=3)
     attack(capped, compiled, v2, signing_keys, video, tmp_path, payloads, backlog_s=90)
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("seed", [12, 13, 14])
 def test_hostile_corpus_whole_leaves_the_agent_serving_and_deployable(
-    capped, compiled, v2, signing_keys, video, tmp_path
+    capped, compiled, v2, signing_keys, video, tmp_path, seed: int
 ) -> None:  # type: ignore[no-untyped-def]
-    payloads = deploy_corpus(compiled, signing_keys, tmp_path)
+    """Every payload, for the default seed and two more (other shuffles, mutants, truncations
+    and random bytes)."""
+    payloads = deploy_corpus(compiled, signing_keys, tmp_path, seed)
     assert len(payloads) >= 2000
-    attack(capped, compiled, v2, signing_keys, video, tmp_path, payloads, backlog_s=300)
+    attack(capped, compiled, v2, signing_keys, video, tmp_path, payloads, backlog_s=120)
 
 
 def sensor_payloads(compiled, signing_keys, tmp_path: Path, per_kind: int) -> list[Payload]:  # type: ignore[no-untyped-def]
