@@ -34,7 +34,7 @@ def start(mosquitto, cloud, signing_keys, video, tmp_path, *, extra=DEPLOY, home
         tmp_path / "agent.toml", port=mosquitto.port, public_keys=[signing_keys[1]], video=video,
         state=tmp_path / "state", device=DEVICE, extra=extra,
     )  # fmt: skip
-    env = {k: v for k, v in os.environ.items() if k != "ORT_DISABLE_TELEMETRY"}
+    env = {k: v for k, v in os.environ.items() if k not in ("ORT_DISABLE_TELEMETRY", "CI")}
     env["EDGEWISE_DEVICE__GROUPS"] = f'["{GROUP}"]'
     if home is not None:
         env.update(HOME=str(home), XDG_CACHE_HOME=str(home / ".cache"))
