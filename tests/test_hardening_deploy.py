@@ -338,5 +338,7 @@ def test_a_flood_of_big_deploy_messages_leaves_memory_flat(
     finally:
         stop(device)
     print(f"agent memory before {before}, after {after} (MB)")
-    assert after["VmHWM"] <= 200, (before, after)
+    # The flood and the install of 1.1.0 may add at most 60 MB to the peak: the agent's own
+    # baseline varies with the machine's load (113-166 MB seen), the flood's cost must not.
+    assert after["VmHWM"] - before["VmHWM"] <= 60, (before, after)
     assert after["VmRSS"] - before["VmRSS"] <= 40, (before, after)
