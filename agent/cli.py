@@ -17,11 +17,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
 
-from .config import load_config
-from .contract import ContractError
-from .errors import AgentError, ConfigError, UsageError
-from .logs import setup_logging
-from .preflight import source_problems, startup_problems
+from agent.config import load_config
+from agent.contract import ContractError
+from agent.errors import AgentError, ConfigError, UsageError
+from agent.logs import setup_logging
+from agent.preflight import source_problems, startup_problems
 
 EX_FAILURE = 1
 EX_USAGE = 2
@@ -87,7 +87,7 @@ def _one_line(text: str) -> str:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from .bench import print_table, run_bench
+    from agent.inference.bench import print_table, run_bench
 
     report = run_bench(args.package, str(args.source), args.frames, args.threads)
     print_table(report)
@@ -110,7 +110,7 @@ def _run(args: argparse.Namespace) -> int:
     problems = startup_problems(config)
     if problems:
         raise ConfigError(f"{args.config}: {'; '.join(problems)}")
-    from .daemon import Agent  # keep check-config light: no onnxruntime import
+    from agent.daemon import Agent  # keep check-config light: no onnxruntime import
 
     try:
         agent = Agent(config, max_results=args.max_results, config_path=args.config)

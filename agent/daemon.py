@@ -13,24 +13,35 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import __version__
-from .config import AgentConfig, changed_keys, load_config, reloadable
-from .contract import ContractError, Topics, TrustStore
-from .deployer import Deployer
-from .errors import AgentError, ConfigError, ModelLoadError
-from .link import MqttLink
-from .notify import SystemdNotifier, Watchdog
-from .outbox import Outbox
-from .pipeline import CaptureWorker, FrameSlot, HealthStats, InferenceWorker, ModelSlot
-from .results import RateFilter, ResultBuilder
-from .runtime import Inference, ModelSession
-from .sizing import payload_budget
-from .sources import Frame, make_source
-from .spool import Spool
-from .stats import StageStats
-from .store import ModelStore
-from .telemetry import ProcessSampler, PrometheusExporter, TelemetryReporter, telemetry_message
-from .uplink import ResultsUplink
+from agent import __version__
+from agent.comms.link import MqttLink
+from agent.comms.sizing import payload_budget
+from agent.config import AgentConfig, changed_keys, load_config, reloadable
+from agent.contract import ContractError, Topics, TrustStore
+from agent.delivery.deployer import Deployer
+from agent.delivery.store import ModelStore
+from agent.errors import AgentError, ConfigError, ModelLoadError
+from agent.inference.pipeline import (
+    CaptureWorker,
+    FrameSlot,
+    HealthStats,
+    InferenceWorker,
+    ModelSlot,
+)
+from agent.inference.runtime import Inference, ModelSession
+from agent.inference.stats import StageStats
+from agent.notify import SystemdNotifier, Watchdog
+from agent.sources.opencv import Frame, make_source
+from agent.upstream.outbox import Outbox
+from agent.upstream.results import RateFilter, ResultBuilder
+from agent.upstream.spool import Spool
+from agent.upstream.telemetry import (
+    ProcessSampler,
+    PrometheusExporter,
+    TelemetryReporter,
+    telemetry_message,
+)
+from agent.upstream.uplink import ResultsUplink
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +102,7 @@ class Agent:
         self._device = config.device.id
         self._topics = Topics(config.mqtt.topic_root)
         self._max_results = max_results
-        # A result too big for a message on its own is stored cut (agent.sizing).
+        # A result too big for a message on its own is stored cut (agent.comms.sizing).
         lone = payload_budget(self._topics.results(self._device), config.mqtt.max_packet_bytes) - 2
         self.results = ResultBuilder(self._device, self.boot_id, config.source.uri, lone)
         self.rate = RateFilter(config.results)

@@ -18,8 +18,8 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-from .config import AgentConfig, SourceConfig
-from .errors import SourceError
+from agent.config import AgentConfig, SourceConfig
+from agent.errors import SourceError
 
 PROBE_TIMEOUT_S = 2.0
 
@@ -32,7 +32,7 @@ def startup_problems(config: AgentConfig) -> list[str]:
         if (error := _import_error(module))
     ]
     if config.source.kind == "picamera":
-        from .picamera import import_picamera2
+        from agent.sources.picamera import import_picamera2
 
         try:
             import_picamera2()

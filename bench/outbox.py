@@ -23,14 +23,14 @@ from types import SimpleNamespace
 import numpy as np
 import paho.mqtt.client as mqtt
 
+from agent.comms.link import MqttLink
 from agent.config import MqttConfig
 from agent.contract import Topics
-from agent.link import MqttLink
-from agent.outbox import Outbox
-from agent.postprocess import Prediction
-from agent.results import ResultBuilder
-from agent.sources import Frame
-from agent.uplink import ResultsUplink
+from agent.inference.postprocess import Prediction
+from agent.sources.opencv import Frame
+from agent.upstream.outbox import Outbox
+from agent.upstream.results import ResultBuilder
+from agent.upstream.uplink import ResultsUplink
 from compiler.broker import MosquittoBroker
 from compiler.mqtt import BrokerAddress, connect, disconnect
 from compiler.results import Deduper, DeviceFeed

@@ -22,10 +22,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from device_harness import install, start_device
 
-from agent.command import CommandSource
 from agent.config import SourceConfig
 from agent.contract import generate_keypair
-from agent.pipeline import CaptureWorker, FrameSlot
+from agent.inference.pipeline import CaptureWorker, FrameSlot
+from agent.sources.command import CommandSource
 from compiler.broker import MosquittoBroker
 from compiler.datasets import load_dataset
 from compiler.demo_model import train_demo_model

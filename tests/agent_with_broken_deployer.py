@@ -5,7 +5,7 @@ boundary cannot catch (BROKEN_DEPLOYER=crash: a BaseException reaches the thread
 import os
 import sys
 
-import agent.deployer
+import agent.delivery.deployer
 
 
 class Fatal(BaseException):
@@ -22,9 +22,9 @@ def vanish(self):  # type: ignore[no-untyped-def]
 
 
 if os.environ["BROKEN_DEPLOYER"] == "crash":
-    agent.deployer.Deployer._handle = crash  # type: ignore[method-assign]
+    agent.delivery.deployer.Deployer._handle = crash  # type: ignore[method-assign]
 else:
-    agent.deployer.Deployer.run = vanish  # type: ignore[method-assign]
+    agent.delivery.deployer.Deployer.run = vanish  # type: ignore[method-assign]
 from agent.cli import main  # noqa: E402
 
 sys.exit(main(sys.argv[1:]))

@@ -9,7 +9,7 @@ from pathlib import Path
 from helpers import AgentProcess
 
 from agent.contract import Topics
-from agent.store import ModelStore
+from agent.delivery.store import ModelStore
 from compiler.demo import write_agent_config
 from compiler.package import Package
 from compiler.push import publish_blobs

@@ -21,6 +21,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from hostile import Payload, event_problems
 
+from agent.comms.link import MqttLink
 from agent.config import (
     AgentConfig,
     DeployConfig,
@@ -30,11 +31,10 @@ from agent.config import (
     TrustConfig,
 )
 from agent.contract import Topics, TrustStore
-from agent.deployer import Deployer
-from agent.link import MqttLink
-from agent.pipeline import HealthStats, ModelSlot
-from agent.runtime import ModelSession
-from agent.store import ModelStore
+from agent.delivery.deployer import Deployer
+from agent.delivery.store import ModelStore
+from agent.inference.pipeline import HealthStats, ModelSlot
+from agent.inference.runtime import ModelSession
 from compiler.broker import MosquittoBroker
 from compiler.package import Package
 

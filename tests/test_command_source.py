@@ -19,13 +19,13 @@ import cv2
 import numpy as np
 import pytest
 
-from agent import command, picamera
-from agent.command import CommandSource
 from agent.config import SourceConfig
 from agent.errors import SourceError
-from agent.picamera import PicameraSource
-from agent.pipeline import CaptureWorker, FrameSlot
-from agent.sources import Frame, make_source
+from agent.inference.pipeline import CaptureWorker, FrameSlot
+from agent.sources import command, picamera
+from agent.sources.command import CommandSource
+from agent.sources.opencv import Frame, make_source
+from agent.sources.picamera import PicameraSource
 
 TIMEOUT = 20.0  # generous: the suite may share two cores with ffmpeg and ONNX Runtime
 FFMPEG = ["ffmpeg", "-hide_banner", "-nostats", "-loglevel", "error"]
@@ -147,7 +147,7 @@ def test_a_missing_program_is_a_clear_source_error() -> None:
 
 def test_stderr_is_logged_and_explains_the_exit(caplog: pytest.LogCaptureFixture, stop) -> None:
     src = source(["sh", "-c", "echo starting >&2; echo camera unplugged >&2; exit 3"], 64, 48)
-    with caplog.at_level(logging.INFO, logger="agent.childlog"):
+    with caplog.at_level(logging.INFO, logger="agent.sources.childlog"):
         src.open()
         try:
             with pytest.raises(SourceError, match=r"'sh' exited with 3: camera unplugged$"):

@@ -21,7 +21,7 @@ from agent.contract import (
     load_public_key,
     sign_manifest,
 )
-from agent.store import verify_blob
+from agent.delivery.store import verify_blob
 from compiler.digits import LABELS, PREPROCESS
 
 

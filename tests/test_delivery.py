@@ -16,7 +16,7 @@ from forge import edited, package_from, resign, sign_raw
 from onnx_models import flaky_model
 
 from agent.contract import generate_keypair, iter_chunks
-from agent.store import ModelStore
+from agent.delivery.store import ModelStore
 from compiler.push import push_package
 
 # --- a good push -------------------------------------------------------------------------------
@@ -354,7 +354,7 @@ def test_sigterm_during_a_probe_kills_it_and_quarantines_nothing(
 
 
 def probe_children(parent: int) -> list[int]:
-    """Pids of ``python -m agent.probe`` processes whose parent is ``parent``."""
+    """Pids of ``python -m agent.delivery.probe`` processes whose parent is ``parent``."""
     found = []
     for status in Path("/proc").glob("[0-9]*/status"):
         try:
@@ -362,6 +362,6 @@ def probe_children(parent: int) -> list[int]:
             cmdline = (status.parent / "cmdline").read_bytes()
         except (OSError, ValueError):
             continue
-        if fields.get("PPid", "").strip() == str(parent) and b"agent.probe" in cmdline:
+        if fields.get("PPid", "").strip() == str(parent) and b"agent.delivery.probe" in cmdline:
             found.append(int(status.parent.name))
     return found

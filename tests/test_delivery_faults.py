@@ -18,8 +18,8 @@ from onnx_models import wide_model
 
 from agent.config import RuntimeConfig
 from agent.contract import TrustStore
-from agent.runtime import ModelSession
-from agent.store import ModelStore
+from agent.delivery.store import ModelStore
+from agent.inference.runtime import ModelSession
 from compiler.broker import MosquittoBroker
 from compiler.mqtt import BrokerAddress, connect, disconnect
 from compiler.results import DeviceFeed

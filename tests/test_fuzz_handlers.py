@@ -29,7 +29,7 @@ from hypothesis import strategies as st
 
 from agent.config import MqttConfig, SourceConfig
 from agent.contract import describe_blob, generate_keypair
-from agent.sensors import SensorSource, parse_sample
+from agent.sources.sensors import SensorSource, parse_sample
 from compiler.broker import MosquittoBroker
 from compiler.mqtt import BrokerAddress, connect, disconnect
 from compiler.push import publish_blobs

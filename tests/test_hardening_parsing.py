@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from forge import sign_raw
 
-from agent.admission import check_admission
+from agent.comms.guard import Boundary, RateLimit
 from agent.config import DeployConfig
 from agent.contract import (
     ContractError,
@@ -29,10 +29,10 @@ from agent.contract import (
     sign_manifest,
     summarise,
 )
-from agent.deploy_errors import Rejected
+from agent.delivery.admission import check_admission
+from agent.delivery.outcomes import Rejected
 from agent.errors import DeployError
-from agent.guard import Boundary, RateLimit
-from agent.sensors import parse_sample
+from agent.sources.sensors import parse_sample
 from compiler.digits import LABELS, PREPROCESS
 
 # --- strict JSON ---------------------------------------------------------------------------

@@ -7,8 +7,8 @@ import threading
 import time
 
 from agent.config import MqttConfig, SourceConfig
-from agent.sensor_inputs import MQTT_MAX_MESSAGE, MQTT_QUEUE, MQTT_QUEUE_BYTES
-from agent.sensors import SensorSource
+from agent.sources.sensor_inputs import MQTT_MAX_MESSAGE, MQTT_QUEUE, MQTT_QUEUE_BYTES
+from agent.sources.sensors import SensorSource
 
 TOPIC = "plant/line-1/vibration"
 

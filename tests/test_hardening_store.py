@@ -15,12 +15,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent.bounded import DropOldest, Mailbox, RecentSet
+from agent.comms.bounded import DropOldest, Mailbox, RecentSet
+from agent.comms.guard import Boundary, Oversize
 from agent.contract import BlobSpec, ClassificationSpec, Topics, describe_blob
-from agent.fetcher import ChunkFetcher, FetchStats, _Window
-from agent.golden import GoldenError, load_golden
-from agent.guard import Boundary, Oversize
-from agent.store import MAX_QUARANTINE, ModelStore
+from agent.delivery.fetcher import ChunkFetcher, FetchStats, _Window
+from agent.delivery.golden import GoldenError, load_golden
+from agent.delivery.store import MAX_QUARANTINE, ModelStore
 
 # --- bounded containers --------------------------------------------------------------------
 
@@ -235,13 +235,13 @@ def test_onnx_runtime_writes_nothing_under_home(compiled, tmp_path: Path) -> Non
     env = {k: v for k, v in os.environ.items() if k not in ("ORT_DISABLE_TELEMETRY", "CI")}
     env.update(HOME=str(home), XDG_CACHE_HOME=str(home / ".cache"))
     code = (
-        "from agent.onnxrt import ort; import sys;"
+        "from agent.inference.onnxrt import ort; import sys;"
         "ort.InferenceSession(sys.argv[1], providers=['CPUExecutionProvider'])"
     )
     model = str(compiled.package.model_path)
     subprocess.run([sys.executable, "-c", code, model], env=env, check=True, timeout=60)
     assert not list(home.rglob("*"))
     # Control: plain onnxruntime does write there, so the check above means something.
-    plain = code.replace("from agent.onnxrt import ort", "import onnxruntime as ort")
+    plain = code.replace("from agent.inference.onnxrt import ort", "import onnxruntime as ort")
     subprocess.run([sys.executable, "-c", plain, model], env=env, check=True, timeout=60)
     assert list(home.rglob("*")), "this onnxruntime build has no telemetry to switch off"

@@ -16,11 +16,11 @@ from device_harness import DEVICE, TOPICS, install
 from helpers import AgentProcess
 
 from agent.config import RuntimeConfig
+from agent.inference.pipeline import FrameSlot, HealthStats, InferenceWorker, ModelSlot
+from agent.inference.runtime import ModelSession
+from agent.inference.stats import StageStats
 from agent.notify import SystemdNotifier, Watchdog
-from agent.pipeline import FrameSlot, HealthStats, InferenceWorker, ModelSlot
-from agent.runtime import ModelSession
-from agent.sources import Frame
-from agent.stats import StageStats
+from agent.sources.opencv import Frame
 from compiler.demo import write_agent_config
 from compiler.results import Deduper, DeviceFeed
 

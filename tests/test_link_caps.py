@@ -9,8 +9,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from agent.comms.link import MqttLink
 from agent.config import MqttConfig
-from agent.link import MqttLink
 from compiler.broker import MosquittoBroker
 from compiler.mqtt import BrokerAddress, Subscriber, connect, disconnect
 

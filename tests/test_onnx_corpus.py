@@ -14,7 +14,7 @@ from torch import nn
 
 from agent.config import RuntimeConfig
 from agent.contract import preprocess_batch
-from agent.runtime import ModelSession
+from agent.inference.runtime import ModelSession
 from compiler.datasets import DataError, Dataset
 from compiler.digits import PREPROCESS
 from compiler.errors import ModelInputError

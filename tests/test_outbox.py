@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from agent.outbox import Outbox
+from agent.upstream.outbox import Outbox
 
 
 def payload(i: int) -> bytes:

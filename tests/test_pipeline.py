@@ -12,11 +12,11 @@ from device_harness import DEVICE, TOPICS, install
 from helpers import BIN, AgentProcess
 
 from agent.config import ResultsConfig
-from agent.pipeline import FrameSlot
-from agent.postprocess import Prediction
-from agent.results import RateFilter
-from agent.runtime import Inference
-from agent.sources import Frame
+from agent.inference.pipeline import FrameSlot
+from agent.inference.postprocess import Prediction
+from agent.inference.runtime import Inference
+from agent.sources.opencv import Frame
+from agent.upstream.results import RateFilter
 from compiler.demo import write_agent_config
 from compiler.results import DeviceFeed
 from compiler.video import write_digits_video

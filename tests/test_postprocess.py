@@ -15,7 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from agent.contract import ClassificationSpec, DetectionSpec, PreprocessSpec, ScoreSpec, SensorSpec
 from agent.contract import preprocess as to_model_input
-from agent.postprocess import Prediction, classify, detect, postprocess, score
+from agent.inference.postprocess import Prediction, classify, detect, postprocess, score
 
 LABELS = ("person", "car", "dog")
 IDENTITY = PreprocessSpec(width=320, height=320)  # a 320×320 frame passes through unchanged

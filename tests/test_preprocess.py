@@ -11,7 +11,7 @@ import pytest
 
 from agent.config import SourceConfig
 from agent.contract import PreprocessSpec, preprocess, preprocess_batch
-from agent.sources import FrameSource
+from agent.sources.opencv import FrameSource
 from compiler.digits import PREPROCESS
 from compiler.video import FRAME_SIZE, write_digits_video
 

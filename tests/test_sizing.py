@@ -1,10 +1,10 @@
-"""Fitting results and events under the packet cap (agent.sizing), without a broker."""
+"""Fitting results and events under the packet cap (agent.comms.sizing), without a broker."""
 
 from __future__ import annotations
 
 import json
 
-from agent.sizing import (
+from agent.comms.sizing import (
     PUBLISH_OVERHEAD,
     fit_result,
     fit_result_bytes,

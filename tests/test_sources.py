@@ -18,12 +18,12 @@ import numpy as np
 import paho.mqtt.client as mqtt
 import pytest
 
-from agent import sensor_inputs
 from agent.config import MqttConfig, SourceConfig
 from agent.errors import SourceError
-from agent.images import ImageFolderSource
-from agent.sensors import SensorSource, parse_sample
-from agent.sources import Frame
+from agent.sources import sensor_inputs
+from agent.sources.images import ImageFolderSource
+from agent.sources.opencv import Frame
+from agent.sources.sensors import SensorSource, parse_sample
 from compiler.broker import MosquittoBroker, free_port
 
 TIMEOUT = 5.0
@@ -286,7 +286,7 @@ def test_fifo_removed_while_waiting_raises(tmp_path: Path, stop) -> None:
 STDIN_READER = """
 import threading
 from agent.config import SourceConfig
-from agent.sensors import SensorSource
+from agent.sources.sensors import SensorSource
 source = SensorSource(SourceConfig(kind="sensor", uri="-", window=2, hop=1))
 source.open()
 stop = threading.Event()

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from small_disk import fill, tmpfs
 
-from agent.outbox import Outbox
-from agent.spool import Spool
+from agent.upstream.outbox import Outbox
+from agent.upstream.spool import Spool
 
 
 class Clock:

@@ -11,7 +11,7 @@ from device_harness import install
 from forge import package_from
 
 from agent.contract import IntegrityError, TrustStore
-from agent.store import ModelStore
+from agent.delivery.store import ModelStore
 
 
 def trust(keys) -> TrustStore:  # type: ignore[no-untyped-def]

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from agent.contract import Topics
-from agent.telemetry import UPSTREAM, ProcessSampler, PrometheusExporter, telemetry_message
+from agent.upstream.telemetry import UPSTREAM, ProcessSampler, PrometheusExporter, telemetry_message
 from compiler.fleet import FleetView
 
 STAGES = {

@@ -3,9 +3,15 @@
 Owned by the agent so a device needs nothing else; the compiler imports it.
 """
 
-from .blob import describe_blob, iter_chunks, sha256_file
-from .errors import ContractError, IntegrityError, ManifestError, PayloadError, SignatureError
-from .manifest import (
+from agent.contract.blob import describe_blob, iter_chunks, sha256_file
+from agent.contract.errors import (
+    ContractError,
+    IntegrityError,
+    ManifestError,
+    PayloadError,
+    SignatureError,
+)
+from agent.contract.manifest import (
     DEFAULT_CHUNK_SIZE,
     BlobSpec,
     ClassificationSpec,
@@ -16,7 +22,7 @@ from .manifest import (
     describe_errors,
     parse_semver,
 )
-from .preprocess import (
+from agent.contract.preprocess import (
     PreprocessSpec,
     SensorSpec,
     letterbox_transform,
@@ -24,8 +30,8 @@ from .preprocess import (
     preprocess_batch,
     to_tensor,
 )
-from .reasons import MAX_REASON, clip, summarise
-from .signing import (
+from agent.contract.reasons import MAX_REASON, clip, summarise
+from agent.contract.signing import (
     TrustStore,
     canonical_json,
     generate_keypair,
@@ -35,8 +41,8 @@ from .signing import (
     sign_manifest,
     write_private,
 )
-from .strictjson import parse_json
-from .topics import DEVICE_ID_PATTERN, Topics
+from agent.contract.strictjson import parse_json
+from agent.contract.topics import DEVICE_ID_PATTERN, Topics
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",

@@ -6,7 +6,7 @@ import hashlib
 from collections.abc import Iterator
 from pathlib import Path
 
-from .manifest import DEFAULT_CHUNK_SIZE, BlobSpec
+from agent.contract.manifest import DEFAULT_CHUNK_SIZE, BlobSpec
 
 
 def iter_chunks(path: Path, chunk_size: int) -> Iterator[bytes]:

@@ -21,10 +21,10 @@ from pydantic import (
     model_validator,
 )
 
-from .errors import ManifestError
-from .names import not_reserved
-from .preprocess import InputTransform, kind_or
-from .reasons import clip
+from agent.contract.errors import ManifestError
+from agent.contract.names import not_reserved
+from agent.contract.preprocess import InputTransform, kind_or
+from agent.contract.reasons import clip
 
 SCHEMA_VERSION: Literal[1] = 1
 DEFAULT_CHUNK_SIZE = 128 * 1024

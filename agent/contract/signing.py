@@ -24,9 +24,9 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from .errors import ManifestError, PayloadError, SignatureError
-from .manifest import Manifest
-from .strictjson import parse_json
+from agent.contract.errors import ManifestError, PayloadError, SignatureError
+from agent.contract.manifest import Manifest
+from agent.contract.strictjson import parse_json
 
 
 def canonical_json(obj: Any) -> bytes:

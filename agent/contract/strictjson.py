@@ -14,7 +14,7 @@ import math
 import re
 from typing import Any
 
-from .errors import PayloadError
+from agent.contract.errors import PayloadError
 
 MAX_DEPTH = 32  # a manifest nests 4 deep; a sensor sample 2
 _SURROGATE = re.compile(r"[\ud800-\udfff]")

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from .contract.manifest import ClassificationSpec, DetectionSpec, PostprocessSpec, ScoreSpec
-from .contract.preprocess import PreprocessSpec, SensorSpec, letterbox_transform
+from agent.contract.manifest import ClassificationSpec, DetectionSpec, PostprocessSpec, ScoreSpec
+from agent.contract.preprocess import PreprocessSpec, SensorSpec, letterbox_transform
 
 Box = tuple[float, float, float, float]
 

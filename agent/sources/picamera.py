@@ -12,9 +12,9 @@ import threading
 import time
 from typing import Any
 
-from .config import SourceConfig
-from .errors import SourceError
-from .sources import Frame
+from agent.config import SourceConfig
+from agent.errors import SourceError
+from agent.sources.opencv import Frame
 
 POLL_S = 0.2  # longest a read waits before looking at its stop event again
 STALL_S = 10.0  # no frame for this long: the camera is hung and is opened again

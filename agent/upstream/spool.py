@@ -19,7 +19,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from .outbox import Outbox
+from agent.upstream.outbox import Outbox
 
 log = logging.getLogger(__name__)
 

@@ -1,9 +1,10 @@
 """The agent's MQTT connection (paho-mqtt 2.x): reconnects by itself, re-subscribes, sends a
 retained birth message on every connect and leaves a retained last will.
 
-Nothing is published over the packet cap (:mod:`agent.sizing`): ``[mqtt] max_packet_bytes``, or
-less when an MQTT 5 broker says so in CONNACK. With MQTT 5 the agent also announces the cap in
-CONNECT, so the broker drops a bigger message instead of delivering it to the device."""
+Nothing is published over the packet cap (:mod:`agent.comms.sizing`): ``[mqtt]
+max_packet_bytes``, or less when an MQTT 5 broker says so in CONNACK. With MQTT 5 the agent
+also announces the cap in CONNECT, so the broker drops a bigger message instead of delivering
+it to the device."""
 
 from __future__ import annotations
 
@@ -15,8 +16,8 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from .config import MqttConfig
-from .sizing import SMALL_MESSAGE_BYTES, payload_budget, shorten
+from agent.comms.sizing import SMALL_MESSAGE_BYTES, payload_budget, shorten
+from agent.config import MqttConfig
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +144,7 @@ class MqttLink:
         self, topic: str, payload: bytes, qos: int = 1, retain: bool = False
     ) -> mqtt.MQTTMessageInfo:
         """An event, status or telemetry message: one over ``SMALL_MESSAGE_BYTES`` (or the
-        packet cap) goes out shortened (:func:`agent.sizing.shorten`), never oversize."""
+        packet cap) goes out shortened (:func:`agent.comms.sizing.shorten`), never oversize."""
         limit = min(SMALL_MESSAGE_BYTES, payload_budget(topic, self.max_packet))
         if len(payload) > limit:
             self.shortened += 1

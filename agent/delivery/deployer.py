@@ -10,7 +10,7 @@ any step leaves the serving model serving; a package that failed is quarantined.
 What the broker delivers is held at arm's length: paho's callback drops a message over
 ``deploy.max_manifest_bytes`` before it is queued and keeps only the latest message per deploy
 topic (they are retained: only the latest matters), and every message is handled inside a
-Boundary (agent.guard), so nothing a message causes can end this thread.
+Boundary (agent.comms.guard), so nothing a message causes can end this thread.
 """
 
 from __future__ import annotations
@@ -21,20 +21,20 @@ import threading
 import time
 from typing import Any
 
-from .admission import check_admission
-from .bounded import Mailbox, RecentSet
-from .candidate import Candidates
-from .config import AgentConfig
-from .contract import ContractError, Manifest, Topics, TrustStore, summarise
-from .deploy_errors import Interrupted, Rejected, Superseded
-from .errors import DeployError, ModelLoadError
-from .fetcher import ChunkFetcher
-from .guard import Boundary, Oversize
-from .link import MqttLink
-from .pipeline import HealthStats, ModelSlot
-from .probation import Probation, Report
-from .runtime import ModelSession
-from .store import InstalledModel, ModelStore
+from agent.comms.bounded import Mailbox, RecentSet
+from agent.comms.guard import Boundary, Oversize
+from agent.comms.link import MqttLink
+from agent.config import AgentConfig
+from agent.contract import ContractError, Manifest, Topics, TrustStore, summarise
+from agent.delivery.admission import check_admission
+from agent.delivery.candidate import Candidates
+from agent.delivery.fetcher import ChunkFetcher
+from agent.delivery.outcomes import Interrupted, Rejected, Superseded
+from agent.delivery.probation import Probation, Report
+from agent.delivery.store import InstalledModel, ModelStore
+from agent.errors import DeployError, ModelLoadError
+from agent.inference.pipeline import HealthStats, ModelSlot
+from agent.inference.runtime import ModelSession
 
 log = logging.getLogger(__name__)
 

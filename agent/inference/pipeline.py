@@ -15,10 +15,10 @@ from collections.abc import Callable
 
 import numpy as np
 
-from .errors import SourceError
-from .runtime import Inference, ModelSession
-from .sources import Frame, FrameSource
-from .stats import StageStats
+from agent.errors import SourceError
+from agent.inference.runtime import Inference, ModelSession
+from agent.inference.stats import StageStats
+from agent.sources.opencv import Frame, FrameSource
 
 log = logging.getLogger(__name__)
 

@@ -8,13 +8,13 @@ import threading
 from pathlib import Path
 from typing import Any, Protocol
 
-from .config import AgentConfig, DeployConfig
-from .contract import ContractError, Manifest
-from .deploy_errors import Rejected
-from .errors import DeployError
-from .fetcher import Cancelled, ChunkFetcher
-from .probe import ProbeReport, probe_candidate
-from .store import ModelStore, blobs_of, verify_blob
+from agent.config import AgentConfig, DeployConfig
+from agent.contract import ContractError, Manifest
+from agent.delivery.fetcher import Cancelled, ChunkFetcher
+from agent.delivery.outcomes import Rejected
+from agent.delivery.probe import ProbeReport, probe_candidate
+from agent.delivery.store import ModelStore, blobs_of, verify_blob
+from agent.errors import DeployError
 
 
 class Status(Protocol):

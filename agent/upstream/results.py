@@ -6,10 +6,10 @@ import json
 import time
 from typing import Any
 
-from .config import ResultsConfig
-from .runtime import Inference, ModelSession
-from .sizing import fit_result
-from .sources import Frame
+from agent.comms.sizing import fit_result
+from agent.config import ResultsConfig
+from agent.inference.runtime import Inference, ModelSession
+from agent.sources.opencv import Frame
 
 
 class ResultBuilder:

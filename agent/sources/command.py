@@ -27,11 +27,11 @@ from typing import cast
 
 import numpy as np
 
-from .childlog import StderrDrain
-from .config import SourceConfig
-from .errors import SourceError
-from .rawvideo import BufferPool, frame_bytes, shares_buffer, to_image
-from .sources import Frame
+from agent.config import SourceConfig
+from agent.errors import SourceError
+from agent.sources.childlog import StderrDrain
+from agent.sources.opencv import Frame
+from agent.sources.rawvideo import BufferPool, frame_bytes, shares_buffer, to_image
 
 POLL_S = 0.2  # longest a read waits before looking at its stop event again
 STALL_S = 15.0  # no whole frame for this long: the process is hung (an RTSP open can take 10 s)

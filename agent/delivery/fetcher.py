@@ -24,12 +24,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .bounded import Mailbox
-from .contract import BlobSpec, Topics, summarise
-from .deploy_errors import Interrupted, Superseded
-from .errors import DeployError
-from .guard import Boundary, Oversize
-from .link import MqttLink
+from agent.comms.bounded import Mailbox
+from agent.comms.guard import Boundary, Oversize
+from agent.comms.link import MqttLink
+from agent.contract import BlobSpec, Topics, summarise
+from agent.delivery.outcomes import Interrupted, Superseded
+from agent.errors import DeployError
 
 log = logging.getLogger(__name__)
 

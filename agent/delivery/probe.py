@@ -3,10 +3,10 @@
 A malformed model can crash or hang ONNX Runtime's loader, so the serving process never loads a
 candidate before a child has: loaded it under a memory limit and a time limit, checked its input
 against what the device will feed it, run the package's golden inputs, run a blank frame through
-preprocess, model and postprocess as serving does (agent.probe_checks), and timed it on this
-board. The child prints one JSON line; the parent turns every way it can fail into ProbeError.
+preprocess, model and postprocess as serving does (agent.delivery.probe_checks), and timed it on
+this board. The child prints one JSON line; the parent turns every way it can fail into ProbeError.
 
-    python -m agent.probe MODEL GOLDEN|- THREADS RUNS  < manifest.json
+    python -m agent.delivery.probe MODEL GOLDEN|- THREADS RUNS  < manifest.json
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import RuntimeConfig
-from .contract import Manifest, clip
-from .deploy_errors import Interrupted
-from .errors import DeployError
+from agent.config import RuntimeConfig
+from agent.contract import Manifest, clip
+from agent.delivery.outcomes import Interrupted
+from agent.errors import DeployError
 
 MEMORY = "memory limit"
 _POLL_S = 0.2  # how often a waiting parent looks at its stop event
@@ -71,7 +71,7 @@ def probe_candidate(
     """Raises ProbeError naming the failure; never crashes or hangs the caller. When ``stop`` is
     set the child is killed and ProbeInterrupted raised: the candidate is not at fault."""
     args = [
-        sys.executable, "-m", "agent.probe", str(model_path),
+        sys.executable, "-m", "agent.delivery.probe", str(model_path),
         str(golden_path) if golden_path else "-", str(runtime.intra_op_threads), str(runs),
         *runtime.providers,
     ]  # fmt: skip
@@ -135,9 +135,9 @@ def _read_answer(returncode: int, out: bytes, err: bytes, memory_limit_mb: int) 
 def _run_child(argv: list[str]) -> dict[str, object]:
     import numpy as np
 
-    from .onnxrt import ort  # telemetry off before ONNX Runtime starts
-    from .probe_checks import Unfit, check_golden, check_input, check_serving_path
-    from .runtime import session_options
+    from agent.delivery.probe_checks import Unfit, check_golden, check_input, check_serving_path
+    from agent.inference.onnxrt import ort  # telemetry off before ONNX Runtime starts
+    from agent.inference.runtime import session_options
 
     model, golden, threads, runs, *providers = argv
     manifest = Manifest.model_validate_json(sys.stdin.read())

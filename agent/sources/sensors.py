@@ -16,11 +16,19 @@ from typing import Any
 
 import numpy as np
 
-from .config import MqttConfig, SourceConfig
-from .contract import PayloadError, parse_json
-from .errors import SourceError
-from .sensor_inputs import FdInput, Input, MqttInput, SerialInput, Signal, open_path, plain_path
-from .sources import Frame
+from agent.config import MqttConfig, SourceConfig
+from agent.contract import PayloadError, parse_json
+from agent.errors import SourceError
+from agent.sources.opencv import Frame
+from agent.sources.sensor_inputs import (
+    FdInput,
+    Input,
+    MqttInput,
+    SerialInput,
+    Signal,
+    open_path,
+    plain_path,
+)
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .contract import clip
-from .errors import ModelLoadError
+from agent.contract import clip
+from agent.errors import ModelLoadError
 
 NUMERIC_KINDS = "biuf"  # bool, signed, unsigned, float: what a model takes and returns
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import math
 
-from . import __version__
-from .config import DeployConfig
-from .contract import Manifest, parse_semver
-from .deploy_errors import Rejected
-from .errors import DeployError
-from .store import blobs_of
+from agent import __version__
+from agent.config import DeployConfig
+from agent.contract import Manifest, parse_semver
+from agent.delivery.outcomes import Rejected
+from agent.delivery.store import blobs_of
+from agent.errors import DeployError
 
 
 def check_admission(manifest: Manifest, deploy: DeployConfig, serving: Manifest | None) -> None:

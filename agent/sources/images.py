@@ -9,9 +9,9 @@ from pathlib import Path
 
 import cv2
 
-from .config import SourceConfig
-from .errors import SourceError
-from .sources import Frame
+from agent.config import SourceConfig
+from agent.errors import SourceError
+from agent.sources.opencv import Frame
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"})
 POLL_S = 0.2  # watch: how often the folder is listed again

@@ -1,5 +1,6 @@
 """Where sensor samples come from, one record (a line or a message) at a time: a file, a FIFO,
-standard input, a serial port or an MQTT topic. ``agent.sensors`` groups records into windows."""
+standard input, a serial port or an MQTT topic. ``agent.sources.sensors`` groups records into
+windows."""
 
 from __future__ import annotations
 
@@ -17,11 +18,11 @@ from typing import Protocol
 
 import paho.mqtt.client as mqtt
 
-from .bounded import DropOldest
-from .config import MqttConfig
-from .errors import SourceError
-from .guard import Boundary
-from .link import configure_client
+from agent.comms.bounded import DropOldest
+from agent.comms.guard import Boundary
+from agent.comms.link import configure_client
+from agent.config import MqttConfig
+from agent.errors import SourceError
 
 log = logging.getLogger(__name__)
 

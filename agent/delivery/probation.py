@@ -9,12 +9,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .config import DeployConfig
-from .contract import Manifest
-from .link import MqttLink
-from .pipeline import HealthStats, ModelSlot
-from .runtime import ModelSession
-from .store import ModelStore
+from agent.comms.link import MqttLink
+from agent.config import DeployConfig
+from agent.contract import Manifest
+from agent.delivery.store import ModelStore
+from agent.inference.pipeline import HealthStats, ModelSlot
+from agent.inference.runtime import ModelSession
 
 log = logging.getLogger(__name__)
 

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import RuntimeConfig
-from .contract import Manifest, PreprocessSpec, SensorSpec, clip, to_tensor
-from .errors import ModelLoadError
-from .golden import load_golden
-from .onnxrt import ort
-from .postprocess import Prediction, postprocess
+from agent.config import RuntimeConfig
+from agent.contract import Manifest, PreprocessSpec, SensorSpec, clip, to_tensor
+from agent.delivery.golden import load_golden
+from agent.errors import ModelLoadError
+from agent.inference.onnxrt import ort
+from agent.inference.postprocess import Prediction, postprocess
 
 
 @dataclass(frozen=True)

@@ -33,9 +33,9 @@ if sys.version_info >= (3, 11):
 else:  # JetPack 6 ships Python 3.10
     import tomli as tomllib
 
-from .contract import DEVICE_ID_PATTERN, ContractError, TrustStore
-from .errors import ConfigError
-from .upstream_config import OutboxConfig, ResultsConfig, TelemetryConfig
+from agent.config.upstream import OutboxConfig, ResultsConfig, TelemetryConfig
+from agent.contract import DEVICE_ID_PATTERN, ContractError, TrustStore
+from agent.errors import ConfigError
 
 DeviceId = Annotated[str, Field(pattern=DEVICE_ID_PATTERN)]
 # Raw frames a capture command writes (ffmpeg's -pix_fmt names; i420 = yuv420 = yuv420p).

@@ -14,10 +14,10 @@ from typing import Any
 
 import numpy as np
 
-from .contract import Manifest, clip, to_tensor
-from .golden import GoldenError, load_golden
-from .postprocess import postprocess
-from .runtime import blank_sample
+from agent.contract import Manifest, clip, to_tensor
+from agent.delivery.golden import GoldenError, load_golden
+from agent.inference.postprocess import postprocess
+from agent.inference.runtime import blank_sample
 
 ELEMENT = {"float32": "tensor(float)", "uint8": "tensor(uint8)", "int8": "tensor(int8)"}
 

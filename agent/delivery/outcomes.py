@@ -6,12 +6,12 @@
     Superseded    another announcement arrived mid-download: dropped silently, the new one wins
     Interrupted   the agent is stopping: nothing is known about the candidate, nothing reported
 
-Anything else is a bug; the deployer's boundary (agent.guard) reports it.
+Anything else is a bug; the deployer's boundary (agent.comms.guard) reports it.
 """
 
 from __future__ import annotations
 
-from .errors import AgentError, DeployError
+from agent.errors import AgentError, DeployError
 
 
 class Rejected(DeployError):

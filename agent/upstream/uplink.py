@@ -20,14 +20,15 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
-from .link import MqttLink
-from .sizing import fit_result_bytes, payload_budget
+from agent.comms.link import MqttLink
+from agent.comms.sizing import fit_result_bytes, payload_budget
 
 log = logging.getLogger(__name__)
 
 
 class ResultQueue(Protocol):
-    """What the uplink needs of the outbox (:class:`agent.spool.Spool` or a bare Outbox)."""
+    """What the uplink needs of the outbox (:class:`agent.upstream.spool.Spool` or a bare
+    Outbox)."""
 
     def peek(
         self, after: int, limit: int, max_bytes: int | None = None

@@ -17,14 +17,20 @@ from typing import Any
 
 import numpy as np
 
-from .config import ResultsConfig, RuntimeConfig, SourceConfig
-from .contract import ContractError, Manifest, to_tensor
-from .errors import SourceError, UsageError
-from .pipeline import CaptureWorker, FrameSlot, HealthStats, InferenceWorker, ModelSlot
-from .results import RateFilter, ResultBuilder
-from .runtime import Inference, ModelSession
-from .sources import Frame, make_source
-from .stats import StageStats
+from agent.config import ResultsConfig, RuntimeConfig, SourceConfig
+from agent.contract import ContractError, Manifest, to_tensor
+from agent.errors import SourceError, UsageError
+from agent.inference.pipeline import (
+    CaptureWorker,
+    FrameSlot,
+    HealthStats,
+    InferenceWorker,
+    ModelSlot,
+)
+from agent.inference.runtime import Inference, ModelSession
+from agent.inference.stats import StageStats
+from agent.sources.opencv import Frame, make_source
+from agent.upstream.results import RateFilter, ResultBuilder
 
 
 def read_package(root: Path) -> tuple[Manifest, Path]:

@@ -19,8 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .contract import ContractError, clip
-from .errors import AgentError
+from agent.contract import ContractError, clip
+from agent.errors import AgentError
 
 log = logging.getLogger(__name__)
 

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from .config import MqttConfig, SourceConfig
-from .errors import SourceError
+from agent.config import MqttConfig, SourceConfig
+from agent.errors import SourceError
 
 
 @dataclass(frozen=True)
@@ -82,19 +82,19 @@ class FrameSource:
 def make_source(config: SourceConfig, mqtt: MqttConfig | None = None) -> FrameSource:
     """The source for ``config.kind``; all share ``open`` / ``read(stop)`` / ``close``."""
     if config.kind == "images":
-        from .images import ImageFolderSource
+        from agent.sources.images import ImageFolderSource
 
         return ImageFolderSource(config)  # type: ignore[return-value]
     if config.kind == "sensor":
-        from .sensors import SensorSource
+        from agent.sources.sensors import SensorSource
 
         return SensorSource(config, mqtt)  # type: ignore[return-value]
     if config.kind == "command":
-        from .command import CommandSource
+        from agent.sources.command import CommandSource
 
         return CommandSource(config)  # type: ignore[return-value]
     if config.kind == "picamera":
-        from .picamera import PicameraSource
+        from agent.sources.picamera import PicameraSource
 
         return PicameraSource(config)  # type: ignore[return-value]
     return FrameSource(config)

@@ -1,0 +1,1 @@
+"""The MQTT link, the boundary around every subscribed handler, and publish size caps."""

@@ -1,0 +1,1 @@
+"""The frame path: ONNX Runtime sessions, postprocessing, the capture and inference threads."""

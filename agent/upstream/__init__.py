@@ -1,0 +1,1 @@
+"""What a device sends upstream: results (outbox, spool, uplink) and telemetry."""
