@@ -17,10 +17,10 @@ from agent import __version__
 from agent.comms.link import MqttLink
 from agent.comms.sizing import payload_budget
 from agent.config import AgentConfig, changed_keys, load_config, reloadable
-from agent.contract import ContractError, Topics, TrustStore
+from agent.contract import Topics, TrustStore
 from agent.delivery.deployer import Deployer
 from agent.delivery.store import ModelStore
-from agent.errors import AgentError, ConfigError, ModelLoadError
+from agent.errors import AgentError, ConfigError
 from agent.inference.pipeline import (
     CaptureWorker,
     FrameSlot,
@@ -224,24 +224,6 @@ class Agent:
         self._source_failed = state in ("failed", "ended")
         self.link.announce()
 
-    def _load_installed(self) -> None:
-        try:
-            installed = self.store.current(self.trust)
-        except (ContractError, OSError) as exc:
-            log.error("installed model failed verification, waiting for a new one: %s", exc)
-            return
-        if installed is None:
-            log.info("no model installed yet; waiting for a deployment")
-            return
-        try:
-            self.models.swap(
-                ModelSession(installed.model_path, installed.manifest, self.config.runtime)
-            )
-        except ModelLoadError as exc:
-            log.error("%s", exc)
-            return
-        log.info("serving installed %s %s", installed.manifest.name, installed.manifest.version)
-
     def _serving(self) -> str:
         model = self._model()
         if model is None:
@@ -288,7 +270,7 @@ class Agent:
         """Serve until ``stop_event`` is set (signal, end of file, or result limit); 1 when a
         worker thread crashed."""
         previous, threading.excepthook = threading.excepthook, self._thread_crashed
-        self._load_installed()
+        self.deployer.boot()
         self.deployer.subscribe()
         self.link.start()
         self.deployer.start()

@@ -22,6 +22,7 @@ from agent.contract.manifest import (
     describe_errors,
     parse_semver,
 )
+from agent.contract.package import MANIFEST_FILE, Package, read_package
 from agent.contract.preprocess import (
     PreprocessSpec,
     SensorSpec,
@@ -47,6 +48,7 @@ from agent.contract.topics import DEVICE_ID_PATTERN, Topics
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
     "DEVICE_ID_PATTERN",
+    "MANIFEST_FILE",
     "MAX_REASON",
     "BlobSpec",
     "ClassificationSpec",
@@ -56,6 +58,7 @@ __all__ = [
     "IntegrityError",
     "Manifest",
     "ManifestError",
+    "Package",
     "PayloadError",
     "PreprocessSpec",
     "ScoreSpec",
@@ -77,6 +80,7 @@ __all__ = [
     "parse_semver",
     "preprocess",
     "preprocess_batch",
+    "read_package",
     "sha256_file",
     "sign_manifest",
     "summarise",

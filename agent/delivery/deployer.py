@@ -25,13 +25,13 @@ from agent.comms.bounded import Mailbox, RecentSet
 from agent.comms.guard import Boundary, Oversize
 from agent.comms.link import MqttLink
 from agent.config import AgentConfig
-from agent.contract import ContractError, Manifest, Topics, TrustStore, summarise
+from agent.contract import ContractError, Manifest, Package, Topics, TrustStore, summarise
 from agent.delivery.admission import check_admission
 from agent.delivery.candidate import Candidates
 from agent.delivery.fetcher import ChunkFetcher
 from agent.delivery.outcomes import Interrupted, Rejected, Superseded
 from agent.delivery.probation import Probation, Report
-from agent.delivery.store import InstalledModel, ModelStore
+from agent.delivery.store import ModelStore
 from agent.errors import DeployError, ModelLoadError
 from agent.inference.pipeline import HealthStats, ModelSlot
 from agent.inference.runtime import ModelSession
@@ -83,6 +83,25 @@ class Deployer(threading.Thread):
     def reconfigure(self, config: AgentConfig) -> None:
         """Take new limits and budgets (a SIGHUP reload); they apply from the next deployment."""
         self._config = config
+
+    def boot(self) -> None:
+        """Serve the installed package (``current``, else ``previous``) before anything arrives;
+        with none, or none that verifies and loads, the device waits for a deployment."""
+        try:
+            installed = self._store.current(self._trust)
+        except (ContractError, OSError) as exc:
+            log.error("installed model failed verification, waiting for a new one: %s", exc)
+            return
+        if installed is None:
+            log.info("no model installed yet; waiting for a deployment")
+            return
+        try:
+            session = ModelSession(installed.model_path, installed.manifest, self._config.runtime)
+        except ModelLoadError as exc:
+            log.error("%s", exc)
+            return
+        self._models.swap(session)
+        log.info("serving installed %s %s", installed.manifest.name, installed.manifest.version)
 
     def subscribe(self) -> None:
         for topic in self._scopes:
@@ -219,12 +238,12 @@ class Deployer(threading.Thread):
     def _deploy(self, manifest: Manifest, envelope: bytes, rank: int) -> None:
         installed = self._store.installed(manifest, self._trust)
         if installed:
-            slot = installed.slot
+            slot = installed.root
         else:
             slot = self._candidates.build(
                 manifest, envelope, self._config, lambda: self._superseded(rank)
             )
-        candidate = InstalledModel(manifest, envelope, slot)
+        candidate = Package(slot, envelope, manifest)
         try:
             session = ModelSession(candidate.model_path, manifest, self._config.runtime)
             session.check_golden(candidate.golden_path)

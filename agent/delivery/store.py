@@ -19,7 +19,6 @@ import json
 import os
 import shutil
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 
 from agent.contract import (
@@ -27,6 +26,7 @@ from agent.contract import (
     ContractError,
     IntegrityError,
     Manifest,
+    Package,
     TrustStore,
     canonical_json,
     sha256_file,
@@ -65,21 +65,6 @@ def verify_blob(path: Path, blob: BlobSpec) -> None:
 
 def blobs_of(manifest: Manifest) -> list[BlobSpec]:
     return [manifest.model] + ([manifest.golden] if manifest.golden else [])
-
-
-@dataclass(frozen=True)
-class InstalledModel:
-    manifest: Manifest
-    envelope: bytes
-    slot: Path
-
-    @property
-    def model_path(self) -> Path:
-        return self.slot / self.manifest.model.path
-
-    @property
-    def golden_path(self) -> Path | None:
-        return self.slot / self.manifest.golden.path if self.manifest.golden else None
 
 
 class ModelStore:
@@ -180,15 +165,15 @@ class ModelStore:
         os.replace(tmp, self.root / link)
         fsync_dir(self.root)
 
-    def load(self, slot: Path, trust: TrustStore) -> InstalledModel:
+    def load(self, slot: Path, trust: TrustStore) -> Package:
         """A slot's package, re-verified: signature and every file's sha256."""
         envelope = (slot / ENVELOPE).read_bytes()
         manifest = trust.verify(envelope)
         for blob in blobs_of(manifest):
             verify_blob(slot / blob.path, blob)
-        return InstalledModel(manifest, envelope, slot)
+        return Package(slot, envelope, manifest)
 
-    def current(self, trust: TrustStore) -> InstalledModel | None:
+    def current(self, trust: TrustStore) -> Package | None:
         """The model to boot: ``current`` re-verified, else ``previous``; None when neither."""
         errors = []
         for link in ("current", "previous"):
@@ -203,7 +188,7 @@ class ModelStore:
             raise IntegrityError("; ".join(errors))
         return None
 
-    def installed(self, manifest: Manifest, trust: TrustStore) -> InstalledModel | None:
+    def installed(self, manifest: Manifest, trust: TrustStore) -> Package | None:
         """This exact package if a slot still holds it intact (e.g. for a rollback)."""
         slot = self.slot_of(manifest)
         try:

@@ -7,7 +7,6 @@ result building and rate control — all but the network.
 
 from __future__ import annotations
 
-import json
 import resource
 import sys
 import threading
@@ -18,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from agent.config import ResultsConfig, RuntimeConfig, SourceConfig
-from agent.contract import ContractError, Manifest, to_tensor
+from agent.contract import MANIFEST_FILE, ContractError, Manifest, Package, read_package, to_tensor
 from agent.errors import SourceError, UsageError
 from agent.inference.pipeline import (
     CaptureWorker,
@@ -33,21 +32,19 @@ from agent.sources.opencv import Frame, make_source
 from agent.upstream.results import RateFilter, ResultBuilder
 
 
-def read_package(root: Path) -> tuple[Manifest, Path]:
-    """A package folder's manifest (signature not checked: this is a local measurement)."""
+def open_package(root: Path) -> Package:
+    """A package folder, for a local measurement (its signature is not checked)."""
     if not root.is_dir():
         raise UsageError(f"--package {root}: no such folder (give a compiled package's folder)")
+    if not (root / MANIFEST_FILE).is_file():
+        raise UsageError(f"--package {root}: no {MANIFEST_FILE}, not a package folder")
     try:
-        data = json.loads((root / "manifest.json").read_bytes())
-        manifest = Manifest.from_dict(data["manifest"])
-    except FileNotFoundError:
-        raise UsageError(f"--package {root}: no manifest.json, not a package folder") from None
-    except (OSError, ValueError, KeyError, TypeError, ContractError) as exc:
-        raise UsageError(f"--package {root}: manifest.json is not a package's: {exc}") from exc
-    model = root / manifest.model.path
-    if not model.is_file():
-        raise UsageError(f"--package {root}: its model {manifest.model.path} is missing")
-    return manifest, model
+        package = read_package(root)
+    except ContractError as exc:
+        raise UsageError(f"--package {root}: {MANIFEST_FILE} is not a package's: {exc}") from exc
+    if not package.model_path.is_file():
+        raise UsageError(f"--package {root}: its model {package.manifest.model.path} is missing")
+    return package
 
 
 def load_session(manifest: Manifest, model: Path, runtime: RuntimeConfig) -> ModelSession:
@@ -165,7 +162,8 @@ def _ms(seconds: list[float]) -> dict[str, float]:
 
 
 def run_bench(package: Path, source_uri: str, frames: int, threads: int) -> dict[str, Any]:
-    manifest, model = read_package(package)
+    opened = open_package(package)
+    manifest, model = opened.manifest, opened.model_path
     source = SourceConfig(kind="video", uri=source_uri, loop=True, realtime=False)
     if not Path(source_uri).is_file():
         raise UsageError(f"--source {source_uri}: no such file (give a video file)")
