@@ -18,13 +18,12 @@ import numpy as np
 import torch
 
 from agent.contract import generate_keypair, preprocess_batch
-from compiler.datasets import load_dataset
-from compiler.demo_model import train_demo_model
-from compiler.digits import PREPROCESS
-from compiler.export import export_onnx
-from compiler.loading import SourceModel
-from compiler.measure import Latency, ort_latency, torch_latency
-from compiler.pipeline import CompileOptions, compile_model
+from compiler.compile.export import export_onnx
+from compiler.compile.loading import SourceModel
+from compiler.compile.measure import Latency, ort_latency, torch_latency
+from compiler.compile.pipeline import CompileOptions, compile_model
+from compiler.recipe.demo_model import train_demo_model
+from compiler.recipe.digits import PREPROCESS, load_dataset
 
 ROUNDS = 5  # interleave the candidates so machine noise hits them alike
 

@@ -35,13 +35,12 @@ from hostile_models import sensor_package
 from hostile_run import GAP_GOAL_S, RSS_GOAL_MB, Publisher, Recorder, capped_broker, serving_gap
 
 from agent.contract import Topics, generate_keypair
-from compiler.datasets import load_dataset
-from compiler.demo_model import train_demo_model
-from compiler.digits import PREPROCESS
-from compiler.loading import SourceModel
-from compiler.package import Package
-from compiler.pipeline import CompileOptions, compile_model
-from compiler.video import write_digits_video
+from compiler.compile.loading import SourceModel
+from compiler.compile.package import Package
+from compiler.compile.pipeline import CompileOptions, compile_model
+from compiler.recipe.demo_model import train_demo_model
+from compiler.recipe.digits import PREPROCESS, load_dataset
+from compiler.recipe.video import write_digits_video
 
 TOPICS = Topics()
 

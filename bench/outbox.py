@@ -31,9 +31,9 @@ from agent.sources.opencv import Frame
 from agent.upstream.outbox import Outbox
 from agent.upstream.results import ResultBuilder
 from agent.upstream.uplink import ResultsUplink
-from compiler.broker import MosquittoBroker
-from compiler.mqtt import BrokerAddress, connect, disconnect
-from compiler.results import Deduper, DeviceFeed
+from compiler.fleet.broker import MosquittoBroker
+from compiler.fleet.mqtt import BrokerAddress, connect, disconnect
+from compiler.fleet.results import Deduper, DeviceFeed
 
 ROOT = Path(__file__).resolve().parents[1]
 TOPICS = Topics()

@@ -26,14 +26,13 @@ from agent.config import SourceConfig
 from agent.contract import generate_keypair
 from agent.inference.pipeline import CaptureWorker, FrameSlot
 from agent.sources.command import CommandSource
-from compiler.broker import MosquittoBroker
-from compiler.datasets import load_dataset
-from compiler.demo_model import train_demo_model
-from compiler.digits import PREPROCESS
-from compiler.loading import SourceModel
-from compiler.mqtt import BrokerAddress, connect, disconnect
-from compiler.pipeline import CompileOptions, compile_model
-from compiler.video import write_digits_video
+from compiler.compile.loading import SourceModel
+from compiler.compile.pipeline import CompileOptions, compile_model
+from compiler.fleet.broker import MosquittoBroker
+from compiler.fleet.mqtt import BrokerAddress, connect, disconnect
+from compiler.recipe.demo_model import train_demo_model
+from compiler.recipe.digits import PREPROCESS, load_dataset
+from compiler.recipe.video import write_digits_video
 
 BIN = Path(sys.executable).parent
 

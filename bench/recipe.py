@@ -14,10 +14,9 @@ import sys
 
 import torch
 
-from compiler.datasets import load_dataset
-from compiler.demo_model import torch_accuracy
-from compiler.digits import PREPROCESS
-from compiler.recipe import labeled_subset, train_recipe
+from compiler.recipe.demo_model import torch_accuracy
+from compiler.recipe.digits import PREPROCESS, load_dataset
+from compiler.recipe.pretrain import labeled_subset, train_recipe
 
 SEEDS = (0, 1, 2)
 FRACTION = 0.1

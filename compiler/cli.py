@@ -13,9 +13,9 @@ from agent.logs import setup_logging
 
 from . import arguments
 from .arguments import Parser
+from .compile.quantize import CALIBRATIONS, TARGETS
 from .errors import CompilerError, InputError
 from .failures import EXIT_FAILED, describe, guarded, one_line
-from .quantize import CALIBRATIONS, TARGETS
 
 EXIT_COMPILE = 2  # compile failed (bad input, missed accuracy budget); no package written
 
@@ -174,7 +174,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _address(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    from .mqtt import BrokerAddress
+    from .fleet.mqtt import BrokerAddress
 
     return BrokerAddress(
         args.host, args.port, args.username, args.password, args.tls_ca, args.tls_cert, args.tls_key
@@ -185,7 +185,7 @@ def _read_spec(path: Path) -> PreprocessSpec:
     import tomllib
     from pydantic import ValidationError
 
-    from .datasets import DataError
+    from .compile.datasets import DataError
 
     try:
         text = path.read_text()
@@ -197,10 +197,11 @@ def _read_spec(path: Path) -> PreprocessSpec:
 
 def _compile(args: argparse.Namespace) -> int:
     """Every failure exits 2 with one line and leaves no package behind."""
-    from .datasets import DataError, load_dataset
-    from .loading import load_model
-    from .pipeline import CompileOptions, check_signing_key, compile_model
-    from .report import format_table
+    from .compile.datasets import DataError
+    from .compile.loading import load_model
+    from .compile.pipeline import CompileOptions, check_signing_key, compile_model
+    from .compile.report import format_table
+    from .recipe.digits import load_dataset
 
     if args.out.exists():  # not created here: a failed compile leaves nothing behind
         _writable_folder(args.out, "--out", create=False)
@@ -236,10 +237,10 @@ def _consume(args: argparse.Namespace) -> int:
     """Until --count new results, or --timeout seconds without a new one (counted from the
     start, so it ends even if nothing ever arrives); Ctrl-C keeps the summary and exits 130.
     The feed subscribes again on every reconnect; a refused subscription is an error (exit 1)."""
-    from .consume import Consumer, Sinks, listening
     from .failures import EXIT_INTERRUPTED
-    from .mqtt import connect, disconnect
-    from .results import DeviceFeed
+    from .fleet.consume import Consumer, Sinks, listening
+    from .fleet.mqtt import connect, disconnect
+    from .fleet.results import DeviceFeed
 
     persistent, feeds, client = bool(args.client_id), [], None
     interrupted, consumer = False, None
@@ -276,8 +277,8 @@ def _consume(args: argparse.Namespace) -> int:
 def _fleet(args: argparse.Namespace) -> int:
     import time
 
-    from .fleet import FleetView
-    from .mqtt import connect, disconnect
+    from .fleet.mqtt import connect, disconnect
+    from .fleet.view import FleetView
 
     view, topics = FleetView(), Topics(args.topic_root)
     client = connect(_address(args))
@@ -321,7 +322,7 @@ def _run(args: argparse.Namespace) -> int:
         print(f"key {kid}: {args.out / 'signing.key'} (keep secret), {args.out / 'signing.pub'}")
         return 0
     if args.command == "certs":
-        from .certs import build_fleet
+        from .fleet.certs import build_fleet
 
         devices = {}
         for spec in args.device:
@@ -336,10 +337,9 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "train":
         import torch
 
-        from .datasets import load_dataset
-        from .demo_model import torch_accuracy
-        from .digits import PREPROCESS
-        from .recipe import train_recipe
+        from .recipe.demo_model import torch_accuracy
+        from .recipe.digits import PREPROCESS, load_dataset
+        from .recipe.pretrain import train_recipe
 
         _writable_folder(args.out.parent, "--out's folder", create=False)
         if args.out.is_dir():
@@ -356,7 +356,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "compile":
         return _compile(args)
     if args.command == "push":
-        from .push_command import run_push
+        from .fleet.push_command import run_push
 
         return run_push(args, _address(args))
     if args.command == "results":
@@ -364,7 +364,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "fleet":
         return _fleet(args)
     if args.command == "demo":
-        from .demo import run_demo
+        from .recipe.demo import run_demo
 
         _writable_folder(args.workdir, "--workdir")
         outcome = run_demo(args.workdir, args.digits, args.embedded_broker)

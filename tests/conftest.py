@@ -10,15 +10,15 @@ import torch
 from device_harness import Device, install, start_device
 
 from agent.contract import generate_keypair
-from compiler.broker import MosquittoBroker
-from compiler.datasets import Dataset, load_dataset
-from compiler.demo_model import train_demo_model
-from compiler.digits import PREPROCESS
-from compiler.loading import SourceModel
-from compiler.mqtt import BrokerAddress, connect, disconnect
-from compiler.package import Package
-from compiler.pipeline import CompileOptions, CompileResult, compile_model
-from compiler.video import write_digits_video
+from compiler.compile.datasets import Dataset
+from compiler.compile.loading import SourceModel
+from compiler.compile.package import Package
+from compiler.compile.pipeline import CompileOptions, CompileResult, compile_model
+from compiler.fleet.broker import MosquittoBroker
+from compiler.fleet.mqtt import BrokerAddress, connect, disconnect
+from compiler.recipe.demo_model import train_demo_model
+from compiler.recipe.digits import PREPROCESS, load_dataset
+from compiler.recipe.video import write_digits_video
 
 
 @pytest.fixture(scope="session")
@@ -89,9 +89,9 @@ def device(mosquitto, cloud, compiled, signing_keys, video, tmp_path) -> Iterato
 @pytest.fixture(scope="session")
 def v2(compiled, trained_model, digits, signing_keys, tmp_path_factory) -> Package:  # type: ignore[no-untyped-def]
     """digits-cnn 1.1.0: the unpruned int8 model (other bytes, ~1.2 MB, 10 chunks)."""
-    from compiler.digits import PREPROCESS
-    from compiler.loading import SourceModel
-    from compiler.pipeline import CompileOptions, compile_model
+    from compiler.compile.loading import SourceModel
+    from compiler.compile.pipeline import CompileOptions, compile_model
+    from compiler.recipe.digits import PREPROCESS
 
     options = CompileOptions(
         name="digits-cnn", version="1.1.0", signing_key=signing_keys[0],

@@ -10,10 +10,10 @@ from helpers import AgentProcess
 
 from agent.contract import Topics
 from agent.delivery.store import ModelStore
-from compiler.demo import write_agent_config
-from compiler.package import Package
-from compiler.push import publish_blobs
-from compiler.results import DeviceFeed
+from compiler.compile.package import Package
+from compiler.fleet.push import publish_blobs
+from compiler.fleet.results import DeviceFeed
+from compiler.recipe.demo import write_agent_config
 
 DEVICE = "cam-1"
 TOPICS = Topics()

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from agent.contract import Manifest, canonical_json, load_private_key, sign_manifest
-from compiler.package import Package, write_package
+from compiler.compile.package import Package, write_package
 
 
 def package_from(

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.contract import Topics, key_id, load_private_key
-from compiler.package import Package
+from compiler.compile.package import Package
 
 REASON_MAX = 256  # issue 12: reasons in events and status, in characters
 EVENT_MAX = 2048  # issue 12's goal for the largest event, in bytes

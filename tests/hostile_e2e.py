@@ -36,9 +36,9 @@ from hostile_run import (
 )
 
 from agent.contract import Topics
-from compiler.broker import MosquittoBroker
-from compiler.demo import write_agent_config
-from compiler.package import Package
+from compiler.compile.package import Package
+from compiler.fleet.broker import MosquittoBroker
+from compiler.recipe.demo import write_agent_config
 
 GROUPS = ("g1",)
 SENSOR_DEVICE = "sensor-1"

@@ -35,8 +35,8 @@ from agent.delivery.deployer import Deployer
 from agent.delivery.store import ModelStore
 from agent.inference.pipeline import HealthStats, ModelSlot
 from agent.inference.runtime import ModelSession
-from compiler.broker import MosquittoBroker
-from compiler.package import Package
+from compiler.compile.package import Package
+from compiler.fleet.broker import MosquittoBroker
 
 DEVICE, GROUPS = "cam-1", ("g1",)
 TOPICS = Topics()

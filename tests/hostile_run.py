@@ -20,10 +20,10 @@ import paho.mqtt.client as mqtt
 from hostile import EVENT_MAX, REASON_MAX, Payload, digest
 
 from agent.contract import Topics
-from compiler.broker import MosquittoBroker
-from compiler.mqtt import BrokerAddress, Subscriber, connect, disconnect
-from compiler.package import Package
-from compiler.push import publish_blobs
+from compiler.compile.package import Package
+from compiler.fleet.broker import MosquittoBroker
+from compiler.fleet.mqtt import BrokerAddress, Subscriber, connect, disconnect
+from compiler.fleet.push import publish_blobs
 
 MIB = 1024 * 1024
 CAP = MIB

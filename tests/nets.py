@@ -8,7 +8,7 @@ from torch import nn
 
 
 def plain_cnn() -> nn.Module:
-    from compiler.demo_model import digits_cnn
+    from compiler.recipe.demo_model import digits_cnn
 
     return digits_cnn()
 

@@ -12,7 +12,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from agent.contract import PreprocessSpec
-from compiler.datasets import Split
+from compiler.compile.datasets import Split
 
 
 def flaky_model(path: Path, threshold: float = 1.0) -> Path:
@@ -85,7 +85,7 @@ FEATURES = 8 * 13 * 13  # Conv(1→8, 3×3, stride 2) on 28×28
 def train_corpus_weights(train: Split, spec: PreprocessSpec) -> dict[str, np.ndarray]:
     """Conv → BatchNorm → ReLU → Dropout → Linear → ReLU → Linear, trained briefly on digits so
     accuracy means something; every corpus model is built from these same weights."""
-    from compiler.demo_model import train_classifier
+    from compiler.compile.finetune import train_classifier
 
     torch.manual_seed(0)
     net = torch.nn.Sequential(

@@ -23,7 +23,7 @@ from helpers import BIN, AgentProcess
 from helpers import GOOD_CONFIG as GOOD
 
 from agent.contract import generate_keypair
-from compiler.certs import create_ca, issue
+from compiler.fleet.certs import create_ca, issue
 
 TLS = '\n[mqtt]\nurl = "mqtts://broker:8883"\n[mqtt.tls]\nca_file = "tls/ca.crt"\n' \
       'cert_file = "tls/cam-1.crt"\nkey_file = "tls/cam-1.key"\n'  # fmt: skip

@@ -22,13 +22,13 @@ from forge import package_from
 from helpers import BIN, AgentProcess
 
 from agent.contract import Topics, generate_keypair
-from compiler.broker import MosquittoBroker, free_port
-from compiler.certs import create_ca, issue
-from compiler.demo import write_agent_config
 from compiler.errors import BrokerUnavailable
-from compiler.mqtt import BrokerAddress, connect, disconnect
-from compiler.push import push_package
-from compiler.results import DeviceFeed
+from compiler.fleet.broker import MosquittoBroker, free_port
+from compiler.fleet.certs import create_ca, issue
+from compiler.fleet.mqtt import BrokerAddress, connect, disconnect
+from compiler.fleet.push import push_package
+from compiler.fleet.results import DeviceFeed
+from compiler.recipe.demo import write_agent_config
 
 TOPICS = Topics()
 SHIPPED = Path(__file__).resolve().parents[1] / "deploy" / "mosquitto" / "mosquitto.conf"

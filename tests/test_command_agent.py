@@ -10,8 +10,8 @@ import pytest
 from device_harness import DEVICE, TOPICS, install
 from helpers import AgentProcess
 
-from compiler.results import DeviceFeed
-from compiler.video import FRAME_SIZE, write_digits_video
+from compiler.fleet.results import DeviceFeed
+from compiler.recipe.video import FRAME_SIZE, write_digits_video
 
 FFMPEG = "ffmpeg -hide_banner -nostats -loglevel error"
 

@@ -13,13 +13,13 @@ import pytest
 import torch
 
 from agent.contract import TrustStore, preprocess_batch
-from compiler.datasets import Dataset
-from compiler.digits import LABELS, PREPROCESS
+from compiler.compile.datasets import Dataset
+from compiler.compile.export import export_onnx, ort_session, verify_export
+from compiler.compile.loading import SourceModel
+from compiler.compile.package import read_package
+from compiler.compile.pipeline import CompileOptions, compile_model
 from compiler.errors import AccuracyBudgetError, ExportError
-from compiler.export import export_onnx, ort_session, verify_export
-from compiler.loading import SourceModel
-from compiler.package import read_package
-from compiler.pipeline import CompileOptions, compile_model
+from compiler.recipe.digits import LABELS, PREPROCESS
 
 
 def test_pruned_int8_within_one_point_of_fp32(compiled) -> None:  # type: ignore[no-untyped-def]

@@ -138,7 +138,7 @@ def test_npz_without_labels_array(model_file, signing_keys, tmp_path, capsys) ->
 
 
 def test_a_package_that_fails_while_written_leaves_nothing(compiled, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from compiler.package import write_package
+    from compiler.compile.package import write_package
 
     manifest, out = compiled.package.manifest, tmp_path / "new" / "out"
     bad_key = tmp_path / "bad.key"

@@ -19,7 +19,7 @@ else:
 from agent.config import SourceConfig, changed_keys, load_config, reloadable
 from agent.contract import generate_keypair
 from agent.errors import ConfigError
-from compiler.certs import create_ca, issue
+from compiler.fleet.certs import create_ca, issue
 
 
 @pytest.fixture

@@ -16,8 +16,8 @@ import pytest
 from helpers import BIN
 
 from agent.contract import Topics
-from compiler.broker import MosquittoBroker
-from compiler.mqtt import BrokerAddress, connect, disconnect
+from compiler.fleet.broker import MosquittoBroker
+from compiler.fleet.mqtt import BrokerAddress, connect, disconnect
 
 BROKER = BrokerAddress("127.0.0.1", 1883)
 

@@ -22,7 +22,7 @@ from agent.contract import (
     sign_manifest,
 )
 from agent.delivery.store import verify_blob
-from compiler.digits import LABELS, PREPROCESS
+from compiler.recipe.digits import LABELS, PREPROCESS
 
 
 @pytest.fixture

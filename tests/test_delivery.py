@@ -17,7 +17,7 @@ from onnx_models import flaky_model
 
 from agent.contract import generate_keypair, iter_chunks
 from agent.delivery.store import ModelStore
-from compiler.push import push_package
+from compiler.fleet.push import push_package
 
 # --- a good push -------------------------------------------------------------------------------
 

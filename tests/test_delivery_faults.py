@@ -20,9 +20,9 @@ from agent.config import RuntimeConfig
 from agent.contract import TrustStore
 from agent.delivery.store import ModelStore
 from agent.inference.runtime import ModelSession
-from compiler.broker import MosquittoBroker
-from compiler.mqtt import BrokerAddress, connect, disconnect
-from compiler.results import DeviceFeed
+from compiler.fleet.broker import MosquittoBroker
+from compiler.fleet.mqtt import BrokerAddress, connect, disconnect
+from compiler.fleet.results import DeviceFeed
 
 
 def big_package(compiled, signing_keys, tmp_path: Path, chunk_size: int):  # type: ignore[no-untyped-def]
@@ -131,7 +131,7 @@ def test_kill_9_at_any_moment_boots_a_verified_model(
 
 
 def test_hot_swap_at_30_fps_drops_no_frame(device: Device, cloud, v2) -> None:  # type: ignore[no-untyped-def]
-    from compiler.push import push_package
+    from compiler.fleet.push import push_package
 
     results = [device.feed.wait_for("results", 10)]
     push_package(cloud, TOPICS, v2, f"device:{DEVICE}")

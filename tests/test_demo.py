@@ -8,9 +8,9 @@ import sys
 import threading
 from pathlib import Path
 
-from compiler.broker import EmbeddedBroker
-from compiler.demo import run_demo
-from compiler.mqtt import BrokerAddress, connect, disconnect
+from compiler.fleet.broker import EmbeddedBroker
+from compiler.fleet.mqtt import BrokerAddress, connect, disconnect
+from compiler.recipe.demo import run_demo
 
 
 def test_embedded_broker_relays_retained_and_qos1() -> None:

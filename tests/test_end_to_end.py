@@ -9,11 +9,11 @@ import pytest
 from helpers import AgentProcess
 
 from agent.contract import Topics, generate_keypair, iter_chunks
-from compiler.demo import write_agent_config
-from compiler.package import write_package
-from compiler.push import push_package
-from compiler.results import DeviceFeed
-from compiler.video import write_digits_video
+from compiler.compile.package import write_package
+from compiler.fleet.push import push_package
+from compiler.fleet.results import DeviceFeed
+from compiler.recipe.demo import write_agent_config
+from compiler.recipe.video import write_digits_video
 
 DEVICE = "cam-1"
 TOPICS = Topics()

@@ -30,9 +30,9 @@ from hypothesis import strategies as st
 from agent.config import MqttConfig, SourceConfig
 from agent.contract import describe_blob, generate_keypair
 from agent.sources.sensors import SensorSource, parse_sample
-from compiler.broker import MosquittoBroker
-from compiler.mqtt import BrokerAddress, connect, disconnect
-from compiler.push import publish_blobs
+from compiler.fleet.broker import MosquittoBroker
+from compiler.fleet.mqtt import BrokerAddress, connect, disconnect
+from compiler.fleet.push import publish_blobs
 
 FUZZ = settings(
     derandomize=True, deadline=None, database=None, print_blob=True,

@@ -18,10 +18,10 @@ from forge import package_from, resign, sign_raw
 from helpers import AgentProcess
 
 from agent.contract import ClassificationSpec, canonical_json, iter_chunks
-from compiler.demo import write_agent_config
-from compiler.mqtt import BrokerAddress, connect, disconnect
-from compiler.push import push_package
-from compiler.results import DeviceFeed
+from compiler.fleet.mqtt import BrokerAddress, connect, disconnect
+from compiler.fleet.push import push_package
+from compiler.fleet.results import DeviceFeed
+from compiler.recipe.demo import write_agent_config
 
 GROUP = "g1"
 FILLER = b"Zq"  # a payload's filler, never to be seen again in a reason

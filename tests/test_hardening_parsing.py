@@ -33,7 +33,7 @@ from agent.delivery.admission import check_admission
 from agent.delivery.outcomes import Rejected
 from agent.errors import DeployError
 from agent.sources.sensors import parse_sample
-from compiler.digits import LABELS, PREPROCESS
+from compiler.recipe.digits import LABELS, PREPROCESS
 
 # --- strict JSON ---------------------------------------------------------------------------
 

@@ -20,7 +20,7 @@ from upstream_harness import (
 )
 from wide_results import wide_results_package
 
-from compiler.broker import MosquittoBroker
+from compiler.fleet.broker import MosquittoBroker
 
 SHIPPED = Path(__file__).resolve().parents[1] / "deploy" / "mosquitto" / "mosquitto.conf"
 # The shipped broker's cap (1 MiB), as it ships.

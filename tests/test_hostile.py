@@ -54,7 +54,7 @@ from hostile_run import (
 from hostile_wire import floods
 
 from agent.contract import Topics
-from compiler.broker import MosquittoBroker
+from compiler.fleet.broker import MosquittoBroker
 
 TOPICS = Topics()
 OUTAGE_S = 30.0

@@ -21,8 +21,8 @@ from agent.inference.runtime import ModelSession
 from agent.inference.stats import StageStats
 from agent.notify import SystemdNotifier, Watchdog
 from agent.sources.opencv import Frame
-from compiler.demo import write_agent_config
-from compiler.results import Deduper, DeviceFeed
+from compiler.fleet.results import Deduper, DeviceFeed
+from compiler.recipe.demo import write_agent_config
 
 
 class NotifySocket:

@@ -11,8 +11,8 @@ import pytest
 
 from agent.comms.link import MqttLink
 from agent.config import MqttConfig
-from compiler.broker import MosquittoBroker
-from compiler.mqtt import BrokerAddress, Subscriber, connect, disconnect
+from compiler.fleet.broker import MosquittoBroker
+from compiler.fleet.mqtt import BrokerAddress, Subscriber, connect, disconnect
 
 
 def _link(broker: MosquittoBroker, **mqtt: object) -> MqttLink:

@@ -12,8 +12,8 @@ from pathlib import Path
 from device_harness import DEVICE, TOPICS, install, send
 from helpers import AgentProcess
 
-from compiler.demo import write_agent_config
-from compiler.results import DeviceFeed
+from compiler.fleet.results import DeviceFeed
+from compiler.recipe.demo import write_agent_config
 
 LOGGER = """
 import logging, sys

@@ -15,15 +15,15 @@ from torch import nn
 from agent.config import RuntimeConfig
 from agent.contract import preprocess_batch
 from agent.inference.runtime import ModelSession
-from compiler.datasets import DataError, Dataset
-from compiler.digits import PREPROCESS
+from compiler.compile.datasets import DataError, Dataset
+from compiler.compile.export import OPSET, ort_session
+from compiler.compile.loading import SourceModel, load_model
+from compiler.compile.onnx_source import QUANT_OPSET, prepare_onnx
+from compiler.compile.package import Package
+from compiler.compile.pipeline import CompileOptions, CompileResult, compile_model
+from compiler.compile.report import format_table
 from compiler.errors import ModelInputError
-from compiler.export import OPSET, ort_session
-from compiler.loading import SourceModel, load_model
-from compiler.onnx_source import QUANT_OPSET, prepare_onnx
-from compiler.package import Package
-from compiler.pipeline import CompileOptions, CompileResult, compile_model
-from compiler.report import format_table
+from compiler.recipe.digits import PREPROCESS
 
 CORPUS: dict[str, tuple[CorpusModel, str | None]] = {  # model, --output
     "opset7-ir3": (CorpusModel(opset=7), None),  # weights also listed as graph inputs

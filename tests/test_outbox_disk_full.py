@@ -23,7 +23,7 @@ from upstream_harness import (
     wait_until,
 )
 
-from compiler.broker import MosquittoBroker
+from compiler.fleet.broker import MosquittoBroker
 
 TELEMETRY = "[telemetry]\ninterval_s = 0.5\n"
 

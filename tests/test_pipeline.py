@@ -17,9 +17,9 @@ from agent.inference.postprocess import Prediction
 from agent.inference.runtime import Inference
 from agent.sources.opencv import Frame
 from agent.upstream.results import RateFilter
-from compiler.demo import write_agent_config
-from compiler.results import DeviceFeed
-from compiler.video import write_digits_video
+from compiler.fleet.results import DeviceFeed
+from compiler.recipe.demo import write_agent_config
+from compiler.recipe.video import write_digits_video
 
 
 def frame(i: int) -> Frame:

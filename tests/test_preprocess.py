@@ -12,8 +12,8 @@ import pytest
 from agent.config import SourceConfig
 from agent.contract import PreprocessSpec, preprocess, preprocess_batch
 from agent.sources.opencv import FrameSource
-from compiler.digits import PREPROCESS
-from compiler.video import FRAME_SIZE, write_digits_video
+from compiler.recipe.digits import PREPROCESS
+from compiler.recipe.video import FRAME_SIZE, write_digits_video
 
 
 def test_device_frame_matches_compiler_tensor(digits, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -9,9 +9,9 @@ import pytest
 import torch
 from nets import plain_cnn, tiny_mobilenet, tiny_resnet
 
-from compiler.export import export_onnx, verify_export
-from compiler.measure import onnx_params
-from compiler.prune import (
+from compiler.compile.export import export_onnx, verify_export
+from compiler.compile.measure import onnx_params
+from compiler.compile.prune import (
     PruningError,
     layer_changes,
     macs_and_params,

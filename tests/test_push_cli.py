@@ -19,11 +19,11 @@ from forge import package_from
 from helpers import BIN, AgentProcess
 
 from agent.contract import generate_keypair
-from compiler.broker import MosquittoBroker, free_port
-from compiler.demo import write_agent_config
-from compiler.mqtt import Subscriber
-from compiler.results import DeviceFeed
-from compiler.verdicts import judge
+from compiler.fleet.broker import MosquittoBroker, free_port
+from compiler.fleet.mqtt import Subscriber
+from compiler.fleet.results import DeviceFeed
+from compiler.fleet.verdicts import judge
+from compiler.recipe.demo import write_agent_config
 
 WARNING = (
     "edgewise: warning: device {} has never connected to this broker; "

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from compiler.cli import main
-from compiler.demo_model import digits_cnn
-from compiler.digits import PREPROCESS
-from compiler.recipe import BODY_DEPTH, labeled_subset, pretrain_body, train_recipe
+from compiler.recipe.demo_model import digits_cnn
+from compiler.recipe.digits import PREPROCESS
+from compiler.recipe.pretrain import BODY_DEPTH, labeled_subset, pretrain_body, train_recipe
 
 
 def test_labeled_subset_is_stratified_and_sized(digits) -> None:  # type: ignore[no-untyped-def]

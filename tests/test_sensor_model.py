@@ -11,10 +11,10 @@ from helpers import AgentProcess
 from onnx import TensorProto, helper
 
 from agent.contract import InputSpec, ScoreSpec, SensorSpec
-from compiler.demo import write_agent_config
-from compiler.package import write_package
-from compiler.push import push_package
-from compiler.results import DeviceFeed
+from compiler.compile.package import write_package
+from compiler.fleet.push import push_package
+from compiler.fleet.results import DeviceFeed
+from compiler.recipe.demo import write_agent_config
 
 WINDOW, CHANNELS = 8, 2
 

@@ -24,7 +24,7 @@ from agent.sources import sensor_inputs
 from agent.sources.images import ImageFolderSource
 from agent.sources.opencv import Frame
 from agent.sources.sensors import SensorSource, parse_sample
-from compiler.broker import MosquittoBroker, free_port
+from compiler.fleet.broker import MosquittoBroker, free_port
 
 TIMEOUT = 5.0
 

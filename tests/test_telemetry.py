@@ -13,7 +13,7 @@ import pytest
 
 from agent.contract import Topics
 from agent.upstream.telemetry import UPSTREAM, ProcessSampler, PrometheusExporter, telemetry_message
-from compiler.fleet import FleetView
+from compiler.fleet.view import FleetView
 
 STAGES = {
     "inference": {"p50": 4.0, "p99": 9.0, "mean": 5.0},

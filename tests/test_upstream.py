@@ -19,8 +19,8 @@ from upstream_harness import (
     wait_until,
 )
 
-from compiler.broker import MosquittoBroker, free_port
-from compiler.mqtt import BrokerAddress, connect, disconnect
+from compiler.fleet.broker import MosquittoBroker, free_port
+from compiler.fleet.mqtt import BrokerAddress, connect, disconnect
 
 
 @pytest.fixture

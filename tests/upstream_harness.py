@@ -11,10 +11,10 @@ from pathlib import Path
 from device_harness import DEVICE, TOPICS, install
 from helpers import AgentProcess
 
-from compiler.broker import MosquittoBroker
-from compiler.demo import write_agent_config
-from compiler.mqtt import BrokerAddress, Subscriber, connect, disconnect
-from compiler.results import Deduper, DeviceFeed
+from compiler.fleet.broker import MosquittoBroker
+from compiler.fleet.mqtt import BrokerAddress, Subscriber, connect, disconnect
+from compiler.fleet.results import Deduper, DeviceFeed
+from compiler.recipe.demo import write_agent_config
 
 CONSUMER = "edgewise-test-consumer"
 

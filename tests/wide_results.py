@@ -10,7 +10,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from agent.contract import ClassificationSpec
-from compiler.package import Package, write_package
+from compiler.compile.package import Package, write_package
 
 LABELS = tuple(f"class-{i:03d}" for i in range(160))
 

@@ -12,7 +12,7 @@ import threading
 import time
 from pathlib import Path
 
-from .errors import BrokerError
+from ..errors import BrokerError
 
 
 def free_port() -> int:

@@ -22,7 +22,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from agent.contract import DEVICE_ID_PATTERN, Topics, write_private
 
-from .errors import InputError
+from ..errors import InputError
 
 CLOUD_IDENTITY = "edgewise-cloud"
 DEVICE_WRITES = ("status", "telemetry", "results", "events")  # its own subtree only

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 
-from .errors import BrokerUnavailable
+from ..errors import BrokerUnavailable
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,8 @@ import paho.mqtt.client as mqtt
 
 from agent.contract import Topics, iter_chunks, load_private_key, sign_manifest
 
-from .errors import PushError
-from .package import Package
+from ..compile.package import Package
+from ..errors import PushError
 
 log = logging.getLogger(__name__)
 

@@ -15,9 +15,9 @@ from typing import TextIO
 
 from agent.contract import ContractError, Topics
 
-from .errors import InputError
+from ..compile.package import ENVELOPE, Package, read_package
+from ..errors import InputError
 from .mqtt import BrokerAddress, Subscriber, connect, disconnect
-from .package import ENVELOPE, Package, read_package
 from .progress import TransferProgress
 from .push import push_package
 from .verdicts import ACTIVE, DeployWatch, Verdict

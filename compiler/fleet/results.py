@@ -16,7 +16,7 @@ import paho.mqtt.client as mqtt
 
 from agent.contract import Topics
 
-from .errors import BrokerUnavailable
+from ..errors import BrokerUnavailable
 
 
 class _Item(NamedTuple):

@@ -17,16 +17,15 @@ import torch
 
 from agent.contract import Topics, generate_keypair
 
-from .broker import start_local_broker
-from .datasets import load_dataset
+from ..compile.loading import SourceModel
+from ..compile.pipeline import CompileOptions, compile_model
+from ..compile.report import format_table
+from ..fleet.broker import start_local_broker
+from ..fleet.mqtt import BrokerAddress, connect, disconnect
+from ..fleet.push import push_package
+from ..fleet.results import DeviceFeed, format_result
 from .demo_model import train_demo_model
-from .digits import PREPROCESS
-from .loading import SourceModel
-from .mqtt import BrokerAddress, connect, disconnect
-from .pipeline import CompileOptions, compile_model
-from .push import push_package
-from .report import format_table
-from .results import DeviceFeed, format_result
+from .digits import PREPROCESS, load_dataset
 from .video import write_digits_video
 
 log = logging.getLogger(__name__)

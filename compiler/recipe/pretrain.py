@@ -21,8 +21,9 @@ from tqdm import tqdm
 
 from agent.contract import PreprocessSpec, preprocess_batch
 
-from .datasets import Split
-from .demo_model import digits_cnn, train_classifier
+from ..compile.datasets import Split
+from ..compile.finetune import train_classifier
+from .demo_model import digits_cnn
 
 BODY_DEPTH = 8  # Conv, ReLU, Conv, ReLU, MaxPool, Flatten, Linear(9216,128), ReLU
 MAX_ROTATION = math.radians(12)

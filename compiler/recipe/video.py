@@ -7,7 +7,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .digits import Split
+from ..compile.datasets import Split
 
 FRAME_SIZE = 112  # 4× the model input, so the device really resizes
 

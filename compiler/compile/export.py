@@ -14,7 +14,7 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from .errors import ExportError
+from ..errors import ExportError
 
 OPSET = 18
 INPUT_NAME = "input"

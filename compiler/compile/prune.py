@@ -15,7 +15,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from .errors import InputError
+from ..errors import InputError
 
 ROUND_TO = 8
 

@@ -12,7 +12,7 @@ import onnx
 import torch
 from torch import nn
 
-from .errors import ModelInputError
+from ..errors import ModelInputError
 
 ModelKind = Literal["eager", "torchscript", "onnx"]
 

@@ -24,7 +24,7 @@ from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 from onnxruntime.quantization.shape_inference import quant_pre_process
 from tqdm import tqdm
 
-from .errors import AccuracyBudgetError
+from ..errors import AccuracyBudgetError
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,6 @@
 """Labelled images for calibration, fine-tuning and evaluation: an image folder (one sub-folder
-per label), an ``.npz`` with ``x`` and ``y`` (and optionally ``labels``), or the bundled digits."""
+per label) or an ``.npz`` with ``x`` and ``y`` (and optionally ``labels``). The bundled digits
+are the recipe's (``compiler.recipe.digits``)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import numpy as np
 
 from agent.contract import PreprocessSpec
 
-from .errors import InputError
+from ..errors import InputError
 
 IMAGE_SUFFIXES = frozenset(
     {".png", ".jpg", ".jpeg", ".bmp", ".pgm", ".ppm", ".tif", ".tiff", ".webp"}
@@ -91,20 +92,26 @@ def _from_npz(path: Path) -> tuple[Split, tuple[str, ...]]:
     return Split(x, y.astype(np.int64)), labels
 
 
-def load_dataset(source: str, *, seed: int = 0, test_fraction: float = 0.2) -> Dataset:
-    """``digits``, a folder of ``<label>/<image>`` files, or an ``.npz``; split with ``seed``."""
-    if source == "digits":
-        from .digits import LABELS, PREPROCESS, load_digits_28
+def read_files(path: Path) -> tuple[Split, tuple[str, ...]] | None:
+    """A folder of ``<label>/<image>`` files or an ``.npz``, with its label names; None when
+    ``path`` is neither."""
+    if path.is_dir():
+        return _from_folder(path)
+    if path.suffix == ".npz" and path.is_file():
+        return _from_npz(path)
+    return None
 
-        data, labels, spec = load_digits_28(), LABELS, PREPROCESS
-    else:
-        path = Path(source)
-        if path.is_dir():
-            (data, labels), spec = _from_folder(path), None
-        elif path.suffix == ".npz" and path.is_file():
-            (data, labels), spec = _from_npz(path), None
-        else:
-            raise DataError(f"{source}: not 'digits', an image folder or an existing .npz file")
+
+def split_dataset(
+    source: str,
+    data: Split,
+    labels: tuple[str, ...],
+    spec: PreprocessSpec | None,
+    *,
+    seed: int,
+    test_fraction: float,
+) -> Dataset:
+    """``data`` split into training and held-out images, stratified and seeded."""
     if len(data.labels) < 2:
         raise DataError(f"{source}: needs at least 2 images to hold some out for evaluation")
     train, test = stratified_split(data, seed, test_fraction)

@@ -23,9 +23,8 @@ from agent import __version__
 from agent.contract import ClassificationSpec, InputSpec, PreprocessSpec, preprocess_batch
 from agent.contract import load_private_key as _load_private_key
 
+from ..errors import AccuracyBudgetError, CompilerError, ModelInputError
 from .datasets import DataError, Dataset
-from .demo_model import train_classifier
-from .errors import AccuracyBudgetError, CompilerError, ModelInputError
 from .export import (
     OPSET,
     OUTPUT_NAME,
@@ -35,6 +34,7 @@ from .export import (
     ort_session,
     verify_export,
 )
+from .finetune import train_classifier
 from .loading import SourceModel
 from .measure import Evaluation, StageMetrics, evaluate, onnx_params, stage_metrics, torch_latency
 from .onnx_source import OnnxSource, check_input_fits, prepare_onnx

@@ -12,8 +12,8 @@ import numpy as np
 import onnx
 from onnx import helper, version_converter
 
+from ..errors import ModelInputError
 from .datasets import DataError
-from .errors import ModelInputError
 from .export import OPSET, ExportCheck, ort_outputs, ort_session
 
 log = logging.getLogger(__name__)

@@ -1,0 +1,2 @@
+"""The recipe and the demo: the bundled digits, the demo CNN, contrastive pre-training then
+fine-tuning, a test video, and ``edgewise demo`` end to end."""
