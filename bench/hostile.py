@@ -34,9 +34,8 @@ from hostile_e2e import (
 from hostile_models import sensor_package
 from hostile_run import GAP_GOAL_S, RSS_GOAL_MB, Publisher, Recorder, capped_broker, serving_gap
 
-from agent.contract import Topics, generate_keypair
+from agent.contract import Package, Topics, generate_keypair
 from compiler.compile.loading import SourceModel
-from compiler.compile.package import Package
 from compiler.compile.pipeline import CompileOptions, compile_model
 from compiler.recipe.demo_model import train_demo_model
 from compiler.recipe.digits import PREPROCESS, load_dataset

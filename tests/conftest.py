@@ -9,10 +9,9 @@ import pytest
 import torch
 from device_harness import Device, install, start_device
 
-from agent.contract import generate_keypair
+from agent.contract import Package, generate_keypair
 from compiler.compile.datasets import Dataset
 from compiler.compile.loading import SourceModel
-from compiler.compile.package import Package
 from compiler.compile.pipeline import CompileOptions, CompileResult, compile_model
 from compiler.fleet.broker import MosquittoBroker
 from compiler.fleet.mqtt import BrokerAddress, connect, disconnect

@@ -8,9 +8,8 @@ from pathlib import Path
 
 from helpers import AgentProcess
 
-from agent.contract import Topics
+from agent.contract import Package, Topics
 from agent.delivery.store import ModelStore
-from compiler.compile.package import Package
 from compiler.fleet.push import publish_blobs
 from compiler.fleet.results import DeviceFeed
 from compiler.recipe.demo import write_agent_config

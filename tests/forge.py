@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from agent.contract import Manifest, canonical_json, load_private_key, sign_manifest
-from compiler.compile.package import Package, write_package
+from agent.contract import Manifest, Package, canonical_json, load_private_key, sign_manifest
+from compiler.compile.package import write_package
 
 
 def package_from(

@@ -36,8 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.contract import Topics, key_id, load_private_key
-from compiler.compile.package import Package
+from agent.contract import Package, Topics, key_id, load_private_key
 
 REASON_MAX = 256  # issue 12: reasons in events and status, in characters
 EVENT_MAX = 2048  # issue 12's goal for the largest event, in bytes

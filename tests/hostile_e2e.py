@@ -35,8 +35,7 @@ from hostile_run import (
     tree_bytes,
 )
 
-from agent.contract import Topics
-from compiler.compile.package import Package
+from agent.contract import Package, Topics
 from compiler.fleet.broker import MosquittoBroker
 from compiler.recipe.demo import write_agent_config
 

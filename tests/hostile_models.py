@@ -20,11 +20,12 @@ from agent.contract import (
     ClassificationSpec,
     DetectionSpec,
     InputSpec,
+    Package,
     PreprocessSpec,
     ScoreSpec,
     SensorSpec,
 )
-from compiler.compile.package import Package, write_package
+from compiler.compile.package import write_package
 
 GRAY28 = PreprocessSpec(width=28, height=28, color="GRAY", mean=(0.1307,), std=(0.3081,))
 DIGITS = tuple(str(i) for i in range(10))

@@ -30,12 +30,11 @@ from agent.config import (
     SourceConfig,
     TrustConfig,
 )
-from agent.contract import Topics, TrustStore
+from agent.contract import Package, Topics, TrustStore
 from agent.delivery.deployer import Deployer
 from agent.delivery.store import ModelStore
 from agent.inference.pipeline import HealthStats, ModelSlot
 from agent.inference.runtime import ModelSession
-from compiler.compile.package import Package
 from compiler.fleet.broker import MosquittoBroker
 
 DEVICE, GROUPS = "cam-1", ("g1",)

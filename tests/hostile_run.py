@@ -19,8 +19,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from hostile import EVENT_MAX, REASON_MAX, Payload, digest
 
-from agent.contract import Topics
-from compiler.compile.package import Package
+from agent.contract import Package, Topics
 from compiler.fleet.broker import MosquittoBroker
 from compiler.fleet.mqtt import BrokerAddress, Subscriber, connect, disconnect
 from compiler.fleet.push import publish_blobs

@@ -12,11 +12,10 @@ import onnx
 import pytest
 import torch
 
-from agent.contract import TrustStore, preprocess_batch
+from agent.contract import TrustStore, preprocess_batch, read_package
 from compiler.compile.datasets import Dataset
 from compiler.compile.export import export_onnx, ort_session, verify_export
 from compiler.compile.loading import SourceModel
-from compiler.compile.package import read_package
 from compiler.compile.pipeline import CompileOptions, compile_model
 from compiler.errors import AccuracyBudgetError, ExportError
 from compiler.recipe.digits import LABELS, PREPROCESS

@@ -13,13 +13,12 @@ from onnx_models import CorpusModel, corpus_model, train_corpus_weights
 from torch import nn
 
 from agent.config import RuntimeConfig
-from agent.contract import preprocess_batch
+from agent.contract import Package, preprocess_batch
 from agent.inference.runtime import ModelSession
 from compiler.compile.datasets import DataError, Dataset
 from compiler.compile.export import OPSET, ort_session
 from compiler.compile.loading import SourceModel, load_model
 from compiler.compile.onnx_source import QUANT_OPSET, prepare_onnx
-from compiler.compile.package import Package
 from compiler.compile.pipeline import CompileOptions, CompileResult, compile_model
 from compiler.compile.report import format_table
 from compiler.errors import ModelInputError

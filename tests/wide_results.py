@@ -9,8 +9,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from agent.contract import ClassificationSpec
-from compiler.compile.package import Package, write_package
+from agent.contract import ClassificationSpec, Package
+from compiler.compile.package import write_package
 
 LABELS = tuple(f"class-{i:03d}" for i in range(160))
 

@@ -1,52 +1,35 @@
-"""A package on disk: a folder with the model and its signed manifest envelope.
+"""Write a package: a folder with the model, its golden inputs and its signed manifest envelope.
 
 NAME-VERSION/
     model.onnx
+    golden.npz      inputs and the outputs the device must reproduce
     manifest.json   signed envelope, exactly the bytes sent on the wire
+
+The type a package is read back as, and the reading, are the contract's
+(``agent.contract.Package``, ``read_package``): one type on both sides.
 """
 
 from __future__ import annotations
 
-import json
 import shutil
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from agent.contract import (
     DEFAULT_CHUNK_SIZE,
-    BlobSpec,
+    MANIFEST_FILE,
     ClassificationSpec,
     InputSpec,
     Manifest,
-    ManifestError,
+    Package,
     PreprocessSpec,
     describe_blob,
     load_private_key,
     sign_manifest,
 )
 
-ENVELOPE = "manifest.json"
 GOLDEN = "golden.npz"
-
-
-@dataclass(frozen=True)
-class Package:
-    root: Path
-    envelope: bytes
-    manifest: Manifest
-
-    @property
-    def model_path(self) -> Path:
-        return self.root / self.manifest.model.path
-
-    def blobs(self) -> list[tuple[BlobSpec, Path]]:
-        """Every file that travels with the package, and where it lies."""
-        files = [(self.manifest.model, self.model_path)]
-        if self.manifest.golden is not None:
-            files.append((self.manifest.golden, self.root / self.manifest.golden.path))
-        return files
 
 
 def write_package(
@@ -84,7 +67,7 @@ def write_package(
             golden=describe_blob(staging / GOLDEN, chunk_size) if golden is not None else None,
         )
         envelope = sign_manifest(manifest, load_private_key(signing_key))
-        (staging / ENVELOPE).write_bytes(envelope)
+        (staging / MANIFEST_FILE).write_bytes(envelope)
     except BaseException:  # a failed compile leaves nothing behind, not even the folder
         shutil.rmtree(staging, ignore_errors=True)
         if created:
@@ -92,15 +75,4 @@ def write_package(
         raise
     shutil.rmtree(root, ignore_errors=True)
     staging.rename(root)
-    return Package(root, envelope, manifest)
-
-
-def read_package(root: Path) -> Package:
-    """Read a package folder (no signature check: the device does that)."""
-    root = Path(root)
-    try:
-        envelope = (root / ENVELOPE).read_bytes()
-        manifest = Manifest.from_dict(json.loads(envelope)["manifest"])
-    except (OSError, ValueError, KeyError) as exc:
-        raise ManifestError(f"{root}: not a package: {exc}") from exc
     return Package(root, envelope, manifest)

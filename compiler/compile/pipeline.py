@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from agent import __version__
-from agent.contract import ClassificationSpec, InputSpec, PreprocessSpec, preprocess_batch
+from agent.contract import ClassificationSpec, InputSpec, Package, PreprocessSpec, preprocess_batch
 from agent.contract import load_private_key as _load_private_key
 
 from ..errors import AccuracyBudgetError, CompilerError, ModelInputError
@@ -38,7 +38,7 @@ from .finetune import train_classifier
 from .loading import SourceModel
 from .measure import Evaluation, StageMetrics, evaluate, onnx_params, stage_metrics, torch_latency
 from .onnx_source import OnnxSource, check_input_fits, prepare_onnx
-from .package import Package, write_package
+from .package import write_package
 from .prune import LayerChange, layer_changes, macs_and_params, prune_channels, prune_to_macs
 from .quantize import (
     Calibration,

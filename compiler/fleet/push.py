@@ -9,9 +9,8 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 
-from agent.contract import Topics, iter_chunks, load_private_key, sign_manifest
+from agent.contract import Package, Topics, iter_chunks, load_private_key, sign_manifest
 
-from ..compile.package import Package
 from ..errors import PushError
 
 log = logging.getLogger(__name__)

@@ -13,9 +13,8 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
-from agent.contract import ContractError, Topics
+from agent.contract import MANIFEST_FILE, ContractError, Package, Topics, read_package
 
-from ..compile.package import ENVELOPE, Package, read_package
 from ..errors import InputError
 from .mqtt import BrokerAddress, Subscriber, connect, disconnect
 from .progress import TransferProgress
@@ -31,8 +30,8 @@ def load_package(root: Path) -> Package:
         raise InputError(f"package folder {root} does not exist")
     if not root.is_dir():
         raise InputError(f"{root} is a file; give the package folder (NAME-VERSION/)")
-    if not (root / ENVELOPE).is_file():
-        raise InputError(f"{root} is not a package: it has no {ENVELOPE}")
+    if not (root / MANIFEST_FILE).is_file():
+        raise InputError(f"{root} is not a package: it has no {MANIFEST_FILE}")
     try:
         package = read_package(root)
     except ContractError as exc:
