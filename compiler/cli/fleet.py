@@ -1,0 +1,182 @@
+"""``edgewise certs``, ``push``, ``results`` and ``fleet``: the broker and the devices on it."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from agent.contract import Topics
+
+from .. import arguments
+from .common import Subparsers, add_broker_args, broker_address, writable_folder
+
+if TYPE_CHECKING:
+    import paho.mqtt.client as mqtt
+
+    from ..fleet.results import DeviceFeed
+
+
+def add_certs(sub: Subparsers) -> None:
+    certs = sub.add_parser(
+        "certs", help="fleet CA, broker and client certificates, and the broker's ACL file"
+    )
+    certs.add_argument(
+        "--out", type=arguments.path, required=True, help="folder; what exists is kept"
+    )
+    certs.add_argument(
+        "--broker-name", action="append", default=[], help="DNS name or IP of the broker (repeat)"
+    )
+    certs.add_argument(
+        "--device",
+        action="append",
+        default=[],
+        metavar="ID[:GROUP,...]",
+        help="a device to issue a certificate for, with its deploy groups (repeat)",
+    )
+    certs.add_argument("--topic-root", type=arguments.topic_root, default="edgewise")
+    certs.set_defaults(func=run_certs)
+
+
+def run_certs(args: argparse.Namespace) -> int:
+    from ..fleet.certs import build_fleet
+
+    devices = {}
+    for spec in args.device:
+        device, _, groups = spec.partition(":")
+        devices[device] = [g for g in groups.split(",") if g]
+    writable_folder(args.out, "--out")
+    topics = Topics(args.topic_root)
+    for cert in build_fleet(args.out, devices, args.broker_name, topics):
+        print(f"{cert} ({cert.with_suffix('.key').name} is private: mode 0600)")
+    print(f"{args.out / 'edgewise.acl'}: the broker's acl_file")
+    return 0
+
+
+def add_push(sub: Subparsers) -> None:
+    push = sub.add_parser("push", help="publish a package to a device, a group or the fleet")
+    push.add_argument("package", type=Path)
+    push.add_argument(
+        "--to", type=arguments.target, required=True, metavar="device:ID|group:NAME|all"
+    )
+    push.add_argument("--key", type=Path, help="re-sign the package bound to this target")
+    push.add_argument(
+        "--rollback", action="store_true", help="signed rollback: may replace a newer version"
+    )
+    push.add_argument(
+        "--wait",
+        type=arguments.positive_float,
+        metavar="SECONDS",
+        help="then wait for each device's verdict; exit 1 unless all made it active",
+    )
+    add_broker_args(push)
+    push.set_defaults(func=run_push)
+
+
+def run_push(args: argparse.Namespace) -> int:
+    from ..fleet import push_command
+
+    return push_command.run_push(args, broker_address(args))
+
+
+def add_results(sub: Subparsers) -> None:
+    results = sub.add_parser("results", help="consume results devices publish (deduplicated)")
+    results.add_argument("--device", type=arguments.device_id, help="one device; default all")
+    results.add_argument(
+        "--count",
+        type=arguments.positive_int,
+        help="stop after this many results (with --client-id, at the end of that batch)",
+    )
+    results.add_argument(
+        "--timeout",
+        type=arguments.positive_float,
+        default=3600,
+        help="stop after this many seconds without a new result, counted from the start",
+    )
+    results.add_argument("--json", action="store_true", help="print JSON Lines, not a summary")
+    results.add_argument("--jsonl", type=Path, help="append results to this JSON Lines file")
+    results.add_argument("--sqlite", type=Path, help="store results in this SQLite file")
+    results.add_argument(
+        "--group",
+        type=arguments.device_id,
+        help="shared subscription group: consumers in one group split the results",
+    )
+    results.add_argument(
+        "--client-id", help="a fixed id keeps a broker session: results wait while away"
+    )
+    add_broker_args(results)
+    results.set_defaults(func=run_results)
+
+
+def run_results(args: argparse.Namespace) -> int:
+    """Until --count new results, or --timeout seconds without a new one (counted from the
+    start, so it ends even if nothing ever arrives); Ctrl-C keeps the summary and exits 130.
+    The feed subscribes again on every reconnect; a refused subscription is an error (exit 1)."""
+    from ..failures import EXIT_INTERRUPTED
+    from ..fleet.consume import Consumer, Sinks, listening
+    from ..fleet.mqtt import connect, disconnect
+    from ..fleet.results import DeviceFeed
+
+    persistent = bool(args.client_id)
+    feeds: list[DeviceFeed] = []
+    client, consumer, interrupted = None, None, False
+    sinks = Sinks(args.jsonl, args.sqlite)
+
+    def prepare(client: mqtt.Client) -> None:
+        # Before CONNECT: what a persistent session kept arrives right after CONNACK.
+        topics = Topics(args.topic_root)
+        feeds.append(DeviceFeed(client, topics, args.device, args.group, manual_ack=persistent))
+
+    try:
+        client = connect(
+            broker_address(args),
+            client_id=args.client_id,
+            clean_session=not persistent,
+            prepare=prepare,
+        )
+        feeds[0].wait_subscribed(10)
+        listening(feeds[0])
+        consumer = Consumer(feeds[0], sinks, args.json, persistent)
+        consumer.run(args.count, args.timeout)
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        if client is not None:
+            disconnect(client)
+        sinks.close()
+    summary = consumer.summary if consumer else "0 results, 0 duplicates dropped"
+    if interrupted:
+        print(f"edgewise: interrupted; {summary}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    print(summary, file=sys.stderr)
+    return 0
+
+
+def add_fleet(sub: Subparsers) -> None:
+    fleet = sub.add_parser("fleet", help="a live table of devices from status and telemetry")
+    fleet.add_argument("--once", action="store_true", help="print the table once and exit")
+    fleet.add_argument("--interval", type=arguments.positive_float, default=2.0)
+    add_broker_args(fleet)
+    fleet.set_defaults(func=run_fleet)
+
+
+def run_fleet(args: argparse.Namespace) -> int:
+    import time
+
+    from ..fleet.mqtt import connect, disconnect
+    from ..fleet.view import FleetView
+
+    view, topics = FleetView(), Topics(args.topic_root)
+    client = connect(broker_address(args))
+    client.on_message = lambda _c, _u, msg: view.update(msg.topic, bytes(msg.payload))
+    client.subscribe([(topics.all_devices("status"), 1), (topics.all_devices("telemetry"), 1)])
+    try:
+        while True:
+            time.sleep(args.interval)  # a refresh period for the screen, not synchronisation
+            print("\033[2J\033[H" if not args.once else "", end="")
+            print(view.table(), flush=True)
+            if args.once:
+                return 0
+    finally:  # Ctrl-C leaves through here: a clean disconnect, then "interrupted", exit 130
+        disconnect(client)
