@@ -264,6 +264,7 @@ UPSTREAM_FIGURES = {
     "outbox_error": "OperationalError: database or disk is full",
     "results_in_memory": 120,
     "results_truncated": 7,
+    "results_suppressed": 11,
     "messages_shortened": 1,
     "max_packet_bytes": 65536,
     "messages_rejected": 9,
@@ -290,6 +291,28 @@ def test_prometheus_serves_the_upstream_figures_but_not_the_error_text() -> None
         assert 'edgewise_results_truncated{device="cam-1"} 7.0' in body
         assert 'edgewise_max_packet_bytes{device="cam-1"} 65536.0' in body
         assert 'edgewise_messages_rejected{device="cam-1"} 9.0' in body
+        assert 'edgewise_results_suppressed{device="cam-1"} 11.0' in body
         assert "disk is full" not in body
+    finally:
+        exporter.close()
+
+
+def test_the_sources_counters_reach_telemetry_and_metrics() -> None:
+    """Whatever a source counts (garbage records, overflow, ...) is in the message and gets a
+    gauge named after it, however many kinds of counter the kind keeps."""
+    message = telemetry_message(
+        device="cam-1", boot_id="b", interval_s=10.0, frames=0, frames_before=0, stages={},
+        dropped_frames=0, results_queued=0, results_dropped=0, process=_process(), model=None,
+        source={"garbage": 4, "overflow": 2},
+    )  # fmt: skip
+    assert message["source"] == {"garbage": 4, "overflow": 2}
+    exporter = PrometheusExporter(0, device="cam-1", host="127.0.0.1")
+    try:
+        exporter.update(message)
+        body = _scrape(exporter.port)
+        assert 'edgewise_source_garbage{device="cam-1"} 4.0' in body
+        assert 'edgewise_source_overflow{device="cam-1"} 2.0' in body
+        exporter.update({**message, "source": {"garbage": 9}})
+        assert 'edgewise_source_garbage{device="cam-1"} 9.0' in _scrape(exporter.port)
     finally:
         exporter.close()

@@ -18,7 +18,8 @@ import numpy as np
 from agent.errors import SourceError
 from agent.inference.runtime import Inference, ModelSession
 from agent.inference.stats import StageStats
-from agent.sources.opencv import Frame, FrameSource
+from agent.sources import Frame
+from agent.sources import Source as FrameSource
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,7 @@ class ModelSlot:
     def __init__(self) -> None:
         self._session: ModelSession | None = None
         self._lock = threading.Lock()
+        self.serving = threading.Event()  # set once a model serves (it never stops serving)
 
     @property
     def current(self) -> ModelSession | None:
@@ -91,7 +93,8 @@ class ModelSlot:
     def swap(self, session: ModelSession) -> ModelSession | None:
         with self._lock:
             old, self._session = self._session, session
-            return old
+        self.serving.set()
+        return old
 
 
 class HealthStats:
@@ -138,14 +141,30 @@ class CaptureWorker(threading.Thread):
         slot: FrameSlot,
         stop: threading.Event,
         on_state: SourceState | None = None,
+        ready: threading.Event | None = None,
     ):
+        """``ready``: the source stays closed until it is set (a model serves): with nothing to
+        infer, decoding a camera or a file would only burn the board's CPU."""
         super().__init__(name="capture", daemon=True)
         self._source, self._slot, self._halt = source, slot, stop
         self._on_state = on_state or (lambda _state, _detail: None)
+        self._ready = ready
         self.frames = 0
+
+    def _wait_until_ready(self) -> bool:
+        if self._ready is None or self._ready.is_set():
+            return True
+        log.info("the source stays closed until a model serves")
+        while not self._halt.is_set():
+            if self._ready.wait(0.5):
+                return True
+        return False
 
     def run(self) -> None:
         delay = 1.0
+        if not self._wait_until_ready():
+            self._slot.close()
+            return
         try:
             while not self._halt.is_set():
                 opened = time.monotonic()

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
-from typing import Any
+from typing import Any, Protocol
 
 from agent.comms.sizing import fit_result
 from agent.config import ResultsConfig
 from agent.inference.runtime import Inference, ModelSession
-from agent.sources.opencv import Frame
+from agent.sources import Frame
+
+
+class ResultStore(Protocol):
+    def append(self, payload: bytes) -> None: ...
 
 
 class ResultBuilder:
@@ -82,3 +87,45 @@ class RateFilter:
         else:
             self.suppressed += 1
         return send
+
+
+class ResultSink:
+    """Where the inference thread hands each result: the rate filter decides, the builder
+    numbers and encodes, the outbox keeps it. ``limit`` results in all, then ``stop`` is set."""
+
+    def __init__(
+        self,
+        *,
+        builder: ResultBuilder,
+        rate: RateFilter,
+        outbox: ResultStore,
+        stop: threading.Event,
+        limit: int | None = None,
+    ):
+        self._builder, self._rate, self._outbox = builder, rate, outbox
+        self._stop, self._limit = stop, limit
+        self._suppressed_before = 0  # by filters a reload replaced
+
+    @property
+    def seq(self) -> int:
+        return self._builder.seq
+
+    @property
+    def truncated(self) -> int:
+        return self._builder.truncated
+
+    @property
+    def suppressed(self) -> int:
+        return self._suppressed_before + self._rate.suppressed
+
+    def reconfigure(self, config: ResultsConfig) -> None:
+        """A new ``[results]`` section (SIGHUP): a fresh filter, the count carried on."""
+        self._suppressed_before += self._rate.suppressed
+        self._rate = RateFilter(config)
+
+    def __call__(self, frame: Frame, session: ModelSession, inference: Inference) -> None:
+        if not self._rate.admit(inference, time.monotonic()):
+            return
+        self._outbox.append(self._builder.build(frame, session, inference))
+        if self._limit is not None and self._builder.seq >= self._limit:
+            self._stop.set()

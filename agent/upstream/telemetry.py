@@ -85,10 +85,12 @@ def telemetry_message(
     process: dict[str, float | None],
     model: dict[str, str] | None,
     upstream: Mapping[str, object] | None = None,
+    source: Mapping[str, int] | None = None,
 ) -> dict[str, object]:
     """The telemetry payload for one interval. ``stages`` is ``StageStats.summary()``;
     ``frames``/``frames_before`` are frame counts now and one interval ago; ``process`` is
-    ``ProcessSampler.sample()``; ``upstream`` the outbox's and uplink's figures (``UPSTREAM``)."""
+    ``ProcessSampler.sample()``; ``upstream`` the outbox's and uplink's figures (``UPSTREAM``);
+    ``source`` the counters the source keeps (``Source.counters()``)."""
     fps = round((frames - frames_before) / interval_s, 2) if interval_s > 0 else 0.0
     total = stages.get("total")
     latency = {"p50": total["p50"], "p99": total["p99"]} if total else None
@@ -103,6 +105,7 @@ def telemetry_message(
         "results_queued": results_queued,
         "results_dropped": results_dropped,
         "model": model,
+        "source": dict(source or {}),
         **process,
         **(upstream or {}),
     }
@@ -114,6 +117,7 @@ UPSTREAM = {
     "outbox_error": "The outbox's last error while it fails (null when it writes)",
     "results_in_memory": "Results held in memory while the outbox cannot write",
     "results_truncated": "Results cut to fit one MQTT message, since start",
+    "results_suppressed": "Results the [results] mode held back, since start",
     "messages_shortened": "Events and status shortened to fit the cap, since start",
     "max_packet_bytes": "The packet cap in force (configured, or the broker's if lower)",
     "messages_rejected": "Deploy and chunk messages the agent rejected, since start",
@@ -171,6 +175,7 @@ class PrometheusExporter:
             name: prometheus_client.Gauge(name, help_, ["device"], registry=self._registry)
             for name, (help_, _) in _GAUGES.items()
         }
+        self._gauge_type = prometheus_client.Gauge
         started = prometheus_client.start_http_server(port, addr=host, registry=self._registry)
         # Older versions return None: their server cannot be stopped.
         self._server: Any = started[0] if started else None
@@ -189,6 +194,17 @@ class PrometheusExporter:
                 # Older prometheus-client raises when the child was never set.
                 with contextlib.suppress(KeyError):
                     gauge.remove(self._device)
+        source = message.get("source")
+        for key, value in source.items() if isinstance(source, dict) else ():
+            self._source_gauge(key).labels(device=self._device).set(value)
+
+    def _source_gauge(self, key: str) -> Any:
+        """A source's counters differ by kind: each gets its gauge the first time it is seen."""
+        name = f"edgewise_source_{key}"
+        if name not in self._gauges:
+            help_ = f"Source counter {key!r} (see the source kind's docs), since start"
+            self._gauges[name] = self._gauge_type(name, help_, ["device"], registry=self._registry)
+        return self._gauges[name]
 
     def close(self) -> None:
         """Stop serving."""

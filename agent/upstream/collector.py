@@ -1,0 +1,68 @@
+"""One telemetry message from the running parts: each part is asked for its own figures."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from agent.comms.guard import Boundary
+from agent.comms.link import MqttLink
+from agent.inference.pipeline import FrameSlot
+from agent.inference.stats import StageStats
+from agent.sources import Source
+from agent.upstream.results import ResultSink
+from agent.upstream.spool import Spool
+from agent.upstream.telemetry import ProcessSampler, telemetry_message
+from agent.upstream.uplink import ResultsUplink
+
+
+@dataclass
+class TelemetryCollector:
+    """Called by the telemetry thread every interval with the seconds since the last call."""
+
+    device: str
+    boot_id: str
+    state_dir: Path
+    stages: StageStats
+    frames: FrameSlot
+    source: Source
+    results: ResultSink
+    outbox: Spool
+    uplink: ResultsUplink
+    link: MqttLink
+    boundary: Boundary
+    model: Callable[[], dict[str, str] | None]
+    sampler: ProcessSampler = field(default_factory=ProcessSampler)
+    _frames_before: int = 0
+
+    def __call__(self, elapsed_s: float) -> dict[str, object]:
+        frames, frames_before = self.stages.frames, self._frames_before
+        self._frames_before = frames
+        return telemetry_message(
+            device=self.device,
+            boot_id=self.boot_id,
+            interval_s=elapsed_s,
+            frames=frames,
+            frames_before=frames_before,
+            stages=self.stages.summary(),
+            dropped_frames=self.frames.dropped,
+            results_queued=self.outbox.queued,
+            results_dropped=self.outbox.dropped,
+            process=self.sampler.sample(self.state_dir),
+            model=self.model(),
+            upstream=self._upstream(),
+            source=self.source.counters(),
+        )
+
+    def _upstream(self) -> dict[str, object]:
+        return {
+            "outbox_errors": self.outbox.errors,
+            "outbox_error": self.outbox.error,
+            "results_in_memory": self.outbox.in_memory,
+            "results_truncated": self.results.truncated + self.uplink.truncated,
+            "results_suppressed": self.results.suppressed,
+            "messages_shortened": self.link.shortened,
+            "max_packet_bytes": self.link.max_packet,
+            "messages_rejected": self.boundary.rejected,
+        }
