@@ -19,8 +19,8 @@ from agent.comms.bounded import DropOldest, Mailbox, RecentSet
 from agent.comms.guard import Boundary, Oversize
 from agent.contract import BlobSpec, ClassificationSpec, Topics, describe_blob
 from agent.delivery.fetcher import ChunkFetcher, FetchStats, _Window
-from agent.delivery.golden import GoldenError, load_golden
 from agent.delivery.store import MAX_QUARANTINE, ModelStore
+from agent.inference.golden import GoldenError, load_golden
 
 # --- bounded containers --------------------------------------------------------------------
 

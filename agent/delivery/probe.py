@@ -4,7 +4,9 @@ A malformed model can crash or hang ONNX Runtime's loader, so the serving proces
 candidate before a child has: loaded it under a memory limit and a time limit, checked its input
 against what the device will feed it, run the package's golden inputs, run a blank frame through
 preprocess, model and postprocess as serving does (agent.delivery.probe_checks), and timed it on
-this board. The child prints one JSON line; the parent turns every way it can fail into ProbeError.
+this board. The child opens the model and checks the golden outputs with the serving process's
+own functions (agent.inference.runtime.open_session, agent.inference.golden.check_golden). It
+prints one JSON line; the parent turns every way it can fail into ProbeError.
 
     python -m agent.delivery.probe MODEL GOLDEN|- THREADS RUNS  < manifest.json
 """
@@ -70,11 +72,9 @@ def probe_candidate(
 ) -> ProbeReport:
     """Raises ProbeError naming the failure; never crashes or hangs the caller. When ``stop`` is
     set the child is killed and ProbeInterrupted raised: the candidate is not at fault."""
-    args = [
-        sys.executable, "-m", "agent.delivery.probe", str(model_path),
-        str(golden_path) if golden_path else "-", str(runtime.intra_op_threads), str(runs),
-        *runtime.providers,
-    ]  # fmt: skip
+    golden = str(golden_path) if golden_path else "-"
+    child = ["-m", "agent.delivery.probe", str(model_path), golden]
+    args = [sys.executable, *child, str(runtime.intra_op_threads), str(runs), *runtime.providers]
     proc = subprocess.Popen(
         args,
         stdin=subprocess.PIPE,
@@ -135,34 +135,32 @@ def _read_answer(returncode: int, out: bytes, err: bytes, memory_limit_mb: int) 
 def _run_child(argv: list[str]) -> dict[str, object]:
     import numpy as np
 
-    from agent.delivery.probe_checks import Unfit, check_golden, check_input, check_serving_path
-    from agent.inference.onnxrt import ort  # telemetry off before ONNX Runtime starts
-    from agent.inference.runtime import session_options
+    from agent.delivery.probe_checks import Unfit, check_input, check_serving_path
+    from agent.inference.golden import GoldenError, check_golden
+    from agent.inference.runtime import open_session  # ORT with its telemetry off
 
     model, golden, threads, runs, *providers = argv
     manifest = Manifest.model_validate_json(sys.stdin.read())
     config = RuntimeConfig(
         intra_op_threads=int(threads), providers=tuple(providers) or ("CPUExecutionProvider",)
     )
-    available = set(ort.get_available_providers())
-    wanted = [p for p in config.providers if p in available] or ["CPUExecutionProvider"]
     started = time.perf_counter()
     try:
-        session = ort.InferenceSession(model, session_options(config), providers=wanted)
+        session = open_session(model, config)
     except Exception as exc:  # ORT's errors are untyped
         return {"error": f"not a loadable ONNX model: {_first_line(exc)}"}
     load_ms = (time.perf_counter() - started) * 1e3
     try:
         name = check_input(session, manifest)
         if golden != "-":
-            check_golden(session, manifest, name, Path(golden))
+            check_golden(session, name, manifest, Path(golden))
         sample = check_serving_path(session, manifest, name)
         times = []
         for _ in range(int(runs)):
             t0 = time.perf_counter()
             session.run(None, {name: sample})
             times.append((time.perf_counter() - t0) * 1e3)
-    except Unfit as exc:
+    except (Unfit, GoldenError) as exc:
         return {"error": str(exc)}
     except Exception as exc:  # ORT's errors are untyped
         if "allocat" in str(exc).lower():  # ORT's arena failing to allocate: out of memory

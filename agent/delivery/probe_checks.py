@@ -1,21 +1,20 @@
 """What the probe child checks before a candidate may reach the serving process.
 
 A signed manifest can still be unusable: labels that do not match the model's scores, an input
-dtype or shape the model does not take, a golden file that is not plain arrays. Each check here
-raises Unfit with a short reason; the child reports it and the candidate is rejected. The checks
-run the very functions the serving process runs (preprocess, ``session.run``, postprocess), so
-what passes here cannot fail there for a reason the manifest could have told.
+dtype or shape the model does not take. Each check here raises Unfit with a short reason; the
+child reports it and the candidate is rejected. The checks run the very functions the serving
+process runs (preprocess, ``session.run``, postprocess), so what passes here cannot fail there
+for a reason the manifest could have told. The golden check is the serving process's own
+(agent.inference.golden).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from agent.contract import Manifest, clip, to_tensor
-from agent.delivery.golden import GoldenError, load_golden
 from agent.inference.postprocess import postprocess
 from agent.inference.runtime import blank_sample
 
@@ -73,26 +72,3 @@ def check_serving_path(session: Any, manifest: Manifest, name: str) -> np.ndarra
     except (ValueError, IndexError, TypeError) as exc:
         raise Unfit(f"postprocessing does not fit the model's output: {clip(exc, 160)}") from exc
     return tensor
-
-
-def check_golden(session: Any, manifest: Manifest, name: str, golden: Path) -> None:
-    """The golden inputs give the golden outputs, within ``golden_atol``."""
-    try:
-        inputs, expected = load_golden(golden)
-    except GoldenError as exc:
-        raise Unfit(str(exc)) from exc
-    dtype = np.dtype(manifest.input.dtype)
-    if inputs.dtype != dtype:
-        raise Unfit(f"golden inputs are {inputs.dtype}, the manifest's input is {dtype}")
-    got = session.run(None, {name: inputs})[0]
-    if got.shape != expected.shape:
-        raise Unfit(
-            f"golden outputs differ from the package's: shape {list(got.shape)} != "
-            f"{list(expected.shape)}"
-        )
-    if not np.allclose(got, expected, atol=manifest.golden_atol, rtol=0):
-        diff = float(np.abs(got - expected).max())
-        raise Unfit(
-            f"golden outputs differ from the package's: max |diff| {diff} > atol "
-            f"{manifest.golden_atol}"
-        )

@@ -1,17 +1,23 @@
-"""An ONNX Runtime session bound to its manifest: frame or sensor window in, predictions out."""
+"""An ONNX Runtime session bound to its manifest: frame or sensor window in, predictions out.
+
+How a model is opened (execution providers, threads, graph optimisation) is written here once,
+for the serving process and the probe child alike; so is loading a package to serve
+(:func:`load_package`: load, warm up, golden check), for boot and every switch.
+"""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from agent.config import RuntimeConfig
-from agent.contract import Manifest, PreprocessSpec, SensorSpec, clip, to_tensor
-from agent.delivery.golden import load_golden
+from agent.contract import Manifest, Package, PreprocessSpec, SensorSpec, clip, to_tensor
 from agent.errors import ModelLoadError
+from agent.inference.golden import check_golden
 from agent.inference.onnxrt import ort
 from agent.inference.postprocess import Prediction, postprocess
 
@@ -44,6 +50,19 @@ def session_options(config: RuntimeConfig) -> ort.SessionOptions:
     return options
 
 
+def choose_providers(wanted: Sequence[str]) -> list[str]:
+    """The configured execution providers this ONNX Runtime build has, in order; CPU if none."""
+    available = set(ort.get_available_providers())
+    return [p for p in wanted if p in available] or ["CPUExecutionProvider"]
+
+
+def open_session(model_path: Path | str, config: RuntimeConfig) -> ort.InferenceSession:
+    """An ONNX Runtime session for the model, as ``config`` asks (ORT's own errors, untyped)."""
+    return ort.InferenceSession(
+        str(model_path), session_options(config), providers=choose_providers(config.providers)
+    )
+
+
 def blank_sample(spec: PreprocessSpec | SensorSpec) -> np.ndarray:
     """An all-zero frame or window of the kind the spec takes (for warm-up)."""
     if isinstance(spec, SensorSpec):
@@ -70,11 +89,7 @@ class ModelSession:
 
     def _load(self, model_path: Path, config: RuntimeConfig) -> None:
         manifest = self.manifest
-        available = set(ort.get_available_providers())
-        providers = [p for p in config.providers if p in available] or ["CPUExecutionProvider"]
-        self._session = ort.InferenceSession(
-            str(model_path), session_options(config), providers=providers
-        )
+        self._session = open_session(model_path, config)
         inputs = self._session.get_inputs()
         if len(inputs) != 1 or inputs[0].name != manifest.input.name:
             names = [i.name for i in inputs]
@@ -91,21 +106,12 @@ class ModelSession:
         """Run the package's golden inputs; raise ModelLoadError unless the outputs match."""
         if golden is None:
             return
-        inputs, expected = load_golden(golden)
         try:
-            feed = {self._input: inputs.astype(self._dtype, copy=False)}
-            (got, *_) = self._session.run(None, feed)
-            same = got.shape == expected.shape and np.allclose(
-                got, expected, atol=self.manifest.golden_atol, rtol=0
-            )
+            check_golden(self._session, self._input, self.manifest, golden)
+        except ModelLoadError:
+            raise
         except Exception as exc:  # ORT's errors are untyped
             raise ModelLoadError(f"golden inputs do not run: {clip(exc, 200)}") from exc
-        if not same:
-            diff = float(np.abs(got - expected).max()) if got.shape == expected.shape else None
-            raise ModelLoadError(
-                f"golden outputs differ from the package's: max |diff| {diff} > atol "
-                f"{self.manifest.golden_atol}"
-            )
 
     def infer(self, sample: np.ndarray) -> Inference:
         """A frame (H×W[×3] uint8) or a sensor window (window×channels) to predictions."""
@@ -119,3 +125,11 @@ class ModelSession:
         )
         t3 = time.perf_counter()
         return Inference(predictions, (t1 - t0) * 1e3, (t2 - t1) * 1e3, (t3 - t2) * 1e3)
+
+
+def load_package(package: Package, config: RuntimeConfig) -> ModelSession:
+    """The package's model loaded, warmed up and golden-checked, ready to serve: the one way a
+    package becomes a session, at boot and at every switch. ModelLoadError when it cannot."""
+    session = ModelSession(package.model_path, package.manifest, config)
+    session.check_golden(package.golden_path)
+    return session

@@ -1,4 +1,6 @@
-"""A package's golden inputs and outputs (``golden.npz``): plain numeric arrays, or refused.
+"""A package's golden inputs and outputs (``golden.npz``): plain numeric arrays, or refused; and
+the one check that a loaded model reproduces them (the probe child and the serving process both
+run it).
 
 The file comes from the package like the model, so it is read as data only: an npz archive (a
 zip, checked before numpy sees it), ``allow_pickle=False`` (a pickled object in it would run code
@@ -10,17 +12,19 @@ from __future__ import annotations
 
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from agent.contract import clip
+from agent.contract import Manifest, clip
 from agent.errors import ModelLoadError
 
 NUMERIC_KINDS = "biuf"  # bool, signed, unsigned, float: what a model takes and returns
 
 
 class GoldenError(ModelLoadError):
-    """The golden file is not an npz of plain numeric arrays ``inputs`` and ``outputs``."""
+    """The golden file is not an npz of plain numeric arrays ``inputs`` and ``outputs``, or the
+    model does not reproduce them."""
 
 
 def load_golden(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -41,3 +45,25 @@ def load_golden(path: Path) -> tuple[np.ndarray, np.ndarray]:
         if array.dtype.kind not in NUMERIC_KINDS or array.dtype.hasobject:
             raise GoldenError(f"golden {name} are not plain numbers ({array.dtype.str})")
     return inputs, outputs
+
+
+def check_golden(session: Any, input_name: str, manifest: Manifest, golden: Path) -> None:
+    """The golden inputs through an ONNX Runtime ``session`` give the golden outputs, within
+    ``golden_atol``; GoldenError says how they do not. What ``session.run`` raises passes
+    through: the caller names it (a child's out-of-memory is not a wrong answer)."""
+    inputs, expected = load_golden(golden)
+    dtype = np.dtype(manifest.input.dtype)
+    if inputs.dtype != dtype:
+        raise GoldenError(f"golden inputs are {inputs.dtype}, the manifest's input is {dtype}")
+    got = session.run(None, {input_name: inputs})[0]
+    if got.shape != expected.shape:
+        raise GoldenError(
+            f"golden outputs differ from the package's: shape {list(got.shape)} != "
+            f"{list(expected.shape)}"
+        )
+    if not np.allclose(got, expected, atol=manifest.golden_atol, rtol=0):
+        diff = float(np.abs(got - expected).max())
+        raise GoldenError(
+            f"golden outputs differ from the package's: max |diff| {diff} > atol "
+            f"{manifest.golden_atol}"
+        )
