@@ -23,3 +23,16 @@ class ModelLoadError(AgentError):
 
 class DeployError(AgentError):
     """A package could not be fetched or installed; what was serving keeps serving."""
+
+
+class ActivationError(DeployError):
+    """An installed version cannot be served: it fails verification or its golden check, it is
+    quarantined, or there is no previous version to roll back to. What serves keeps serving."""
+
+
+class NotInstalled(ActivationError):
+    """No slot on this device holds the version asked for."""
+
+
+class DeployerBusy(DeployError):
+    """The deployer did not take up a request in time (a deployment held it); nothing changed."""

@@ -6,19 +6,14 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import Any, Protocol
 
 from agent.config import AgentConfig, DeployConfig
 from agent.contract import ContractError, Manifest
 from agent.delivery.fetcher import Cancelled, ChunkFetcher
-from agent.delivery.outcomes import Rejected
+from agent.delivery.outcomes import Rejected, Status
 from agent.delivery.probe import ProbeReport, probe_candidate
 from agent.delivery.store import ModelStore, blobs_of, verify_blob
 from agent.errors import DeployError
-
-
-class Status(Protocol):
-    def __call__(self, state: str, manifest: Manifest | None, **extra: Any) -> None: ...
 
 
 class Candidates:
@@ -38,19 +33,26 @@ class Candidates:
                 verify_blob(files[blob.path], blob)
             golden = files.get(manifest.golden.path) if manifest.golden else None
             report = probe_candidate(
-                files[manifest.model.path], manifest, golden, config.runtime,
+                files[manifest.model.path],
+                manifest,
+                golden,
+                config.runtime,
                 timeout_s=config.deploy.probe_timeout,
-                memory_limit_mb=config.deploy.probe_memory_mb, stop=self._halt,
-            )  # fmt: skip
+                memory_limit_mb=config.deploy.probe_memory_mb,
+                stop=self._halt,
+            )
         except (ContractError, DeployError) as exc:
             raise Rejected(str(exc)) from exc
         _check_budgets(manifest, report, config.deploy)
         slot = self._store.stage(manifest, envelope, files)
         self._status(
-            "installed", manifest, latency_p50_ms=round(report.latency_p50_ms, 3),
+            "installed",
+            manifest,
+            latency_p50_ms=round(report.latency_p50_ms, 3),
             latency_p99_ms=round(report.latency_p99_ms, 3),
-            peak_rss_mb=round(report.peak_rss_mb, 1), chunks=chunks,
-        )  # fmt: skip
+            peak_rss_mb=round(report.peak_rss_mb, 1),
+            chunks=chunks,
+        )
         return slot
 
     def _download(

@@ -16,10 +16,12 @@ Boundary (agent.comms.guard), so nothing a message causes can end this thread.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import threading
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from agent.comms.bounded import Mailbox, RecentSet
 from agent.comms.guard import Boundary, Oversize
@@ -29,25 +31,31 @@ from agent.contract import ContractError, Manifest, Package, Topics, TrustStore,
 from agent.delivery.admission import check_admission
 from agent.delivery.candidate import Candidates
 from agent.delivery.fetcher import ChunkFetcher
-from agent.delivery.outcomes import Interrupted, Rejected, Superseded
-from agent.delivery.probation import Probation, Report
+from agent.delivery.outcomes import (
+    Interrupted,
+    Rejected,
+    Report,
+    Superseded,
+    deployment_event,
+    model_of,
+)
+from agent.delivery.probation import Probation
+from agent.delivery.requests import Request
+from agent.delivery.serving import Serving, same_package
 from agent.delivery.store import ModelStore
-from agent.errors import DeployError, ModelLoadError
+from agent.errors import DeployerBusy, DeployError, ModelLoadError
 from agent.inference.pipeline import HealthStats, ModelSlot
-from agent.inference.runtime import ModelSession
 
 log = logging.getLogger(__name__)
 
 REFUSED_MEMORY = 1024  # digests of refused payloads remembered (the oldest forgotten)
 IDLE_TIDY_S = 10.0  # idle and connected this long: no download is in progress, none will resume
+MAX_REQUESTS = 8  # operations waiting for the deployer's thread at once; more are refused
+REQUEST_TIMEOUT_S = 60.0  # how long an operation waits for a deployment in progress by default
+REQUEST_KEY = "\x00request:"  # inbox keys of operations: no MQTT topic holds a NUL
+IN_PROGRESS = ("downloading", "verifying", "installed")  # states of a deployment under way
 
-
-def _same_package(a: Manifest, b: Manifest) -> bool:
-    return (a.name, a.version, a.model.sha256) == (b.name, b.version, b.model.sha256)
-
-
-def _model_of(manifest: Manifest | None) -> dict[str, str] | None:
-    return {"name": manifest.name, "version": manifest.version} if manifest else None
+T = TypeVar("T")
 
 
 class Deployer(threading.Thread):
@@ -69,39 +77,85 @@ class Deployer(threading.Thread):
         topics = Topics(config.mqtt.topic_root)
         fetcher = ChunkFetcher(link, topics, config.deploy.chunk_window, self.boundary)
         self._candidates = Candidates(store, fetcher, self._status, stop)
-        self._probation = Probation(models, health, store, self._status, link, stop)
+        self._serving = Serving(
+            store=store,
+            trust=trust,
+            models=models,
+            runtime=lambda: self._config.runtime,
+            status=self._status,
+            report=report,
+            announce=link.announce,
+        )
+        self._probation = Probation(health=health, halt=stop, roll_back=self.rollback)
         device = config.device
         scopes = [f"device:{device.id}", *(f"group:{g}" for g in device.groups), "all"]
         # deploy topic → (rank, target); a lower rank is more specific and wins
         self._scopes = {topics.deploy(t): (rank, t) for rank, t in enumerate(scopes)}
-        self._inbox: Mailbox[bytes | Oversize] = Mailbox(max_keys=len(self._scopes))
+        self._inbox: Mailbox[bytes | Oversize | Request[Any]] = Mailbox(
+            max_keys=len(self._scopes) + MAX_REQUESTS
+        )
+        self._request_ids = itertools.count(1)
+        self._requests_lock = threading.Lock()
         self._wanted: dict[int, tuple[Manifest, bytes]] = {}
         self._refused = RecentSet(REFUSED_MEMORY)  # digests of payloads already refused
         self._resume = False  # a download was superseded: look again once the inbox is empty
         self._idle_since = time.monotonic()
+        self._progress: dict[str, Any] | None = None  # the deployment under way, for status()
 
     def reconfigure(self, config: AgentConfig) -> None:
         """Take new limits and budgets (a SIGHUP reload); they apply from the next deployment."""
         self._config = config
 
+    # --- operations: boot, activate, rollback, status -----------------------------------------
+
     def boot(self) -> None:
-        """Serve the installed package (``current``, else ``previous``) before anything arrives;
-        with none, or none that verifies and loads, the device waits for a deployment."""
-        try:
-            installed = self._store.current(self._trust)
-        except (ContractError, OSError) as exc:
-            log.error("installed model failed verification, waiting for a new one: %s", exc)
-            return
-        if installed is None:
-            log.info("no model installed yet; waiting for a deployment")
-            return
-        try:
-            session = ModelSession(installed.model_path, installed.manifest, self._config.runtime)
-        except ModelLoadError as exc:
-            log.error("%s", exc)
-            return
-        self._models.swap(session)
-        log.info("serving installed %s %s", installed.manifest.name, installed.manifest.version)
+        """Serve the installed package (``current``, else ``previous``) before anything arrives,
+        verified, loaded and golden-checked as a deployment's; with none that passes, the device
+        waits for a deployment."""
+        self._serving.boot()
+
+    def activate(self, version: str, *, timeout: float = REQUEST_TIMEOUT_S) -> dict[str, Any]:
+        """Serve the installed ``version`` (of the serving model's name) that a slot still holds
+        intact: re-verified, golden-checked, swapped in between two frames, made current.
+        Returns the ``active`` event it reported. NotInstalled, or ActivationError when it fails
+        verification or its golden check or is quarantined (reported as ``rejected``; what
+        served keeps serving); DeployerBusy when a deployment held the deployer ``timeout`` s."""
+        return self._call(lambda: self._serving.activate(version), timeout)
+
+    def rollback(
+        self,
+        *,
+        reason: str = "rollback requested",
+        quarantine: bool = False,
+        timeout: float = REQUEST_TIMEOUT_S,
+    ) -> dict[str, Any]:
+        """Serve ``previous`` again and make it current; returns the ``rolled_back`` event.
+        ``quarantine``: never retry the package rolled back (probation's verdict).
+        ActivationError when there is no previous or it cannot serve; DeployerBusy as for
+        :meth:`activate`."""
+        return self._call(lambda: self._serving.roll_back(reason, quarantine=quarantine), timeout)
+
+    def status(self) -> dict[str, Any]:
+        """``serving``, ``current``, ``previous`` (name and version, or None), ``installed`` (every
+        slot's), ``deployment`` (the one under way: model, state, percent; None when idle) and
+        ``quarantined`` (name, version, reason). Read from any thread without waiting: it
+        changes nothing, and waiting would never see a deployment under way."""
+        return {**self._serving.describe(), "deployment": self._progress}
+
+    def _call(self, operation: Callable[[], T], timeout: float) -> T:
+        """``operation()`` on the deployer's thread when it runs (directly before ``start()``,
+        after it ended, and on the thread itself)."""
+        if threading.current_thread() is self or not self.is_alive():
+            return operation()
+        request = Request(operation)
+        with self._requests_lock:
+            waiting = sum(1 for key in self._inbox.pending() if key.startswith(REQUEST_KEY))
+            if waiting >= MAX_REQUESTS:
+                raise DeployerBusy(f"{waiting} operations already wait for the deployer")
+            self._inbox.put(f"{REQUEST_KEY}{next(self._request_ids)}", request)
+        return request.wait(timeout, self.is_alive)
+
+    # --- deploy messages -----------------------------------------------------------------------
 
     def subscribe(self) -> None:
         for topic in self._scopes:
@@ -109,6 +163,9 @@ class Deployer(threading.Thread):
 
     def submit(self, topic: str, payload: bytes) -> None:
         """On paho's thread: drop what is too big, keep the latest per topic, nothing more."""
+        if topic not in self._scopes:
+            self._not_a_deploy_topic(topic)
+            return
         limit = self._config.deploy.max_manifest_bytes
         if len(payload) > limit:
             dropped = Oversize(len(payload), summarise(payload), limit, "deploy.max_manifest_bytes")
@@ -122,7 +179,11 @@ class Deployer(threading.Thread):
             if item is None:
                 self._tidy_when_idle()
                 continue
-            self.boundary.call(self._handle, *item)
+            key, value = item
+            if isinstance(value, Request):
+                value.run()
+            else:
+                self.boundary.call(self._handle, key, value)
             if self._resume and not len(self._inbox):
                 self.boundary.call(self._reconsider)
             self._idle_since = time.monotonic()
@@ -135,8 +196,15 @@ class Deployer(threading.Thread):
         for name in self._store.prune_incoming():
             log.info("deleted abandoned partial download %s", name)
 
+    def _not_a_deploy_topic(self, topic: str) -> None:
+        self._reject(None, f"{topic}: not a deploy topic of this device; ignored")
+
     def _handle(self, topic: str, payload: bytes | Oversize) -> None:
-        rank, target = self._scopes[topic]
+        scope = self._scopes.get(topic)
+        if scope is None:
+            self._not_a_deploy_topic(topic)
+            return
+        rank, target = scope
         if isinstance(payload, Oversize):
             self._reject(None, f"{topic}: {payload.describe()}")
             return
@@ -165,6 +233,12 @@ class Deployer(threading.Thread):
             )
 
     def _reconsider(self) -> None:
+        try:
+            self._decide()
+        finally:
+            self._progress = None
+
+    def _decide(self) -> None:
         """Pursue the deployment that wins now, and map how that ended. Partial downloads are
         deleted (before the outcome is reported) unless the step was only cut short."""
         self._resume = False
@@ -200,7 +274,7 @@ class Deployer(threading.Thread):
 
     def _pursue(self, manifest: Manifest, envelope: bytes, rank: int) -> None:
         serving = self._models.current
-        if serving is not None and _same_package(serving.manifest, manifest):
+        if serving is not None and same_package(serving.manifest, manifest):
             return
         why = self._store.quarantined(manifest)
         if why is not None:
@@ -212,10 +286,10 @@ class Deployer(threading.Thread):
     def _superseded(self, rank: int) -> bool:
         """A message waits that changes this or a more specific scope's deployment."""
         for topic, payload in self._inbox.pending().items():
-            other, _ = self._scopes[topic]
-            if other > rank or not isinstance(payload, bytes):
-                continue  # less specific, or too big (it will only be rejected)
-            held = self._wanted.get(other)
+            scope = self._scopes.get(topic)
+            if scope is None or scope[0] > rank or not isinstance(payload, bytes):
+                continue  # an operation, less specific, or too big (it will only be rejected)
+            held = self._wanted.get(scope[0])
             if held is not None and held[1] == payload:
                 continue  # the same announcement again (a reconnect redelivers it)
             if payload and hashlib.sha256(payload).hexdigest() in self._refused:
@@ -223,17 +297,21 @@ class Deployer(threading.Thread):
             return True
         return False
 
-    def _status(self, state: str, manifest: Manifest | None, **extra: Any) -> None:
-        self._report({"type": "deployment", "state": state, "model": _model_of(manifest), **extra})
+    def _status(self, state: str, manifest: Manifest | None, **extra: Any) -> dict[str, Any]:
+        event = deployment_event(state, model_of(manifest), **extra)
+        if state in IN_PROGRESS:
+            self._progress = {k: v for k, v in event.items() if k != "type"}
+        self._report(event)
+        return event
 
     def _reject(self, manifest: Manifest | None, reason: str) -> None:
-        self.boundary.reject(reason, model=_model_of(manifest))
+        self.boundary.reject(reason, model=model_of(manifest))
 
     def _publish_rejection(self, reason: str, detail: dict[str, Any]) -> None:
         """The boundary's sink: every rejection it lets through, as an event and in the status."""
         log.error("rejected deployment: %s", reason)
-        self._report({"type": "deployment", "state": "rejected", "reason": reason,
-                      "model": detail.pop("model", None), **detail})  # fmt: skip
+        model = detail.pop("model", None)
+        self._report(deployment_event("rejected", model, reason=reason, **detail))
 
     def _deploy(self, manifest: Manifest, envelope: bytes, rank: int) -> None:
         installed = self._store.installed(manifest, self._trust)
@@ -243,18 +321,19 @@ class Deployer(threading.Thread):
             slot = self._candidates.build(
                 manifest, envelope, self._config, lambda: self._superseded(rank)
             )
-        candidate = Package(slot, envelope, manifest)
+        package = Package(slot, envelope, manifest)
         try:
-            session = ModelSession(candidate.model_path, manifest, self._config.runtime)
-            session.check_golden(candidate.golden_path)
+            session = self._serving.open(package)
         except ModelLoadError as exc:
             if not installed:
                 self._store.discard(slot)  # a staged slot that failed is not kept
             raise Rejected(str(exc)) from exc
-        old = self._models.swap(session)  # between two frames: the next frame uses the new one
-        self._store.activate(slot)
-        log.info("serving %s %s", manifest.name, manifest.version)
-        self._status("active", manifest)
-        self._link.announce()
-        if old is not None and self._config.deploy.probation_s > 0:
-            self._probation.watch(manifest, old, self._config.deploy)
+        deploy = self._config.deploy
+        self._serving.switch(package, session, keep_displaced=deploy.probation_s > 0)
+        if self._serving.displaced is None:
+            return
+        self._progress = {"state": "probation", "model": model_of(manifest)}
+        try:
+            self._probation.watch(manifest, deploy)
+        finally:
+            self._serving.displaced = None

@@ -1,4 +1,6 @@
-"""How a deployment step can end, besides success. The deployer maps each to one outcome:
+"""How a deployment step can end, besides success, and how each step is reported.
+
+The deployer maps each ending to one outcome:
 
     Rejected      the package itself is bad: reported and quarantined, never retried
     DeployError   it failed here and now (a download timed out, over a device limit):
@@ -7,11 +9,27 @@
     Interrupted   the agent is stopping: nothing is known about the candidate, nothing reported
 
 Anything else is a bug; the deployer's boundary (agent.comms.guard) reports it.
+
+Every step is reported as one ``deployment`` event: ``{"type": "deployment", "state": ...,
+"model": {"name", "version"} or None, ...}`` (states: downloading, verifying, installed, active,
+rolled_back, rejected).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from agent.contract import Manifest
 from agent.errors import AgentError, DeployError
+
+Report = Callable[[dict[str, Any]], None]
+
+
+class Status(Protocol):
+    """Reports one step of a deployment as an event, and returns the event."""
+
+    def __call__(self, state: str, manifest: Manifest | None, **extra: Any) -> dict[str, Any]: ...
 
 
 class Rejected(DeployError):
@@ -24,3 +42,11 @@ class Superseded(AgentError):
 
 class Interrupted(AgentError):
     """The agent is stopping; the step was abandoned and the candidate is not at fault."""
+
+
+def model_of(manifest: Manifest | None) -> dict[str, str] | None:
+    return {"name": manifest.name, "version": manifest.version} if manifest else None
+
+
+def deployment_event(state: str, model: dict[str, str] | None, **extra: Any) -> dict[str, Any]:
+    return {"type": "deployment", "state": state, "model": model, **extra}

@@ -1,36 +1,29 @@
 """The window after a switch: the new model serves live frames, and if its error rate or p99
-latency crosses the limits, the old session and slot come back and the package is quarantined."""
+latency crosses the limits, it is rolled back — the deployer's own ``rollback`` brings the old
+session and slot back — and the package is quarantined."""
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
-from collections.abc import Callable
-from typing import Any
+from typing import Protocol
 
-from agent.comms.link import MqttLink
 from agent.config import DeployConfig
 from agent.contract import Manifest
-from agent.delivery.store import ModelStore
-from agent.inference.pipeline import HealthStats, ModelSlot
-from agent.inference.runtime import ModelSession
+from agent.inference.pipeline import HealthStats
 
-log = logging.getLogger(__name__)
-
-Report = Callable[[dict[str, Any]], None]
 MIN_SEEN = 10  # frames before the rates mean anything
 
 
-class Probation:
-    def __init__(
-        self, models: ModelSlot, health: HealthStats, store: ModelStore,
-        status: Callable[..., None], link: MqttLink, halt: threading.Event,
-    ):  # fmt: skip
-        self._models, self._health, self._store = models, health, store
-        self._status, self._link, self._halt = status, link, halt
+class RollBack(Protocol):
+    def __call__(self, *, reason: str, quarantine: bool) -> object: ...
 
-    def watch(self, manifest: Manifest, old: ModelSession, deploy: DeployConfig) -> None:
+
+class Probation:
+    def __init__(self, *, health: HealthStats, halt: threading.Event, roll_back: RollBack):
+        self._health, self._halt, self._roll_back = health, halt, roll_back
+
+    def watch(self, manifest: Manifest, deploy: DeployConfig) -> None:
         """Returns once the window passed, the agent stops, or the model was rolled back."""
         budgets = (manifest.max_latency_ms, deploy.max_latency_ms)
         limit = min((b for b in budgets if b is not None), default=None)
@@ -44,13 +37,5 @@ class Probation:
             elif seen >= MIN_SEEN and limit is not None and p99 is not None and p99 > limit:
                 reason = f"p99 latency {p99:.2f} ms > {limit:.2f} ms"
             if reason:
-                self._roll_back(manifest, old, reason)
+                self._roll_back(reason=reason, quarantine=True)
                 return
-
-    def _roll_back(self, manifest: Manifest, old: ModelSession, reason: str) -> None:
-        self._models.swap(old)
-        self._store.revert()
-        self._store.quarantine(manifest, f"rolled back: {reason}")
-        log.error("rolled back %s %s: %s", manifest.name, manifest.version, reason)
-        self._status("rolled_back", manifest, reason=reason, restored=old.manifest.version)
-        self._link.announce()

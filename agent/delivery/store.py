@@ -18,7 +18,7 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from agent.contract import (
@@ -173,17 +173,39 @@ class ModelStore:
             verify_blob(slot / blob.path, blob)
         return Package(slot, envelope, manifest)
 
-    def current(self, trust: TrustStore) -> Package | None:
-        """The model to boot: ``current`` re-verified, else ``previous``; None when neither."""
-        errors = []
+    def linked(self, link: str) -> Path | None:
+        """The slot ``current`` or ``previous`` points at, or None."""
+        return self._target(link)
+
+    def slots(self) -> list[Path]:
+        """Every slot complete on disk (``models/{name}/{version}``), in order of the path."""
+        return sorted(
+            version_dir
+            for name_dir in self.models.iterdir()
+            if name_dir.is_dir()
+            for version_dir in name_dir.iterdir()
+            if version_dir.is_dir() and not version_dir.name.endswith(".staging")
+        )
+
+    def bootable(self, trust: TrustStore) -> Iterator[tuple[str, Package | Exception]]:
+        """``current``, then ``previous``, where they point at a slot: the link's name and its
+        package re-verified, or why it does not verify."""
         for link in ("current", "previous"):
             slot = self._target(link)
             if slot is None:
                 continue
             try:
-                return self.load(slot, trust)
+                yield link, self.load(slot, trust)
             except (OSError, ValueError, ContractError) as exc:
-                errors.append(f"{link}: {exc}")
+                yield link, exc
+
+    def current(self, trust: TrustStore) -> Package | None:
+        """The model to boot: ``current`` re-verified, else ``previous``; None when neither."""
+        errors = []
+        for link, found in self.bootable(trust):
+            if isinstance(found, Package):
+                return found
+            errors.append(f"{link}: {found}")
         if errors:
             raise IntegrityError("; ".join(errors))
         return None
@@ -217,6 +239,14 @@ class ModelStore:
         while len(entries) > MAX_QUARANTINE:
             del entries[next(iter(entries))]
         write_durably(self._quarantine, json.dumps(entries, indent=1).encode())
+
+    def quarantine_list(self) -> list[dict[str, str]]:
+        """Each quarantined package's name, version and why, the oldest first."""
+        listed = []
+        for key, reason in self._read_quarantine().items():
+            name, _, rest = key.partition("@")
+            listed.append({"name": name, "version": rest.rpartition("#")[0], "reason": reason})
+        return listed
 
     def _read_quarantine(self) -> dict[str, str]:
         try:
