@@ -113,12 +113,20 @@ class ChunkFetcher:
             log.info("resuming %s: %d of %d chunks on disk", dest.name, len(done), len(blob.chunks))
         if not pending:
             return stats
-        transfer = _Transfer(self._link, self._topics, blob, pending, stats, self._window)
+        transfer = _Transfer(
+            self._link, self._topics, blob, pending=pending, stats=stats, size=self._window
+        )
         route = self._topics.blob_chunks(blob.sha256)
         self._link.route(route, self._boundary.wrap(transfer.window.offer))
         fd = os.open(dest, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            transfer.run(fd, idle_timeout, stop, progress or (lambda _done, _of: None), cancelled)
+            transfer.run(
+                fd,
+                idle_timeout=idle_timeout,
+                stop=stop,
+                progress=progress or (lambda _done, _of: None),
+                cancelled=cancelled,
+            )
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -131,9 +139,15 @@ class _Transfer:
     """One blob's chunks: a window of subscriptions, refilled as chunks are written."""
 
     def __init__(
-        self, link: MqttLink, topics: Topics, blob: BlobSpec, pending: list[int],
-        stats: FetchStats, size: int,
-    ) -> None:  # fmt: skip
+        self,
+        link: MqttLink,
+        topics: Topics,
+        blob: BlobSpec,
+        *,
+        pending: list[int],
+        stats: FetchStats,
+        size: int,
+    ) -> None:
         self._link, self._topics, self._blob, self._stats = link, topics, blob, stats
         self._pending, self._size = pending, size
         self.window = _Window(blob, size, stats)
@@ -141,9 +155,14 @@ class _Transfer:
         self._failures: dict[int, int] = {}
 
     def run(
-        self, fd: int, idle_timeout: float, stop: threading.Event, progress: Progress,
+        self,
+        fd: int,
+        *,
+        idle_timeout: float,
+        stop: threading.Event,
+        progress: Progress,
         cancelled: Cancelled,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self._refill()
         last_progress = time.monotonic()
         total, remaining = len(self._blob.chunks), len(self._pending) + len(self.in_flight)
