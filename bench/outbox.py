@@ -27,7 +27,7 @@ from agent.comms.link import MqttLink
 from agent.config import MqttConfig
 from agent.contract import Topics
 from agent.inference.postprocess import Prediction
-from agent.sources.opencv import Frame
+from agent.sources import Frame
 from agent.upstream.outbox import Outbox
 from agent.upstream.results import ResultBuilder
 from agent.upstream.uplink import ResultsUplink

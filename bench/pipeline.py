@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from device_harness import install, start_device
 
-from agent.config import SourceConfig
+from agent.config import CommandConfig
 from agent.contract import generate_keypair
 from agent.inference.pipeline import CaptureWorker, FrameSlot
 from agent.sources.command import CommandSource
@@ -56,7 +56,7 @@ def command_reader() -> dict[str, float]:
     """The daemon's capture thread on a command source, with a consumer that keeps up: how many
     of the frames ffmpeg produced in real time it read, and the CPU its reading took."""
     source = CommandSource(
-        SourceConfig(kind="command", command=READ_COMMAND, width=640, height=480)  # type: ignore[call-arg]
+        CommandConfig(kind="command", command=READ_COMMAND, width=640, height=480)
     )
     stop, slot = threading.Event(), FrameSlot(block=False)
     marks: dict[str, tuple[float, float]] = {}

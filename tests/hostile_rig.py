@@ -27,8 +27,8 @@ from agent.config import (
     DeployConfig,
     DeviceConfig,
     MqttConfig,
-    SourceConfig,
     TrustConfig,
+    VideoConfig,
 )
 from agent.contract import Package, Topics, TrustStore
 from agent.delivery.deployer import Deployer
@@ -133,7 +133,7 @@ class Rig:
             device=DeviceConfig(id=DEVICE, groups=GROUPS, state_dir=state),
             mqtt=MqttConfig(host=self.broker.host, port=self.broker.port),
             trust=TrustConfig(public_keys=(self.public_key,)),
-            source=SourceConfig(uri=str(self.work / "unused.avi")),
+            source=VideoConfig(uri=str(self.work / "unused.avi")),
             deploy=DeployConfig(fetch_timeout=self.fetch_timeout, probe_timeout=30, probation_s=0),
         )  # fmt: skip
         self.trust = TrustStore.from_files([self.public_key])

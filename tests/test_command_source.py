@@ -19,12 +19,11 @@ import cv2
 import numpy as np
 import pytest
 
-from agent.config import SourceConfig
+from agent.config import CommandConfig, PicameraConfig
 from agent.errors import SourceError
 from agent.inference.pipeline import CaptureWorker, FrameSlot
-from agent.sources import command, picamera
+from agent.sources import Frame, command, make_source, picamera
 from agent.sources.command import CommandSource
-from agent.sources.opencv import Frame, make_source
 from agent.sources.picamera import PicameraSource
 
 TIMEOUT = 20.0  # generous: the suite may share two cores with ffmpeg and ONNX Runtime
@@ -43,7 +42,7 @@ def stop() -> threading.Event:
 
 def source(argv: list[str], width: int, height: int, fmt: str = "bgr24") -> CommandSource:
     return CommandSource(
-        SourceConfig(kind="command", command=argv, width=width, height=height, pixel_format=fmt)
+        CommandConfig(kind="command", command=argv, width=width, height=height, pixel_format=fmt)
     )  # type: ignore[arg-type]
 
 
@@ -286,7 +285,7 @@ def test_a_missing_program_is_reported_and_retried(worker_for) -> None:  # type:
 
 
 def test_picamera_without_picamera2_names_the_package_and_the_alternative() -> None:
-    src = make_source(SourceConfig(kind="picamera"))  # type: ignore[call-arg]
+    src = make_source(PicameraConfig(kind="picamera"))
     assert isinstance(src, PicameraSource) and src.config.uri == "0"
     with pytest.raises(SourceError) as info:
         src.open()
@@ -336,7 +335,7 @@ def test_picamera_reads_bgr_frames_and_gives_up_on_a_silent_camera(
 ) -> None:
     monkeypatch.setitem(sys.modules, "picamera2", SimpleNamespace(Picamera2=StandInCamera))
     monkeypatch.setattr(picamera, "STALL_S", 0.3)
-    src = PicameraSource(SourceConfig(kind="picamera", uri="1", width=64, height=48, fps=10))
+    src = PicameraSource(PicameraConfig(kind="picamera", uri="1", width=64, height=48, fps=10))
     src.open()
     camera = StandInCamera.made[-1]
     assert camera.number == 1 and camera.started == 1

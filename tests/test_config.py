@@ -16,7 +16,7 @@ if sys.version_info >= (3, 11):
 else:
     import tomli as tomllib
 
-from agent.config import SourceConfig, changed_keys, load_config, reloadable
+from agent.config import changed_keys, load_config, reloadable, source_config
 from agent.contract import generate_keypair
 from agent.errors import ConfigError
 from compiler.fleet.certs import create_ca, issue
@@ -104,7 +104,7 @@ def test_camera_recipes_in_the_readme_and_the_example_are_valid() -> None:
         found = recipes(text)
         assert len(found) == count, found
         for recipe in found:
-            source = SourceConfig.model_validate(recipe)
+            source = source_config(**recipe)
             if source.kind == "command":
                 assert source.command[-1] in ("-", "fdsink"), source.command  # frames on stdout
 

@@ -27,7 +27,7 @@ from hostile_strategies import deploy_payloads, hostile_chunk, sensor_messages
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent.config import MqttConfig, SourceConfig
+from agent.config import MqttConfig, SensorConfig
 from agent.contract import describe_blob, generate_keypair
 from agent.sources.sensors import SensorSource, parse_sample
 from compiler.fleet.broker import MosquittoBroker
@@ -232,7 +232,7 @@ def test_sensor_parse_sample_fuzz(message: bytes, fmt: str) -> None:
 @pytest.fixture(scope="module")
 def sensor(broker) -> Iterator[tuple[SensorSource, str]]:  # type: ignore[no-untyped-def]
     topic = "fuzz/sensor"
-    config = SourceConfig(kind="sensor", uri=f"mqtt:{topic}", format="json")
+    config = SensorConfig(kind="sensor", uri=f"mqtt:{topic}", format="json")
     source = SensorSource(config, MqttConfig(host=broker.host, port=broker.port))
     source.open()
     yield source, topic

@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 import time
 
-from agent.config import MqttConfig, SourceConfig
+from agent.config import MqttConfig, SensorConfig
 from agent.sources.sensor_inputs import MQTT_MAX_MESSAGE, MQTT_QUEUE, MQTT_QUEUE_BYTES
 from agent.sources.sensors import SensorSource
 
@@ -14,7 +14,7 @@ TOPIC = "plant/line-1/vibration"
 
 
 def _source(mosquitto) -> SensorSource:  # type: ignore[no-untyped-def]
-    config = SourceConfig(kind="sensor", uri=f"mqtt:{TOPIC}", format="json")
+    config = SensorConfig(kind="sensor", uri=f"mqtt:{TOPIC}", format="json")
     source = SensorSource(config, MqttConfig(host=mosquitto.host, port=mosquitto.port))
     source.open()
     return source

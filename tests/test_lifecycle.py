@@ -20,7 +20,7 @@ from agent.inference.pipeline import FrameSlot, HealthStats, InferenceWorker, Mo
 from agent.inference.runtime import ModelSession
 from agent.inference.stats import StageStats
 from agent.notify import SystemdNotifier, Watchdog
-from agent.sources.opencv import Frame
+from agent.sources import Frame
 from compiler.fleet.results import Deduper, DeviceFeed
 from compiler.recipe.demo import write_agent_config
 

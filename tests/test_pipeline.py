@@ -15,7 +15,7 @@ from agent.config import ResultsConfig
 from agent.inference.pipeline import FrameSlot
 from agent.inference.postprocess import Prediction
 from agent.inference.runtime import Inference
-from agent.sources.opencv import Frame
+from agent.sources import Frame
 from agent.upstream.results import RateFilter
 from compiler.fleet.results import DeviceFeed
 from compiler.recipe.demo import write_agent_config

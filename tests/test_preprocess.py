@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from agent.config import SourceConfig
+from agent.config import VideoConfig
 from agent.contract import PreprocessSpec, preprocess, preprocess_batch
 from agent.sources.opencv import FrameSource
 from compiler.recipe.digits import PREPROCESS
@@ -23,7 +23,7 @@ def test_device_frame_matches_compiler_tensor(digits, tmp_path: Path) -> None:  
     video = tmp_path / "d.avi"
     labels = write_digits_video(video, test, count=5, frames_per_digit=1, seed=3)
     picks = np.random.default_rng(3).choice(len(test.images), size=5, replace=False)
-    source = FrameSource(SourceConfig(kind="video", uri=str(video), realtime=False))
+    source = FrameSource(VideoConfig(kind="video", uri=str(video), realtime=False))
     source.open()
     stop = threading.Event()
     for i, index in enumerate(picks):

@@ -18,11 +18,10 @@ import numpy as np
 import paho.mqtt.client as mqtt
 import pytest
 
-from agent.config import MqttConfig, SourceConfig
+from agent.config import ImagesConfig, MqttConfig, SensorConfig
 from agent.errors import SourceError
-from agent.sources import sensor_inputs
+from agent.sources import Frame, sensor_inputs
 from agent.sources.images import ImageFolderSource
-from agent.sources.opencv import Frame
 from agent.sources.sensors import SensorSource, parse_sample
 from compiler.fleet.broker import MosquittoBroker, free_port
 
@@ -78,7 +77,7 @@ def folder(tmp_path: Path) -> Path:
 
 
 def test_image_folder_reads_sorted_skips_corrupt_and_ends(folder: Path, stop) -> None:
-    source = ImageFolderSource(SourceConfig(kind="images", uri=str(folder)))
+    source = ImageFolderSource(ImagesConfig(kind="images", uri=str(folder)))
     source.open()
     frames = read_all(source, stop)
     source.close()
@@ -90,7 +89,7 @@ def test_image_folder_reads_sorted_skips_corrupt_and_ends(folder: Path, stop) ->
 
 
 def test_image_folder_loops_with_running_index(folder: Path, stop) -> None:
-    source = ImageFolderSource(SourceConfig(kind="images", uri=str(folder), loop=True))
+    source = ImageFolderSource(ImagesConfig(kind="images", uri=str(folder), loop=True))
     source.open()
     frames = [source.read(stop) for _ in range(7)]
     source.close()
@@ -100,7 +99,7 @@ def test_image_folder_loops_with_running_index(folder: Path, stop) -> None:
 
 
 def test_image_folder_watch_yields_new_files_and_honours_stop(folder: Path, stop) -> None:
-    source = ImageFolderSource(SourceConfig(kind="images", uri=str(folder), watch=True))
+    source = ImageFolderSource(ImagesConfig(kind="images", uri=str(folder), watch=True))
     source.open()
     try:
         assert [int(source.read(stop).image[0, 0, 0]) for _ in range(3)] == [10, 20, 30]
@@ -123,7 +122,7 @@ def test_image_folder_watch_yields_new_files_and_honours_stop(folder: Path, stop
 def test_image_folder_missing_is_named(tmp_path: Path) -> None:
     missing = tmp_path / "nowhere"
     with pytest.raises(SourceError, match="nowhere"):
-        ImageFolderSource(SourceConfig(kind="images", uri=str(missing))).open()
+        ImageFolderSource(ImagesConfig(kind="images", uri=str(missing))).open()
 
 
 # -- sensor parsing ------------------------------------------------------------------------------
@@ -148,7 +147,7 @@ def test_parse_sample_formats() -> None:
 
 
 def sensor(uri: str | Path, **options: object) -> SensorSource:
-    return SensorSource(SourceConfig(kind="sensor", uri=str(uri), **options))  # type: ignore[arg-type]
+    return SensorSource(SensorConfig(kind="sensor", uri=str(uri), **options))  # type: ignore[arg-type]
 
 
 def rows(frame: Frame) -> list[list[float]]:
@@ -285,9 +284,9 @@ def test_fifo_removed_while_waiting_raises(tmp_path: Path, stop) -> None:
 
 STDIN_READER = """
 import threading
-from agent.config import SourceConfig
+from agent.config import SensorConfig
 from agent.sources.sensors import SensorSource
-source = SensorSource(SourceConfig(kind="sensor", uri="-", window=2, hop=1))
+source = SensorSource(SensorConfig(kind="sensor", uri="-", window=2, hop=1))
 source.open()
 stop = threading.Event()
 while (frame := source.read(stop)) is not None:
@@ -376,7 +375,7 @@ def publisher(mosquitto: MosquittoBroker) -> Iterator[mqtt.Client]:
 
 
 def mqtt_sensor(broker: MosquittoBroker, topic: str, **options: object) -> SensorSource:
-    config = SourceConfig(kind="sensor", uri=f"mqtt:{topic}", **options)  # type: ignore[arg-type]
+    config = SensorConfig(kind="sensor", uri=f"mqtt:{topic}", **options)  # type: ignore[arg-type]
     return SensorSource(config, MqttConfig(host=broker.host, port=broker.port))
 
 
@@ -425,7 +424,7 @@ def test_mqtt_overflow_drops_the_oldest(
 
 
 def test_mqtt_broker_down_at_open_is_named() -> None:
-    config = SourceConfig(kind="sensor", uri="mqtt:plant/nobody")
+    config = SensorConfig(kind="sensor", uri="mqtt:plant/nobody")
     source = SensorSource(config, MqttConfig(host="127.0.0.1", port=free_port()))
     with pytest.raises(SourceError, match=r"plant/nobody.*cannot reach broker"):
         source.open()

@@ -10,7 +10,6 @@ valid integer``.
 from __future__ import annotations
 
 import os
-import shlex
 import ssl
 import sys
 from collections.abc import Mapping
@@ -33,14 +32,20 @@ if sys.version_info >= (3, 11):
 else:  # JetPack 6 ships Python 3.10
     import tomli as tomllib
 
+from agent.config.sources import CameraConfig as CameraConfig
+from agent.config.sources import CommandConfig as CommandConfig
+from agent.config.sources import ImagesConfig as ImagesConfig
+from agent.config.sources import PicameraConfig as PicameraConfig
+from agent.config.sources import SensorConfig as SensorConfig
+from agent.config.sources import SourceConfig, error_location, resolve_paths
+from agent.config.sources import StreamConfig as StreamConfig
+from agent.config.sources import VideoConfig as VideoConfig
+from agent.config.sources import source_config as source_config
 from agent.config.upstream import OutboxConfig, ResultsConfig, TelemetryConfig
 from agent.contract import DEVICE_ID_PATTERN, ContractError, TrustStore
 from agent.errors import ConfigError
 
 DeviceId = Annotated[str, Field(pattern=DEVICE_ID_PATTERN)]
-# Raw frames a capture command writes (ffmpeg's -pix_fmt names; i420 = yuv420 = yuv420p).
-PixelFormat = Literal["bgr24", "rgb24", "gray", "yuv420", "yuv420p", "i420", "nv12"]
-CHROMA_SUBSAMPLED = frozenset({"yuv420", "yuv420p", "i420", "nv12"})
 MqttUrl = Annotated[AnyUrl, UrlConstraints(allowed_schemes=["mqtt", "mqtts"], host_required=True)]
 ENV_PREFIX = "EDGEWISE_"
 # systemd credential name → where it goes, and whether the value is the file's text or its path.
@@ -110,79 +115,6 @@ class TrustConfig(_Section):
     public_keys: tuple[Path, ...] = Field(min_length=1)
 
 
-class SourceConfig(_Section):
-    """Where frames or samples come from.
-
-    ``uri`` by kind: ``video`` a file; ``camera`` an index (``"0"``) or ``/dev/videoN``;
-    ``stream`` an RTSP/HTTP URL; ``images`` a folder; ``sensor`` a file or FIFO path, ``-`` for
-    standard input, ``serial:///dev/ttyUSB0`` (needs pyserial) or ``mqtt:some/topic``;
-    ``picamera`` the camera number (default ``"0"``); ``command`` only a label for results and
-    status (default ``command:<program>``: the command line may hold a stream's password).
-    """
-
-    kind: Literal["video", "camera", "stream", "images", "sensor", "command", "picamera"] = "video"
-    uri: str
-    loop: bool = False  # video, images: start again at the end
-    # video: paced at the file's frame rate like a camera; False reads as fast as inference.
-    realtime: bool = True
-    # camera, stream, picamera: requested resolution; command: the size of the frames it writes.
-    width: int | None = Field(default=None, gt=0)
-    height: int | None = Field(default=None, gt=0)
-    fps: float | None = Field(default=None, gt=0)
-    watch: bool = False  # images: keep looking for new files
-    format: Literal["csv", "json"] = "csv"  # sensor: one sample per line or message
-    fields: tuple[str, ...] = ()  # sensor, json: keys to read, in order (default: all numbers)
-    window: int = Field(default=1, gt=0)  # sensor: samples per model input
-    hop: int = Field(default=1, gt=0)  # sensor: samples between two windows
-    baud: int = Field(default=115200, gt=0)  # sensor, serial
-    # command: the capture process as argv (no shell), or one string split like a shell would.
-    command: tuple[str, ...] = ()
-    pixel_format: PixelFormat = "bgr24"  # command: the raw frames on its standard output
-
-    @model_validator(mode="before")
-    @classmethod
-    def _split_and_label(cls, data: Any) -> Any:
-        if not isinstance(data, dict):
-            return data
-        data = dict(data)
-        if isinstance(data.get("command"), str):
-            try:
-                data["command"] = shlex.split(data["command"])
-            except ValueError as exc:  # an unbalanced quote
-                raise ValueError(f"command: cannot split {data['command']!r}: {exc}") from exc
-        if "uri" not in data and data.get("kind") == "picamera":
-            data["uri"] = "0"
-        if "uri" not in data and data.get("kind") == "command":
-            program = data.get("command") or [""]  # none: the check below names what is missing
-            data["uri"] = f"command:{Path(str(program[0])).name}".rstrip(":")
-        return data
-
-    @model_validator(mode="after")
-    def _kind_options(self) -> SourceConfig:
-        if self.kind != "sensor" and (self.window != 1 or self.hop != 1 or self.fields):
-            raise ValueError("window, hop and fields apply to kind = 'sensor' only")
-        if self.hop > self.window:
-            raise ValueError(f"hop ({self.hop}) larger than window ({self.window}) skips samples")
-        if self.kind != "command" and (self.command or self.pixel_format != "bgr24"):
-            raise ValueError("command and pixel_format apply to kind = 'command' only")
-        if self.kind == "command":
-            self._check_command()
-        if self.kind == "picamera" and not self.uri.isdigit():
-            raise ValueError(f"kind = 'picamera' takes the camera number as uri, not {self.uri!r}")
-        return self
-
-    def _check_command(self) -> None:
-        if not self.command or not self.command[0]:
-            raise ValueError('kind = \'command\' needs command = ["program", "arg", ...]')
-        if self.width is None or self.height is None:
-            raise ValueError("kind = 'command' needs width and height: the size of its frames")
-        if self.pixel_format in CHROMA_SUBSAMPLED and (self.width % 2 or self.height % 2):
-            raise ValueError(
-                f"pixel_format {self.pixel_format!r} needs an even width and height, "
-                f"not {self.width}x{self.height}"
-            )
-
-
 class RuntimeConfig(_Section):
     intra_op_threads: int = Field(default=1, ge=0)  # 0: one per core
     inter_op_threads: int = Field(default=1, ge=0)
@@ -239,7 +171,7 @@ RELOADABLE = (
 def _describe(exc: ValidationError, origins: Mapping[str, str]) -> str:
     parts = []
     for err in exc.errors():
-        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        key = ".".join(str(p) for p in error_location(err)) or "(top level)"
         # The override that set this key, or one inside or around it.
         origin = next((o for k, o in origins.items() if _nested(key, k) or _nested(k, key)), "")
         parts.append(f"{key}: {err['msg']}{f' (from {origin})' if origin else ''}")
@@ -353,17 +285,6 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None) -> AgentCo
     except ValidationError as exc:
         raise ConfigError(f"{path}: {_describe(exc, origins)}") from exc
     base = path.resolve().parent
-    source = config.source
-    if source.kind in ("video", "images") or (
-        source.kind == "sensor" and source.uri != "-" and ":" not in source.uri
-    ):
-        source = source.model_copy(update={"uri": str(base / source.uri)})
-    program = source.command[:1]
-    if program and "/" in program[0] and not Path(program[0]).is_absolute():
-        # ./capture.sh beside the config, like every other relative path in it
-        source = source.model_copy(
-            update={"command": (str(base / program[0]), *source.command[1:])}
-        )
     tls = config.mqtt.tls
     if tls is not None:
         tls = TlsConfig(ca_file=base / tls.ca_file, cert_file=base / tls.cert_file,
@@ -375,7 +296,7 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None) -> AgentCo
             ),
             "mqtt": config.mqtt.model_copy(update={"tls": tls}),
             "trust": TrustConfig(public_keys=tuple(base / p for p in config.trust.public_keys)),
-            "source": source,
+            "source": resolve_paths(config.source, base),
         }
     )
     problems = _check_files(config)

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from agent.config import ResultsConfig, RuntimeConfig, SourceConfig
+from agent.config import ResultsConfig, RuntimeConfig, SourceConfig, VideoConfig
 from agent.contract import MANIFEST_FILE, ContractError, Manifest, Package, read_package, to_tensor
 from agent.errors import SourceError, UsageError
 from agent.inference.pipeline import (
@@ -28,7 +28,7 @@ from agent.inference.pipeline import (
 )
 from agent.inference.runtime import Inference, ModelSession
 from agent.inference.stats import StageStats
-from agent.sources.opencv import Frame, make_source
+from agent.sources import Frame, make_source
 from agent.upstream.results import RateFilter, ResultBuilder
 
 
@@ -164,7 +164,7 @@ def _ms(seconds: list[float]) -> dict[str, float]:
 def run_bench(package: Path, source_uri: str, frames: int, threads: int) -> dict[str, Any]:
     opened = open_package(package)
     manifest, model = opened.manifest, opened.model_path
-    source = SourceConfig(kind="video", uri=source_uri, loop=True, realtime=False)
+    source = VideoConfig(kind="video", uri=source_uri, loop=True, realtime=False)
     if not Path(source_uri).is_file():
         raise UsageError(f"--source {source_uri}: no such file (give a video file)")
     session = load_session(manifest, model, RuntimeConfig(intra_op_threads=threads))

@@ -31,7 +31,8 @@ class StderrDrain(threading.Thread):
         self._pipe, self._program = pipe, program
         self.tail: deque[str] = deque(maxlen=TAIL)
         self._tokens, self._refilled = float(BURST), time.monotonic()
-        self.suppressed = 0
+        self.suppressed = 0  # not logged since the last line that was
+        self.unlogged = 0  # not logged, in all
 
     @property
     def last(self) -> str | None:
@@ -63,6 +64,7 @@ class StderrDrain(threading.Thread):
         self.tail.append(text)
         if not self._admit():
             self.suppressed += 1
+            self.unlogged += 1
             return
         if self.suppressed:
             log.info("%s: %d stderr lines not logged", self._program, self.suppressed)

@@ -27,10 +27,10 @@ from typing import cast
 
 import numpy as np
 
-from agent.config import SourceConfig
+from agent.config import CommandConfig
 from agent.errors import SourceError
+from agent.sources.base import Frame
 from agent.sources.childlog import StderrDrain
-from agent.sources.opencv import Frame
 from agent.sources.rawvideo import BufferPool, frame_bytes, shares_buffer, to_image
 
 POLL_S = 0.2  # longest a read waits before looking at its stop event again
@@ -41,9 +41,12 @@ _PIPE_MAX = Path("/proc/sys/fs/pipe-max-size")
 
 class CommandSource:
     """``config.command``'s raw frames: ``config.width`` × ``config.height`` in
-    ``config.pixel_format``, handed on as BGR (or gray) images. Live: never ``is_file``."""
+    ``config.pixel_format``, handed on as BGR (or gray) images. Live: a stale frame is dropped.
 
-    def __init__(self, config: SourceConfig):
+    Counts ``frames`` read and stderr lines not logged (``stderr_unlogged``), over every restart.
+    """
+
+    def __init__(self, config: CommandConfig):
         if not config.command or config.width is None or config.height is None:
             raise SourceError("a command source needs command, width and height")
         self.config = config
@@ -61,10 +64,15 @@ class CommandSource:
         self._poller = select.poll()
         self._index = 0
         self.frames = 0  # frames read since construction, over every restart
+        self._unlogged_before = 0  # stderr lines not logged, of processes before this one
 
     @property
-    def is_file(self) -> bool:
-        return False
+    def live(self) -> bool:
+        return True
+
+    def counters(self) -> dict[str, int]:
+        unlogged = self._stderr.unlogged if self._stderr is not None else 0
+        return {"frames": self.frames, "stderr_unlogged": self._unlogged_before + unlogged}
 
     @property
     def pid(self) -> int | None:
@@ -99,6 +107,8 @@ class CommandSource:
         _grow_pipe(fd, self._size)
         self._poller = select.poll()
         self._poller.register(fd, select.POLLIN)
+        if self._stderr is not None:
+            self._unlogged_before += self._stderr.unlogged
         self._stderr = StderrDrain(proc.stderr, self._program)
         self._stderr.start()
         self._index = 0

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import cv2
 
-from agent.config import SourceConfig
+from agent.config import ImagesConfig
 from agent.errors import SourceError
-from agent.sources.opencv import Frame
+from agent.sources.base import Frame
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"})
 POLL_S = 0.2  # watch: how often the folder is listed again
@@ -26,7 +26,7 @@ class ImageFolderSource:
     writers that rename a finished file into the folder avoid the wait.
     """
 
-    def __init__(self, config: SourceConfig):
+    def __init__(self, config: ImagesConfig):
         self.config = config
         self.folder = Path(config.uri)
         self.skipped = 0
@@ -40,9 +40,17 @@ class ImageFolderSource:
         self._opened = False
 
     @property
-    def is_file(self) -> bool:
+    def live(self) -> bool:
         """Recorded data: every image is inferred, none dropped."""
+        return False
+
+    @property
+    def is_file(self) -> bool:
+        """Reads files (``not live``)."""
         return True
+
+    def counters(self) -> dict[str, int]:
+        return {"skipped": self.skipped}
 
     def open(self) -> None:
         if not self.folder.is_dir():

@@ -12,9 +12,9 @@ import threading
 import time
 from typing import Any
 
-from agent.config import SourceConfig
+from agent.config import PicameraConfig
 from agent.errors import SourceError
-from agent.sources.opencv import Frame
+from agent.sources.base import Frame
 
 POLL_S = 0.2  # longest a read waits before looking at its stop event again
 STALL_S = 10.0  # no frame for this long: the camera is hung and is opened again
@@ -40,16 +40,19 @@ def import_picamera2() -> Any:
 
 class PicameraSource:
     """Camera ``config.uri`` (its number) at ``width`` × ``height`` (default 640×480) and
-    ``fps``, as BGR frames. Live: never ``is_file``."""
+    ``fps``, as BGR frames. Live: a stale frame is dropped."""
 
-    def __init__(self, config: SourceConfig):
+    def __init__(self, config: PicameraConfig):
         self.config = config
         self._camera: Any = None
         self._index = 0
 
     @property
-    def is_file(self) -> bool:
-        return False
+    def live(self) -> bool:
+        return True
+
+    def counters(self) -> dict[str, int]:
+        return {}
 
     @property
     def name(self) -> str:

@@ -16,10 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from agent.config import MqttConfig, SourceConfig
+from agent.config import MqttConfig, SensorConfig
 from agent.contract import PayloadError, parse_json
 from agent.errors import SourceError
-from agent.sources.opencv import Frame
+from agent.sources.base import Frame
 from agent.sources.sensor_inputs import (
     FdInput,
     Input,
@@ -90,16 +90,18 @@ class SensorSource:
     pyserial) or ``mqtt:TOPIC`` on the broker in ``mqtt`` (default: ``MqttConfig()``). A FIFO
     outlives its writers: when one closes, the next is awaited. Samples whose channel count
     differs from the first good sample's, or that do not parse or are not finite, are counted in
-    ``garbage``; MQTT samples dropped because ``read()`` fell behind are counted in ``overflow``.
+    ``garbage``; MQTT samples dropped because ``read()`` fell behind are counted in ``overflow``,
+    messages dropped unread (too big, or they made the handler fail) in ``oversize``.
     A frame's ``index`` is the window number since ``open()``, ``captured_at`` the time its last
     sample arrived.
     """
 
-    def __init__(self, config: SourceConfig, mqtt: MqttConfig | None = None):
+    def __init__(self, config: SensorConfig, mqtt: MqttConfig | None = None):
         self.config = config
         self.mqtt = mqtt or MqttConfig()
         self.garbage = 0
         self._overflow_closed = 0  # MQTT overflow of inputs already closed
+        self._oversize_closed = 0  # and messages they dropped unread
         self.channels: int | None = None  # fixed by the first good sample
         self._input: Input | None = None
         self._rows: deque[np.ndarray] = deque(maxlen=config.window)
@@ -111,8 +113,13 @@ class SensorSource:
         return f"sensor source {self.config.uri!r}"
 
     @property
+    def live(self) -> bool:
+        """Never: every window is inferred, whatever the uri (a FIFO, a port and a topic too)."""
+        return False
+
+    @property
     def is_file(self) -> bool:
-        """A recorded file: every window is inferred, none dropped."""
+        """Whether ``uri`` is a regular file (a recording), not a FIFO, stdin, a port or a topic."""
         uri = self.config.uri
         return plain_path(uri) and os.path.isfile(uri)
 
@@ -120,6 +127,15 @@ class SensorSource:
     def overflow(self) -> int:
         live = self._input.overflow if isinstance(self._input, MqttInput) else 0
         return self._overflow_closed + live
+
+    @property
+    def oversize(self) -> int:
+        """MQTT messages dropped unread for their size, or because they made the handler fail."""
+        live = self._input.oversize if isinstance(self._input, MqttInput) else 0
+        return self._oversize_closed + live
+
+    def counters(self) -> dict[str, int]:
+        return {"garbage": self.garbage, "overflow": self.overflow, "oversize": self.oversize}
 
     def open(self) -> None:
         self.close()
@@ -167,6 +183,7 @@ class SensorSource:
         if self._input is not None:
             if isinstance(self._input, MqttInput):
                 self._overflow_closed += self._input.overflow
+                self._oversize_closed += self._input.oversize
             self._input.close()
             self._input = None
 
