@@ -1,4 +1,5 @@
-"""Image folders and sensor windows (file, FIFO, stdin, serial via a pty, MQTT) as frame sources."""
+"""Image folders and sensor windows (file, FIFO, stdin, serial via a pty, MQTT) as frame sources;
+every kind through the registry: live or recorded, its counters, its own settings only."""
 
 from __future__ import annotations
 
@@ -17,10 +18,12 @@ import cv2
 import numpy as np
 import paho.mqtt.client as mqtt
 import pytest
+from pydantic import ValidationError
 
-from agent.config import ImagesConfig, MqttConfig, SensorConfig
+from agent.config import ImagesConfig, MqttConfig, SensorConfig, SourceConfig, source_config
+from agent.config.sources import SOURCE_KINDS, error_location
 from agent.errors import SourceError
-from agent.sources import Frame, sensor_inputs
+from agent.sources import FACTORIES, Frame, Source, make_source, sensor_inputs, sensors
 from agent.sources.images import ImageFolderSource
 from agent.sources.sensors import SensorSource, parse_sample
 from compiler.fleet.broker import MosquittoBroker, free_port
@@ -428,3 +431,161 @@ def test_mqtt_broker_down_at_open_is_named() -> None:
     source = SensorSource(config, MqttConfig(host="127.0.0.1", port=free_port()))
     with pytest.raises(SourceError, match=r"plant/nobody.*cannot reach broker"):
         source.open()
+
+
+# -- every kind: the registry, live or recorded, counters, settings ------------------------------
+
+
+def every_kind(tmp_path: Path) -> dict[str, SourceConfig]:
+    """A valid config of each kind (nothing is opened)."""
+    return {
+        "video": source_config(kind="video", uri=str(tmp_path / "clip.avi")),
+        "camera": source_config(kind="camera", uri="0", width=64, height=48, fps=5),
+        "stream": source_config(kind="stream", uri="rtsp://192.0.2.1/stream"),
+        "images": source_config(kind="images", uri=str(tmp_path), watch=True),
+        "sensor": source_config(kind="sensor", uri="-", window=4, hop=2),
+        "command": source_config(kind="command", command="cat frames.raw", width=4, height=2),
+        "picamera": source_config(kind="picamera"),
+    }
+
+
+def test_every_kind_has_a_factory_whose_source_satisfies_the_protocol(tmp_path: Path) -> None:
+    configs = every_kind(tmp_path)
+    assert set(FACTORIES) == set(SOURCE_KINDS) == set(configs)
+    for kind, config in configs.items():
+        source = make_source(config, MqttConfig())
+        assert isinstance(source, Source), kind
+        assert source.config is config and source.config.kind == kind
+        counters = source.counters()
+        assert all(isinstance(k, str) and isinstance(v, int) for k, v in counters.items()), kind
+
+
+@pytest.mark.parametrize(
+    ("settings", "live"),
+    [
+        ({"kind": "video", "uri": "clip.avi"}, True),  # played in real time
+        ({"kind": "video", "uri": "clip.avi", "realtime": False}, False),
+        ({"uri": "clip.avi", "loop": True}, True),  # no kind: a video
+        ({"kind": "camera", "uri": "/dev/video0"}, True),
+        ({"kind": "stream", "uri": "rtsp://192.0.2.1/s"}, True),
+        ({"kind": "images", "uri": "photos"}, False),
+        ({"kind": "images", "uri": "photos", "watch": True}, False),
+        ({"kind": "sensor", "uri": "samples.csv"}, False),
+        ({"kind": "sensor", "uri": "-"}, False),
+        ({"kind": "sensor", "uri": "serial:///dev/ttyUSB0"}, False),
+        ({"kind": "sensor", "uri": "mqtt:plant/line1"}, False),
+        ({"kind": "command", "command": ["cat"], "width": 2, "height": 2}, True),
+        ({"kind": "picamera", "uri": "1"}, True),
+    ],
+)
+def test_live_or_recorded_by_kind(settings: dict[str, object], live: bool) -> None:
+    # What the daemon decided before sources said it: images, sensors and a video read as fast
+    # as inference wait for it; everything else drops a stale frame.
+    source = make_source(source_config(**settings))
+    assert source.live is live
+
+
+def test_image_folder_counts_skipped_files(folder: Path, stop) -> None:
+    source = make_source(source_config(kind="images", uri=str(folder)))
+    assert source.counters() == {"skipped": 0}
+    source.open()
+    while source.read(stop) is not None:
+        pass
+    source.close()
+    assert source.counters() == {"skipped": 1}
+
+
+def test_sensor_counts_garbage(tmp_path: Path, stop) -> None:
+    path = tmp_path / "noisy.csv"
+    path.write_text("1,2\nnot a sample\n3,4,5\n5,6\n")
+    source = make_source(source_config(kind="sensor", uri=str(path), window=2, hop=2))
+    source.open()
+    while source.read(stop) is not None:
+        pass
+    source.close()
+    assert source.counters() == {"garbage": 2, "overflow": 0, "oversize": 0}
+
+
+class CountingTopic:
+    """An ``mqtt:`` input that has dropped messages, in place of a broker's."""
+
+    def __init__(self, name: str, topic: str, config: MqttConfig):
+        self.arrived, self.overflow, self.oversize = 0.0, 3, 2
+
+    def next(self, stop: threading.Event) -> sensor_inputs.Record:
+        return sensor_inputs.Signal.END
+
+    def close(self) -> None:
+        pass
+
+
+def test_sensor_counts_mqtt_drops_over_reconnects(monkeypatch: pytest.MonkeyPatch, stop) -> None:
+    monkeypatch.setattr(sensors, "MqttInput", CountingTopic)
+    source = make_source(source_config(kind="sensor", uri="mqtt:plant/line1"))
+    for _ in range(2):  # opened twice: what the first input dropped is kept
+        source.open()
+        assert source.read(stop) is None
+    assert source.counters() == {"garbage": 0, "overflow": 6, "oversize": 4}
+    source.close()
+    assert source.counters() == {"garbage": 0, "overflow": 6, "oversize": 4}
+
+
+def test_command_counts_frames_and_unlogged_stderr_over_restarts(stop) -> None:
+    # 60 stderr lines at once: the first 50 are logged, the rest only counted. Then one 2x2 gray
+    # frame, and a clean exit.
+    script = "for i in $(seq 60); do echo line $i >&2; done; printf abcd"
+    config = source_config(
+        kind="command", command=["sh", "-c", script], width=2, height=2, pixel_format="gray"
+    )
+    source = make_source(config)
+    assert source.counters() == {"frames": 0, "stderr_unlogged": 0}
+    unlogged = []
+    for _ in range(2):  # a restart, as the capture worker does
+        source.open()
+        frame = source.read(stop)
+        assert frame is not None and frame.image.tolist() == [[97, 98], [99, 100]]
+        assert source.read(stop) is None  # exited with 0: its stderr is drained by now
+        unlogged.append(source.counters()["stderr_unlogged"])
+        source.close()
+    assert source.counters()["frames"] == 2
+    assert 0 < unlogged[0] < unlogged[1] == source.counters()["stderr_unlogged"]
+
+
+def test_opencv_and_picamera_sources_keep_no_counters(tmp_path: Path) -> None:
+    for kind in ("video", "camera", "stream", "picamera"):
+        assert make_source(every_kind(tmp_path)[kind]).counters() == {}
+
+
+@pytest.mark.parametrize(
+    ("settings", "field", "owners"),
+    [
+        ({"kind": "camera", "uri": "0", "window": 4}, "window", "apply to kind = 'sensor' only"),
+        ({"uri": "clip.avi", "command": ["x"]}, "command", "apply to kind = 'command' only"),
+        ({"kind": "images", "uri": "p", "realtime": False}, "realtime", "kind = 'video' only"),
+        ({"kind": "video", "uri": "v", "fps": 5}, "fps", "'stream' or 'picamera' only"),
+        ({"kind": "sensor", "uri": "-", "width": 4}, "width", "'command' or 'picamera' only"),
+        ({"kind": "stream", "uri": "s", "loop": True}, "loop", "'images' or 'sensor' only"),
+    ],
+)
+def test_a_setting_of_another_kind_is_refused_in_one_line(
+    settings: dict[str, object], field: str, owners: str
+) -> None:
+    with pytest.raises(ValidationError) as info:
+        source_config(**settings)
+    (error,) = info.value.errors()
+    kind = settings.get("kind", "video")
+    assert f"{field} is not a setting of kind = {kind!r}" in error["msg"]
+    assert owners in error["msg"] and "\n" not in error["msg"]
+
+
+def test_source_errors_are_named_as_the_toml_names_them() -> None:
+    def keys(settings: dict[str, object]) -> list[str]:
+        with pytest.raises(ValidationError) as info:
+            source_config(**settings)
+        return [".".join(map(str, error_location({**e, "loc": ("source", *e["loc"])})))
+                for e in info.value.errors()]  # fmt: skip
+
+    assert keys({"kind": "webcam", "uri": "x"}) == ["source.kind"]
+    assert keys({"kind": "video"}) == ["source.uri"]
+    assert keys({"kind": "sensor", "uri": "-", "baud": 0}) == ["source.baud"]
+    assert keys({"kind": "images", "uri": "p", "colour": True}) == ["source.colour"]
