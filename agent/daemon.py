@@ -1,6 +1,6 @@
 """The agent daemon: wires the subsystems together, runs them, and stops them cleanly.
 
-Each part owns one job (agent/ARCHITECTURE.md): the link talks to the broker, the deployer turns
+Each part owns one job (ARCHITECTURE.md): the link talks to the broker, the deployer turns
 announcements into a serving model, the capture and inference threads move frames, the outbox and
 uplink carry results, the telemetry thread reports health. This module only builds them (with
 keyword arguments), starts them in order and stops them within systemd's 5 s.
@@ -113,12 +113,13 @@ class Agent:
             birth=lambda: (self.status.topic, self.status.payload("online")),
         )
         self.status.link = self.link
+        store = ModelStore(config.device.state_dir)  # creates the state folder's layout
         self.outbox = _open_outbox(config, self.status, self)
         self.deployer = Deployer(
             config=config,
             link=self.link,
             trust=TrustStore.from_files(config.trust.public_keys),
-            store=ModelStore(config.device.state_dir),
+            store=store,
             models=self.models,
             health=self.health,
             report=self.status.event,

@@ -14,8 +14,8 @@ import pytest
 from agent.config import ResultsConfig
 from agent.contract import Topics
 from agent.inference.pipeline import CaptureWorker, FrameSlot, ModelSlot
-from agent.inference.runtime import Inference
 from agent.inference.postprocess import Prediction
+from agent.inference.runtime import Inference
 from agent.notify import SystemdNotifier
 from agent.sources import Frame
 from agent.upstream.results import RateFilter, ResultBuilder, ResultSink
@@ -56,7 +56,12 @@ class CountingSource:
 
 
 def test_the_source_stays_closed_until_a_model_serves(caplog: pytest.LogCaptureFixture) -> None:
-    source, slot, stop, ready = CountingSource(), FrameSlot(block=False), threading.Event(), threading.Event()
+    source, slot, stop, ready = (
+        CountingSource(),
+        FrameSlot(block=False),
+        threading.Event(),
+        threading.Event(),
+    )
     waiting = threading.Event()
 
     class Spy(logging.Handler):
@@ -90,7 +95,7 @@ def test_a_swap_marks_the_slot_serving() -> None:
 
 
 class _Session:
-    class manifest:  # noqa: N801 - the attribute a ModelSession has
+    class manifest:
         name, version = "digits-cnn", "1.0.0"
 
 
@@ -136,6 +141,6 @@ def test_the_status_board_payload() -> None:
     assert payload["state"] == "online" and payload["model"] is None
     assert payload["source"] == {"uri": "video.avi"}
     assert board.serving() == "waiting for a deployment"
-    assert board.topic == "edgewise/devices/cam-1/status"
+    assert board.topic == Topics("edgewise").status("cam-1")
     board.source_state("failed", "unplugged")  # no link yet: kept, nothing sent
     assert json.loads(board.payload("online"))["source"]["state"] == "failed"
