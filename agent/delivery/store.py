@@ -178,14 +178,16 @@ class ModelStore:
         return self._target(link)
 
     def slots(self) -> list[Path]:
-        """Every slot complete on disk (``models/{name}/{version}``), in order of the path."""
-        return sorted(
-            version_dir
-            for name_dir in self.models.iterdir()
-            if name_dir.is_dir()
-            for version_dir in name_dir.iterdir()
-            if version_dir.is_dir() and not version_dir.name.endswith(".staging")
-        )
+        """Every slot complete on disk (``models/{name}/{version}``), in order of the path. Safe
+        beside a deployment in progress: a folder removed meanwhile is left out."""
+        found = []
+        for name_dir in self.models.iterdir():
+            try:
+                versions = list(name_dir.iterdir())
+            except OSError:  # not a folder, or removed since it was listed
+                continue
+            found += [v for v in versions if v.is_dir() and not v.name.endswith(".staging")]
+        return sorted(found)
 
     def bootable(self, trust: TrustStore) -> Iterator[tuple[str, Package | Exception]]:
         """``current``, then ``previous``, where they point at a slot: the link's name and its
