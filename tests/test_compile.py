@@ -50,7 +50,7 @@ def test_report_has_layers_environment_and_latencies(compiled) -> None:  # type:
 def test_package_is_signed_int8_with_golden_and_report(compiled, signing_keys) -> None:  # type: ignore[no-untyped-def]
     package = read_package(compiled.package.root)
     manifest = TrustStore.from_files([signing_keys[1]]).verify(package.envelope)
-    assert manifest.metrics == json.loads(json.dumps(compiled.report))
+    assert manifest.metrics == json.loads(json.dumps(compiled.report.as_metrics()))
     assert manifest.input.shape == (None, 1, 28, 28)
     assert manifest.postprocess.labels == LABELS
     graph = onnx.load(str(package.model_path)).graph

@@ -20,7 +20,7 @@ from compiler.compile.export import OPSET, ort_session
 from compiler.compile.loading import SourceModel, load_model
 from compiler.compile.onnx_source import QUANT_OPSET, prepare_onnx
 from compiler.compile.pipeline import CompileOptions, CompileResult, compile_model
-from compiler.compile.report import format_table
+from compiler.compile.report_render import format_table
 from compiler.errors import ModelInputError
 from compiler.recipe.digits import PREPROCESS
 

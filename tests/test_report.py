@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from compiler.compile.report import format_table, write_html
+from compiler.compile.report_render import format_table, write_html
 
 _PNG = re.compile(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"')
 
@@ -208,6 +208,6 @@ def test_empty_report_still_renders(tmp_path: Path) -> None:
 
 
 def test_import_does_not_load_matplotlib() -> None:
-    code = "import sys, compiler.compile.report; assert 'matplotlib' not in sys.modules"
+    code = "import sys, compiler.compile.report_render; assert 'matplotlib' not in sys.modules"
     root = Path(__file__).resolve().parents[1]
     subprocess.run([sys.executable, "-c", code], check=True, cwd=root, timeout=60)

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from agent.contract import ContractError, PreprocessSpec, generate_keypair
 
-from .. import arguments
+from .. import arguments as arg
 from ..compile.quantize import CALIBRATIONS, TARGETS
 from ..errors import CompilerError, InputError
 from ..failures import describe, one_line
@@ -24,9 +24,7 @@ EXIT_COMPILE = 2  # compile failed (bad input, missed accuracy budget); no packa
 
 def add_keygen(sub: Subparsers) -> None:
     keygen = sub.add_parser("keygen", help="write an Ed25519 signing key pair")
-    keygen.add_argument(
-        "--out", type=arguments.path, required=True, help="folder for signing.key/.pub"
-    )
+    keygen.add_argument("--out", type=arg.path, required=True, help="folder for signing.key/.pub")
     keygen.add_argument("--force", action="store_true", help="replace an existing key pair")
     keygen.set_defaults(func=run_keygen)
 
@@ -48,43 +46,38 @@ def add_compile(sub: Subparsers) -> None:
     comp.add_argument(
         "model", help="ONNX, TorchScript or pickled nn.Module file, or package.module:factory"
     )
-    comp.add_argument("--weights", type=arguments.readable_file, help="state_dict for a factory")
+    comp.add_argument("--weights", type=arg.readable_file, help="state_dict for a factory")
     comp.add_argument(
         "--output", help="ONNX inputs with several outputs: the one to serve (default: the first)"
     )
-    comp.add_argument("--name", type=arguments.name, required=True)
-    comp.add_argument("--version", type=arguments.version, required=True)
+    comp.add_argument("--name", type=arg.name, required=True)
+    comp.add_argument("--version", type=arg.version, required=True)
     comp.add_argument(
-        "--key", type=arguments.readable_file, required=True, help="Ed25519 private key (PEM)"
+        "--key", type=arg.readable_file, required=True, help="Ed25519 private key (PEM)"
     )
-    comp.add_argument("--out", type=arguments.path, default=Path("packages"))
+    comp.add_argument("--out", type=arg.path, default=Path("packages"))
     comp.add_argument(
         "--data", default="digits", help="'digits', an image folder (<label>/<image>) or an .npz"
     )
     comp.add_argument(
         "--preprocess",
-        type=arguments.readable_file,
         help="TOML/JSON preprocessing spec (default: the data's own)",
+        type=arg.readable_file,
     )
     comp.add_argument(
-        "--seed",
-        type=arguments.non_negative_int,
-        default=0,
-        help="seed of the train/held-out split",
+        "--seed", type=arg.non_negative_int, default=0, help="seed of the train/held-out split"
     )
     prune = comp.add_mutually_exclusive_group()
-    prune.add_argument("--prune-ratio", type=arguments.fraction, help="share of channels to remove")
-    prune.add_argument(
-        "--target-macs", type=arguments.fraction, help="prune to this fraction of MACs"
-    )
-    comp.add_argument("--recovery-epochs", type=arguments.non_negative_int, default=3)
+    prune.add_argument("--prune-ratio", type=arg.fraction, help="share of channels to remove")
+    prune.add_argument("--target-macs", type=arg.fraction, help="prune to this fraction of MACs")
+    comp.add_argument("--recovery-epochs", type=arg.non_negative_int, default=3)
     comp.add_argument(
-        "--max-accuracy-drop", type=arguments.non_negative_float, default=1.0, help="top-1 points"
+        "--max-accuracy-drop", type=arg.non_negative_float, default=1.0, help="top-1 points"
     )
     comp.add_argument("--calibration", choices=CALIBRATIONS, default="minmax")
-    comp.add_argument("--calibration-samples", type=arguments.positive_int, default=256)
+    comp.add_argument("--calibration-samples", type=arg.positive_int, default=256)
     comp.add_argument("--target", choices=TARGETS, help="default: this machine's ISA")
-    comp.add_argument("--chunk-size", type=arguments.positive_int, default=128 * 1024)
+    comp.add_argument("--chunk-size", type=arg.positive_int, default=128 * 1024)
     comp.add_argument("--no-html", action="store_true", help="skip the HTML report")
     comp.set_defaults(func=run_compile)
 
@@ -94,7 +87,7 @@ def run_compile(args: argparse.Namespace) -> int:
     from ..compile.datasets import DataError
     from ..compile.loading import load_model
     from ..compile.pipeline import check_signing_key, compile_model
-    from ..compile.report import format_table
+    from ..compile.report_render import format_table
     from ..recipe.digits import load_dataset
 
     if args.out.exists():  # not created here: a failed compile leaves nothing behind

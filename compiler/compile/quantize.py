@@ -159,12 +159,18 @@ def quantize(
         calibrate_method=_METHODS[method],
         nodes_to_exclude=list(exclude),
         nodes_to_quantize=list(only) if only is not None else None,
-        **target_settings(target),  # type: ignore[arg-type]
+        **target_settings(target),
     )
     return out_path
 
 
-def float_ops(model_path: Path) -> list[dict[str, str]]:
+@dataclass(frozen=True)
+class FloatOp:
+    node: str
+    op: str
+
+
+def float_ops(model_path: Path) -> list[FloatOp]:
     """Nodes that compute on float data with an op ORT cannot quantize: they stay float in the
     int8 model (its QDQ pairs dequantize around them)."""
     model = onnx.shape_inference.infer_shapes(onnx.load(str(model_path)))
@@ -172,7 +178,7 @@ def float_ops(model_path: Path) -> list[dict[str, str]]:
     types = {v.name: v.type.tensor_type.elem_type for v in (*graph.input, *graph.value_info)}
     types |= {t.name: t.data_type for t in graph.initializer}
     return [
-        {"node": node.name or node.output[0], "op": node.op_type}
+        FloatOp(node=node.name or node.output[0], op=node.op_type)
         for node in graph.node
         if node.op_type not in QUANTIZABLE_OPS | _NOT_COMPUTE
         and any(types.get(name) == onnx.TensorProto.FLOAT for name in node.input)
@@ -194,6 +200,41 @@ def _relative_mse(got: np.ndarray, reference: np.ndarray) -> float:
     return float(np.mean((got - reference) ** 2) / max(np.mean(reference**2), 1e-12))
 
 
+@dataclass(frozen=True)
+class _Attempt:
+    """Quantizes ``prepared`` with the same data and settings each time, then evaluates it."""
+
+    prepared: Path
+    workdir: Path
+    calibration: np.ndarray
+    input_name: str
+    target: Target
+    method: Calibration
+    evaluate: Evaluate
+
+    def __call__(
+        self,
+        name: str,
+        *,
+        exclude: Sequence[str] = (),
+        only: Sequence[str] | None = None,
+        progress: bool = False,
+    ) -> tuple[Path, float, np.ndarray]:
+        path = quantize(
+            self.prepared,
+            self.workdir / f"{name}.onnx",
+            self.calibration,
+            self.input_name,
+            target=self.target,
+            method=self.method,
+            exclude=exclude,
+            only=only,
+            progress=progress,
+        )
+        accuracy, logits = self.evaluate(path)
+        return path, accuracy, logits
+
+
 def quantize_within_budget(
     prepared: Path,
     workdir: Path,
@@ -213,14 +254,7 @@ def quantize_within_budget(
     met. Raises AccuracyBudgetError otherwise."""
     floor = reference_accuracy - max_drop_points / 100
 
-    def attempt(name: str, **kwargs: object) -> tuple[Path, float, np.ndarray]:
-        path = quantize(
-            prepared, workdir / f"{name}.onnx", calibration, input_name,
-            target=target, method=method, **kwargs,  # type: ignore[arg-type]
-        )  # fmt: skip
-        accuracy, logits = evaluate(path)
-        return path, accuracy, logits
-
+    attempt = _Attempt(prepared, workdir, calibration, input_name, target, method, evaluate)
     path, accuracy, _ = attempt("int8", progress=progress)
     if accuracy >= floor:
         return QuantOutcome(path, accuracy)
@@ -228,8 +262,9 @@ def quantize_within_budget(
     _, reference_logits = evaluate(prepared)
     log.info(
         "int8 top-1 %.4f misses the budget (floor %.4f); measuring per-layer sensitivity",
-        accuracy, floor,
-    )  # fmt: skip
+        accuracy,
+        floor,
+    )
     sensitivity = {}
     for i, layer in enumerate(tqdm(layers, desc="sensitivity", disable=not progress, leave=False)):
         _, _, logits = attempt(f"only-{i}", only=[layer.node])

@@ -19,7 +19,7 @@ from agent.contract import Topics, generate_keypair
 
 from ..compile.loading import SourceModel
 from ..compile.pipeline import CompileOptions, compile_model
-from ..compile.report import format_table
+from ..compile.report_render import format_table
 from ..fleet.broker import start_local_broker
 from ..fleet.mqtt import BrokerAddress, connect, disconnect
 from ..fleet.push import push_package
