@@ -4,6 +4,7 @@ every kind through the registry: live or recorded, its counters, its own setting
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import queue
 import subprocess
@@ -561,10 +562,9 @@ def test_opencv_and_picamera_sources_keep_no_counters(tmp_path: Path) -> None:
     [
         ({"kind": "camera", "uri": "0", "window": 4}, "window", "apply to kind = 'sensor' only"),
         ({"uri": "clip.avi", "command": ["x"]}, "command", "apply to kind = 'command' only"),
-        ({"kind": "images", "uri": "p", "realtime": False}, "realtime", "kind = 'video' only"),
-        ({"kind": "video", "uri": "v", "fps": 5}, "fps", "'stream' or 'picamera' only"),
-        ({"kind": "sensor", "uri": "-", "width": 4}, "width", "'command' or 'picamera' only"),
-        ({"kind": "stream", "uri": "s", "loop": True}, "loop", "'images' or 'sensor' only"),
+        ({"kind": "video", "uri": "v", "hop": 2}, "hop", "apply to kind = 'sensor' only"),
+        ({"kind": "images", "uri": "p", "fields": ["x"]}, "fields", "kind = 'sensor' only"),
+        ({"kind": "sensor", "uri": "-", "pixel_format": "gray"}, "pixel_format", "'command' only"),
     ],
 )
 def test_a_setting_of_another_kind_is_refused_in_one_line(
@@ -576,6 +576,27 @@ def test_a_setting_of_another_kind_is_refused_in_one_line(
     kind = settings.get("kind", "video")
     assert f"{field} is not a setting of kind = {kind!r}" in error["msg"]
     assert owners in error["msg"] and "\n" not in error["msg"]
+
+
+@pytest.mark.parametrize(
+    ("settings", "field"),
+    [
+        ({"kind": "images", "uri": "p", "realtime": False}, "realtime"),
+        ({"kind": "video", "uri": "v", "fps": 5}, "fps"),
+        ({"kind": "sensor", "uri": "-", "width": 4}, "width"),
+        ({"kind": "stream", "uri": "s", "loop": True}, "loop"),
+        ({"kind": "camera", "uri": "0", "window": 1}, "window"),
+    ],
+)
+def test_a_setting_that_always_did_nothing_for_a_kind_is_ignored_with_a_warning(
+    settings: dict[str, object], field: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Configs written before the per-kind tables keep loading: an agent upgraded in the field
+    must still start on the config it has."""
+    with caplog.at_level(logging.WARNING, logger="agent.config.sources"):
+        config = source_config(**settings)
+    assert not hasattr(config, field)
+    assert f"source.{field} does nothing for kind = {config.kind!r}; ignored" in caplog.text
 
 
 def test_source_errors_are_named_as_the_toml_names_them() -> None:

@@ -10,6 +10,7 @@ an RTSP/HTTP URL; ``images`` a folder; ``sensor`` a file or FIFO path, ``-`` for
 
 from __future__ import annotations
 
+import logging
 import shlex
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeAlias, get_args
@@ -32,6 +33,17 @@ SourceKind = Literal["video", "camera", "stream", "images", "sensor", "command",
 SOURCE_KINDS: tuple[str, ...] = get_args(SourceKind)
 DEFAULT_KIND = "video"  # a [source] table without kind
 KIND_ERROR = "source_kind"  # the error type of a kind that is none of SOURCE_KINDS
+# Settings of one kind that another kind refuses unless left at this default (all others are
+# ignored there with a warning, as they always were).
+_STRICT: dict[str, object] = {
+    "window": 1,
+    "hop": 1,
+    "fields": (),
+    "command": (),
+    "pixel_format": "bgr24",
+}
+
+log = logging.getLogger(__name__)
 
 
 class _Kind(BaseModel):
@@ -44,12 +56,20 @@ class _Kind(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _no_foreign_settings(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            kind = cls.model_fields["kind"].default
-            for key in data:
-                if key not in cls.model_fields and key in _OWNERS:
-                    raise ValueError(_foreign(key, kind))
-        return data
+        if not isinstance(data, dict):
+            return data
+        kind = cls.model_fields["kind"].default
+        kept = dict(data)
+        for key, value in data.items():
+            if key in cls.model_fields or key not in _OWNERS:
+                continue  # its own setting, or unknown (extra="forbid" names it)
+            if _STRICT.get(key, value) != value:
+                raise ValueError(_foreign(key, kind))
+            # Configs that set it have always loaded (it did nothing): a warning, not a refusal,
+            # so that an agent upgraded in the field still starts on its old config.
+            log.warning("source.%s does nothing for kind = %r; ignored", key, kind)
+            del kept[key]
+        return kept
 
 
 class _Sized(_Kind):
