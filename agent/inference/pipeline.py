@@ -18,8 +18,7 @@ import numpy as np
 from agent.errors import SourceError
 from agent.inference.runtime import Inference, ModelSession
 from agent.inference.stats import StageStats
-from agent.sources import Frame
-from agent.sources import Source as FrameSource
+from agent.sources import Frame, Source
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +136,7 @@ class CaptureWorker(threading.Thread):
 
     def __init__(
         self,
-        source: FrameSource,
+        source: Source,
         slot: FrameSlot,
         stop: threading.Event,
         on_state: SourceState | None = None,
