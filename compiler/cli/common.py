@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeAlias
 
-from .. import arguments
+from .. import arguments as arg
 from ..arguments import Parser
 from ..errors import InputError
 
@@ -20,18 +20,18 @@ Subparsers: TypeAlias = "argparse._SubParsersAction[Parser]"
 
 def add_broker_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=arguments.port, default=1883)
+    parser.add_argument("--port", type=arg.port, default=1883)
     parser.add_argument("--username")
     parser.add_argument("--password")
-    parser.add_argument("--topic-root", type=arguments.topic_root, default="edgewise")
+    parser.add_argument("--topic-root", type=arg.topic_root, default="edgewise")
     parser.add_argument(
-        "--tls-ca", type=arguments.readable_file, help="broker CA certificate: connect with TLS"
+        "--tls-ca", type=arg.readable_file, help="broker CA certificate: connect with TLS"
     )
     parser.add_argument(
-        "--tls-cert", type=arguments.readable_file, help="client certificate (with --tls-ca)"
+        "--tls-cert", type=arg.readable_file, help="client certificate (with --tls-ca)"
     )
     parser.add_argument(
-        "--tls-key", type=arguments.readable_file, help="client private key (with --tls-ca)"
+        "--tls-key", type=arg.readable_file, help="client private key (with --tls-ca)"
     )
 
 

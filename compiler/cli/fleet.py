@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from agent.contract import Topics
 
-from .. import arguments
+from .. import arguments as arg
 from .common import Subparsers, add_broker_args, broker_address, writable_folder
 
 if TYPE_CHECKING:
@@ -22,9 +22,7 @@ def add_certs(sub: Subparsers) -> None:
     certs = sub.add_parser(
         "certs", help="fleet CA, broker and client certificates, and the broker's ACL file"
     )
-    certs.add_argument(
-        "--out", type=arguments.path, required=True, help="folder; what exists is kept"
-    )
+    certs.add_argument("--out", type=arg.path, required=True, help="folder; what exists is kept")
     certs.add_argument(
         "--broker-name", action="append", default=[], help="DNS name or IP of the broker (repeat)"
     )
@@ -35,7 +33,7 @@ def add_certs(sub: Subparsers) -> None:
         metavar="ID[:GROUP,...]",
         help="a device to issue a certificate for, with its deploy groups (repeat)",
     )
-    certs.add_argument("--topic-root", type=arguments.topic_root, default="edgewise")
+    certs.add_argument("--topic-root", type=arg.topic_root, default="edgewise")
     certs.set_defaults(func=run_certs)
 
 
@@ -57,16 +55,14 @@ def run_certs(args: argparse.Namespace) -> int:
 def add_push(sub: Subparsers) -> None:
     push = sub.add_parser("push", help="publish a package to a device, a group or the fleet")
     push.add_argument("package", type=Path)
-    push.add_argument(
-        "--to", type=arguments.target, required=True, metavar="device:ID|group:NAME|all"
-    )
+    push.add_argument("--to", type=arg.target, required=True, metavar="device:ID|group:NAME|all")
     push.add_argument("--key", type=Path, help="re-sign the package bound to this target")
     push.add_argument(
         "--rollback", action="store_true", help="signed rollback: may replace a newer version"
     )
     push.add_argument(
         "--wait",
-        type=arguments.positive_float,
+        type=arg.positive_float,
         metavar="SECONDS",
         help="then wait for each device's verdict; exit 1 unless all made it active",
     )
@@ -82,15 +78,15 @@ def run_push(args: argparse.Namespace) -> int:
 
 def add_results(sub: Subparsers) -> None:
     results = sub.add_parser("results", help="consume results devices publish (deduplicated)")
-    results.add_argument("--device", type=arguments.device_id, help="one device; default all")
+    results.add_argument("--device", type=arg.device_id, help="one device; default all")
     results.add_argument(
         "--count",
-        type=arguments.positive_int,
+        type=arg.positive_int,
         help="stop after this many results (with --client-id, at the end of that batch)",
     )
     results.add_argument(
         "--timeout",
-        type=arguments.positive_float,
+        type=arg.positive_float,
         default=3600,
         help="stop after this many seconds without a new result, counted from the start",
     )
@@ -99,7 +95,7 @@ def add_results(sub: Subparsers) -> None:
     results.add_argument("--sqlite", type=Path, help="store results in this SQLite file")
     results.add_argument(
         "--group",
-        type=arguments.device_id,
+        type=arg.device_id,
         help="shared subscription group: consumers in one group split the results",
     )
     results.add_argument(
@@ -156,7 +152,7 @@ def run_results(args: argparse.Namespace) -> int:
 def add_fleet(sub: Subparsers) -> None:
     fleet = sub.add_parser("fleet", help="a live table of devices from status and telemetry")
     fleet.add_argument("--once", action="store_true", help="print the table once and exit")
-    fleet.add_argument("--interval", type=arguments.positive_float, default=2.0)
+    fleet.add_argument("--interval", type=arg.positive_float, default=2.0)
     add_broker_args(fleet)
     fleet.set_defaults(func=run_fleet)
 

@@ -7,7 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .. import arguments
+from .. import arguments as arg
 from ..errors import InputError
 from ..failures import EXIT_FAILED
 from .common import Subparsers, writable_folder
@@ -17,20 +17,13 @@ def add_train(sub: Subparsers) -> None:
     train = sub.add_parser(
         "train", help="the recipe on the bundled digits: contrastive pre-training, then fine-tuning"
     )
+    train.add_argument("--out", type=arg.path, required=True, help="pickled nn.Module to write")
+    train.add_argument("--labeled-fraction", type=arg.labeled_fraction, default=1.0)
     train.add_argument(
-        "--out", type=arguments.path, required=True, help="pickled nn.Module to write"
+        "--pretrain-epochs", type=arg.non_negative_int, default=10, help="0 trains from scratch"
     )
-    train.add_argument("--labeled-fraction", type=arguments.labeled_fraction, default=1.0)
-    train.add_argument(
-        "--pretrain-epochs",
-        type=arguments.non_negative_int,
-        default=10,
-        help="0 trains from scratch",
-    )
-    train.add_argument(
-        "--epochs", type=arguments.positive_int, default=6, help="fine-tuning epochs"
-    )
-    train.add_argument("--seed", type=arguments.non_negative_int, default=0)
+    train.add_argument("--epochs", type=arg.positive_int, default=6, help="fine-tuning epochs")
+    train.add_argument("--seed", type=arg.non_negative_int, default=0)
     train.set_defaults(func=run_train)
 
 
@@ -61,8 +54,8 @@ def run_train(args: argparse.Namespace) -> int:
 
 def add_demo(sub: Subparsers) -> None:
     demo = sub.add_parser("demo", help="train, compile, push and run the agent end to end")
-    demo.add_argument("--workdir", type=arguments.path, default=Path("demo-out"))
-    demo.add_argument("--digits", type=arguments.positive_int, default=100)
+    demo.add_argument("--workdir", type=arg.path, default=Path("demo-out"))
+    demo.add_argument("--digits", type=arg.positive_int, default=100)
     demo.add_argument(
         "--embedded-broker", action="store_true", help="use amqtt even if mosquitto exists"
     )

@@ -57,10 +57,15 @@ def export_onnx(model: nn.Module, example: np.ndarray, path: Path, opset: int = 
             warnings.simplefilter("ignore")
             if isinstance(model, torch.jit.ScriptModule):
                 torch.onnx.export(
-                    model, args, str(path), dynamo=False, opset_version=opset,
-                    input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                    model,
+                    args,
+                    str(path),
+                    dynamo=False,
+                    opset_version=opset,
+                    input_names=[INPUT_NAME],
+                    output_names=[OUTPUT_NAME],
                     dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
-                )  # fmt: skip
+                )
                 return path
             program = torch.onnx.export(
                 model,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch_pruning as tp
@@ -41,7 +42,9 @@ def _prunable(model: nn.Module) -> dict[str, nn.Module]:
 
 
 def _channels(module: nn.Module) -> int:
-    return module.out_channels if isinstance(module, nn.Conv2d) else module.out_features
+    if isinstance(module, nn.Conv2d):
+        return module.out_channels
+    return cast(nn.Linear, module).out_features  # _prunable keeps Conv2d and Linear only
 
 
 def output_layer(model: nn.Module, example: torch.Tensor) -> nn.Module:

@@ -11,8 +11,12 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import BrokerError
+
+if TYPE_CHECKING:
+    from amqtt.broker import Broker
 
 
 def free_port() -> int:
@@ -107,7 +111,7 @@ class EmbeddedBroker:
         self.host, self.port = "127.0.0.1", port or free_port()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="amqtt", daemon=True)
-        self._broker = None
+        self._broker: Broker | None = None
 
     def start(self) -> EmbeddedBroker:
         try:
@@ -123,8 +127,8 @@ class EmbeddedBroker:
         for noisy in ("amqtt", "transitions"):  # they log every state change at INFO
             logging.getLogger(noisy).setLevel(logging.CRITICAL)
         self._thread.start()
-        self._broker = Broker(config, loop=self._loop)
-        asyncio.run_coroutine_threadsafe(self._broker.start(), self._loop).result(10)
+        broker = self._broker = Broker(config, loop=self._loop)
+        asyncio.run_coroutine_threadsafe(broker.start(), self._loop).result(10)
         wait_for_port(self.host, self.port)
         return self
 

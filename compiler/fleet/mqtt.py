@@ -37,30 +37,17 @@ def connect(
 
     ``prepare(client)`` runs just before CONNECT: a persistent session's queued messages arrive
     right after CONNACK, so their handlers must be in place by then."""
-    client = mqtt.Client(
-        mqtt.CallbackAPIVersion.VERSION2,
-        client_id=client_id or f"edgewise-{uuid.uuid4().hex[:8]}",
-        protocol=mqtt.MQTTv311,
-        # False with a fixed client id: the broker keeps the subscription and queues QoS 1
-        # messages while this client is away (a consumer that must not miss results).
-        clean_session=clean_session,
-    )
-    client.max_inflight_messages_set(64)  # a push keeps a window of chunks in flight
-    if address.username:
-        client.username_pw_set(address.username, address.password)
-    if address.ca is not None:
-        try:
-            client.tls_set(
-                ca_certs=str(address.ca),
-                certfile=str(address.cert) if address.cert else None,
-                keyfile=str(address.key) if address.key else None,
-            )
-        except (OSError, ValueError) as exc:
-            raise BrokerUnavailable(f"cannot load TLS files: {exc}") from exc
+    client = _new_client(address, client_id, clean_session)
     connected = threading.Event()
     refused: list[str] = []
 
-    def on_connect(_c, _u, _f, reason_code, _p):  # type: ignore[no-untyped-def]
+    def on_connect(
+        _c: mqtt.Client,
+        _u: object,
+        _f: mqtt.ConnectFlags,
+        reason_code: mqtt.ReasonCode,
+        _p: mqtt.Properties | None,
+    ) -> None:
         if reason_code.is_failure:
             refused.append(str(reason_code))
         connected.set()
@@ -83,16 +70,44 @@ def connect(
         raise
     if not answered or refused:
         client.loop_stop()
-        if refused:
-            raise BrokerUnavailable(
-                f"the broker at {where} refused the connection: {refused[0]}; "
-                "check --username/--password or the --tls-* files"
-            )
-        raise BrokerUnavailable(
-            f"cannot reach the broker at {where}: no answer to CONNECT in {timeout:g} s; "
-            "check --host/--port"
-        )
+        raise _unavailable(where, refused, timeout)
     return client
+
+
+def _new_client(address: BrokerAddress, client_id: str | None, clean_session: bool) -> mqtt.Client:
+    client = mqtt.Client(
+        mqtt.CallbackAPIVersion.VERSION2,
+        client_id=client_id or f"edgewise-{uuid.uuid4().hex[:8]}",
+        protocol=mqtt.MQTTv311,
+        # False with a fixed client id: the broker keeps the subscription and queues QoS 1
+        # messages while this client is away (a consumer that must not miss results).
+        clean_session=clean_session,
+    )
+    client.max_inflight_messages_set(64)  # a push keeps a window of chunks in flight
+    if address.username:
+        client.username_pw_set(address.username, address.password)
+    if address.ca is not None:
+        try:
+            client.tls_set(
+                ca_certs=str(address.ca),
+                certfile=str(address.cert) if address.cert else None,
+                keyfile=str(address.key) if address.key else None,
+            )
+        except (OSError, ValueError) as exc:
+            raise BrokerUnavailable(f"cannot load TLS files: {exc}") from exc
+    return client
+
+
+def _unavailable(where: str, refused: list[str], timeout: float) -> BrokerUnavailable:
+    if refused:
+        return BrokerUnavailable(
+            f"the broker at {where} refused the connection: {refused[0]}; "
+            "check --username/--password or the --tls-* files"
+        )
+    return BrokerUnavailable(
+        f"cannot reach the broker at {where}: no answer to CONNECT in {timeout:g} s; "
+        "check --host/--port"
+    )
 
 
 def disconnect(client: mqtt.Client) -> None:

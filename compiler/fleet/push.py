@@ -90,8 +90,7 @@ def push_package(
     publish_blobs(client, topics, package, timeout, on_acked)
     deploy_topic = topics.deploy(target)
     _confirm(client.publish(deploy_topic, envelope, qos=1, retain=True), "manifest", timeout)
-    log.debug(  # the CLI prints its own summary line; this is for -v and library callers
-        "pushed %s %s to %s (%d chunks)",
-        package.manifest.name, package.manifest.version, deploy_topic,
-        sum(len(b.chunks) for b, _ in package.blobs()),
-    )  # fmt: skip
+    # The CLI prints its own summary line; this one is for -v and library callers.
+    name, version = package.manifest.name, package.manifest.version
+    chunks = sum(len(b.chunks) for b, _ in package.blobs())
+    log.debug("pushed %s %s to %s (%d chunks)", name, version, deploy_topic, chunks)

@@ -60,9 +60,14 @@ def run_push(args: argparse.Namespace, address: BrokerAddress) -> int:
         progress = _progress(package, sys.stderr if sys.stderr.isatty() else None)
         try:
             push_package(
-                client, topics, package, args.to, signing_key=args.key, rollback=args.rollback,
+                client,
+                topics,
+                package,
+                args.to,
+                signing_key=args.key,
+                rollback=args.rollback,
                 on_acked=progress.chunk,
-            )  # fmt: skip
+            )
         finally:
             progress.close()
         print(f"pushed {name} {version} to {args.to} ({progress.summary()})", flush=True)

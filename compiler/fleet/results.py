@@ -63,7 +63,7 @@ class DeviceFeed:
         client.manual_ack_set(manual_ack)
         client.on_message = self._on_message
         client.on_subscribe = self._on_subscribe
-        self._connected_before = client.on_connect
+        self._connected_before: Callable[..., object] | None = client.on_connect
         client.on_connect = self._on_connect
         if client.is_connected():
             self._subscribe()
@@ -79,13 +79,22 @@ class DeviceFeed:
             if mid is not None:
                 self._mids.add(mid)
 
-    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:  # type: ignore[no-untyped-def]
+    def _on_connect(
+        self,
+        client: mqtt.Client,
+        userdata: object,
+        flags: mqtt.ConnectFlags,
+        reason_code: mqtt.ReasonCode,
+        properties: mqtt.Properties | None,
+    ) -> None:
         if self._connected_before is not None:
             self._connected_before(client, userdata, flags, reason_code, properties)
         if not reason_code.is_failure:
             self._subscribe()
 
-    def _on_subscribe(self, _client, _userdata, mid, reason_codes, _properties) -> None:  # type: ignore[no-untyped-def]
+    def _on_subscribe(
+        self, _c: mqtt.Client, _u: object, mid: int, reason_codes: list[mqtt.ReasonCode], _p: object
+    ) -> None:
         with self._lock:
             if mid not in self._mids:
                 return  # someone else's subscription on this client
@@ -228,6 +237,9 @@ class Deduper:
         return True
 
 
+_COLUMNS = ("id", "device", "seq", "captured_at", "label", "score")  # then the whole result
+
+
 class SqliteSink:
     """Results into an SQLite file, one row per id (a second copy is ignored)."""
 
@@ -239,14 +251,8 @@ class SqliteSink:
         )
 
     def write(self, result: dict[str, Any]) -> None:
-        self._db.execute(
-            "INSERT OR IGNORE INTO results VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (
-                result.get("id"), result.get("device"), result.get("seq"),
-                result.get("captured_at"), result.get("label"), result.get("score"),
-                json.dumps(result),
-            ),
-        )  # fmt: skip
+        row = (*(result.get(column) for column in _COLUMNS), json.dumps(result))
+        self._db.execute("INSERT OR IGNORE INTO results VALUES (?, ?, ?, ?, ?, ?, ?)", row)
 
     def close(self) -> None:
         self._db.commit()

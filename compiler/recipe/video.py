@@ -24,7 +24,7 @@ def write_digits_video(
     rng = np.random.default_rng(seed)
     picks = rng.choice(len(split.images), size=count, replace=False)
     writer = cv2.VideoWriter(
-        str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (FRAME_SIZE, FRAME_SIZE), isColor=True
+        str(path), cv2.VideoWriter.fourcc(*"MJPG"), fps, (FRAME_SIZE, FRAME_SIZE), isColor=True
     )
     if not writer.isOpened():
         raise RuntimeError(f"OpenCV cannot write {path}")
