@@ -1,2 +1,3 @@
 """The recipe and the demo: the bundled digits, the demo CNN, contrastive pre-training then
-fine-tuning, a test video, and ``edgewise demo`` end to end."""
+fine-tuning, a test video, and ``edgewise demo`` end to end (which uses both ``compile`` and
+``fleet``; neither of them imports this package)."""
