@@ -1,32 +1,40 @@
-"""Shared fixtures: real brokers, the trained demo model, keys and a compiled package."""
+"""Shared fixtures: real brokers, the trained demo model, keys and a compiled package.
+
+torch and the compiler are imported inside the fixtures that need them, so that the agent's own
+tests (tests/device/) run where neither is installed (tests/test_layering.py checks it)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
-import torch
-from device_harness import Device, install, start_device
 
 from agent.contract import Package, generate_keypair
-from compiler.compile.datasets import Dataset
-from compiler.compile.loading import SourceModel
-from compiler.compile.pipeline import CompileOptions, CompileResult, compile_model
-from compiler.fleet.broker import MosquittoBroker
-from compiler.fleet.mqtt import BrokerAddress, connect, disconnect
-from compiler.recipe.demo_model import train_demo_model
-from compiler.recipe.digits import PREPROCESS, load_dataset
-from compiler.recipe.video import write_digits_video
+
+if TYPE_CHECKING:
+    from device_harness import Device
+
+    from compiler.compile.datasets import Dataset
+    from compiler.compile.pipeline import CompileResult
+    from compiler.fleet.broker import MosquittoBroker
 
 
 @pytest.fixture(scope="session")
 def digits() -> Dataset:
+    from compiler.recipe.digits import load_dataset
+
     return load_dataset("digits", seed=0)
 
 
 @pytest.fixture(scope="session")
-def trained_model(digits):  # type: ignore[no-untyped-def]
+def trained_model(digits: Dataset) -> Any:
+    import torch
+
+    from compiler.recipe.demo_model import train_demo_model
+    from compiler.recipe.digits import PREPROCESS
+
     torch.set_num_threads(2)
     return train_demo_model(digits.train, PREPROCESS, progress=False)
 
@@ -38,23 +46,35 @@ def signing_keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return root / "signing.key", root / "signing.pub"
 
 
+def _compile(model: Any, digits: Dataset, **options: Any) -> CompileResult:
+    from compiler.compile.loading import SourceModel
+    from compiler.compile.pipeline import CompileOptions, compile_model
+    from compiler.recipe.digits import PREPROCESS
+
+    settings = CompileOptions(name="digits-cnn", progress=False, **options)
+    return compile_model(SourceModel("eager", model), digits, PREPROCESS, settings)
+
+
 @pytest.fixture(scope="session")
-def compiled(trained_model, digits, signing_keys, tmp_path_factory) -> CompileResult:  # type: ignore[no-untyped-def]
-    options = CompileOptions(
-        name="digits-cnn",
+def compiled(  # type: ignore[no-untyped-def]
+    trained_model, digits, signing_keys, tmp_path_factory
+) -> CompileResult:
+    return _compile(
+        trained_model,
+        digits,
         version="1.0.0",
         signing_key=signing_keys[0],
         out_dir=tmp_path_factory.mktemp("packages"),
         chunk_size=64 * 1024,  # several chunks, so reassembly is exercised
         prune_ratio=0.5,
-        progress=False,
     )
-    return compile_model(SourceModel("eager", trained_model), digits, PREPROCESS, options)
 
 
 @pytest.fixture
 def mosquitto() -> Iterator[MosquittoBroker]:
     """A private mosquitto on a free port, stopped after the test."""
+    from compiler.fleet.broker import MosquittoBroker
+
     broker = MosquittoBroker().start()
     yield broker
     broker.close()
@@ -63,13 +83,17 @@ def mosquitto() -> Iterator[MosquittoBroker]:
 @pytest.fixture
 def cloud(mosquitto):  # type: ignore[no-untyped-def]
     """A connected cloud-side client on the test's broker."""
+    from compiler.fleet.mqtt import BrokerAddress, connect, disconnect
+
     client = connect(BrokerAddress(mosquitto.host, mosquitto.port))
     yield client
     disconnect(client)
 
 
 @pytest.fixture
-def video(digits, tmp_path: Path) -> Path:  # type: ignore[no-untyped-def]
+def video(digits: Dataset, tmp_path: Path) -> Path:
+    from compiler.recipe.video import write_digits_video
+
     path = tmp_path / "digits.avi"
     write_digits_video(path, digits.test, count=60, frames_per_digit=3, seed=1)
     return path
@@ -78,6 +102,8 @@ def video(digits, tmp_path: Path) -> Path:  # type: ignore[no-untyped-def]
 @pytest.fixture
 def device(mosquitto, cloud, compiled, signing_keys, video, tmp_path) -> Iterator[Device]:  # type: ignore[no-untyped-def]
     """An agent serving digits-cnn 1.0.0 from disk."""
+    from device_harness import install, start_device
+
     install(compiled.package, tmp_path / "state")
     dev = start_device(mosquitto, cloud, signing_keys, video, tmp_path)
     assert dev.serving() == {"1.0.0"}
@@ -88,12 +114,11 @@ def device(mosquitto, cloud, compiled, signing_keys, video, tmp_path) -> Iterato
 @pytest.fixture(scope="session")
 def v2(compiled, trained_model, digits, signing_keys, tmp_path_factory) -> Package:  # type: ignore[no-untyped-def]
     """digits-cnn 1.1.0: the unpruned int8 model (other bytes, ~1.2 MB, 10 chunks)."""
-    from compiler.compile.loading import SourceModel
-    from compiler.compile.pipeline import CompileOptions, compile_model
-    from compiler.recipe.digits import PREPROCESS
-
-    options = CompileOptions(
-        name="digits-cnn", version="1.1.0", signing_key=signing_keys[0],
-        out_dir=tmp_path_factory.mktemp("v2"), progress=False, html=False,
-    )  # fmt: skip
-    return compile_model(SourceModel("eager", trained_model), digits, PREPROCESS, options).package
+    return _compile(
+        trained_model,
+        digits,
+        version="1.1.0",
+        signing_key=signing_keys[0],
+        out_dir=tmp_path_factory.mktemp("v2"),
+        html=False,
+    ).package

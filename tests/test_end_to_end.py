@@ -139,8 +139,8 @@ def test_corrupted_chunk_is_rejected_and_nothing_installed(
 
 
 def test_agent_runs_without_torch(cloud, compiled, agent_config) -> None:  # type: ignore[no-untyped-def]
-    runner = Path(__file__).with_name("agent_without_torch.py")
-    agent = AgentProcess(agent_config, prelude=[sys.executable, str(runner)])
+    runner = Path(__file__).with_name("without_torch.py")
+    agent = AgentProcess(agent_config, prelude=[sys.executable, str(runner), "agent"])
     try:
         feed = DeviceFeed(cloud, TOPICS, DEVICE)
         assert deploy_and_wait(cloud, feed, compiled.package)["state"] == "active", agent.output()

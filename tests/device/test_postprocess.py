@@ -11,11 +11,10 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper, numpy_helper
-
 from agent.contract import ClassificationSpec, DetectionSpec, PreprocessSpec, ScoreSpec, SensorSpec
 from agent.contract import preprocess as to_model_input
 from agent.inference.postprocess import Prediction, classify, detect, postprocess, score
+from onnx import TensorProto, helper, numpy_helper
 
 LABELS = ("person", "car", "dog")
 IDENTITY = PreprocessSpec(width=320, height=320)  # a 320×320 frame passes through unchanged

@@ -18,7 +18,6 @@ from typing import ClassVar
 import cv2
 import numpy as np
 import pytest
-
 from agent.config import CommandConfig, PicameraConfig
 from agent.errors import SourceError
 from agent.inference.pipeline import CaptureWorker, FrameSlot

@@ -1,5 +1,9 @@
-"""Runs ``edgewise-agent`` with ``torch`` and ``compiler`` made unimportable, then proves neither
-was loaded. Usage: python agent_without_torch.py AGENT-ARGS..."""
+"""Runs the agent's CLI or pytest with ``torch`` and ``compiler`` made unimportable, then proves
+neither was loaded (exit 3 if one was).
+
+    python without_torch.py agent AGENT-ARGS...     edgewise-agent
+    python without_torch.py pytest PYTEST-ARGS...   a test run (tests/device/)
+"""
 
 import importlib.abc
 import sys
@@ -15,9 +19,15 @@ class Blocker(importlib.abc.MetaPathFinder):
 
 
 sys.meta_path.insert(0, Blocker())
-from agent.cli import main  # noqa: E402
+what, args = sys.argv[1], sys.argv[2:]
+if what == "agent":
+    from agent.cli import main
 
-code = main(sys.argv[1:])
+    code = main(args)
+else:
+    import pytest
+
+    code = int(pytest.main(args))
 loaded = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
 print(f"BLOCKED-MODULES-LOADED={loaded}", flush=True)
 sys.exit(code if not loaded else 3)

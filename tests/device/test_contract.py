@@ -6,11 +6,11 @@ import json
 from pathlib import Path
 
 import pytest
-
 from agent.contract import (
     IntegrityError,
     Manifest,
     ManifestError,
+    PreprocessSpec,
     SignatureError,
     Topics,
     TrustStore,
@@ -22,7 +22,12 @@ from agent.contract import (
     sign_manifest,
 )
 from agent.delivery.store import verify_blob
-from compiler.recipe.digits import LABELS, PREPROCESS
+
+# The digits model's contract as the recipe writes it (here: contract tests need no compiler)
+LABELS = tuple(str(d) for d in range(10))
+PREPROCESS = PreprocessSpec(
+    width=28, height=28, color="GRAY", scale=1 / 255, mean=(0.1307,), std=(0.3081,)
+)
 
 
 @pytest.fixture

@@ -9,10 +9,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from small_disk import fill, tmpfs
-
 from agent.upstream.outbox import Outbox
 from agent.upstream.spool import Spool
+from small_disk import fill, tmpfs
 
 
 class Clock:

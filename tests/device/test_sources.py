@@ -10,47 +10,25 @@ import queue
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from types import SimpleNamespace
 
 import cv2
 import numpy as np
-import paho.mqtt.client as mqtt
 import pytest
-from pydantic import ValidationError
-
 from agent.config import ImagesConfig, MqttConfig, SensorConfig, SourceConfig, source_config
 from agent.config.sources import SOURCE_KINDS, error_location
 from agent.errors import SourceError
 from agent.sources import FACTORIES, Frame, Source, make_source, sensor_inputs, sensors
 from agent.sources.images import ImageFolderSource
 from agent.sources.sensors import SensorSource, parse_sample
-from compiler.fleet.broker import MosquittoBroker, free_port
-
-TIMEOUT = 5.0
+from pydantic import ValidationError
+from source_reading import TIMEOUT, read_in_thread, rows
 
 
 @pytest.fixture
 def stop() -> threading.Event:
     return threading.Event()
-
-
-def read_in_thread(
-    read: Callable[[threading.Event], Frame | None], stop: threading.Event
-) -> queue.Queue[object]:
-    """Runs one ``read(stop)`` in a thread; its frame (or exception) lands in the queue."""
-    out: queue.Queue[object] = queue.Queue()
-
-    def run() -> None:
-        try:
-            out.put(read(stop))
-        except Exception as exc:
-            out.put(exc)
-
-    threading.Thread(target=run, daemon=True).start()
-    return out
 
 
 def image(value: int) -> np.ndarray:
@@ -152,10 +130,6 @@ def test_parse_sample_formats() -> None:
 
 def sensor(uri: str | Path, **options: object) -> SensorSource:
     return SensorSource(SensorConfig(kind="sensor", uri=str(uri), **options))  # type: ignore[arg-type]
-
-
-def rows(frame: Frame) -> list[list[float]]:
-    return frame.image.tolist()
 
 
 def test_csv_file_windows_with_hop(tmp_path: Path, stop) -> None:
@@ -307,7 +281,7 @@ def test_standard_input() -> None:
         capture_output=True,
         text=True,
         timeout=30,
-        cwd=Path(__file__).parent.parent,
+        cwd=Path(__file__).parents[2],
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == [
@@ -366,72 +340,6 @@ def test_serial_missing_port_is_named(tmp_path: Path) -> None:
 
 
 # -- MQTT ----------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def publisher(mosquitto: MosquittoBroker) -> Iterator[mqtt.Client]:
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
-    client.connect(mosquitto.host, mosquitto.port)
-    client.loop_start()
-    yield client
-    client.disconnect()
-    client.loop_stop()
-
-
-def mqtt_sensor(broker: MosquittoBroker, topic: str, **options: object) -> SensorSource:
-    config = SensorConfig(kind="sensor", uri=f"mqtt:{topic}", **options)  # type: ignore[arg-type]
-    return SensorSource(config, MqttConfig(host=broker.host, port=broker.port))
-
-
-def test_mqtt_topic_windows(mosquitto: MosquittoBroker, publisher: mqtt.Client, stop) -> None:
-    source = mqtt_sensor(mosquitto, "plant/line1/vibration", format="json", window=3, hop=2)
-    source.open()  # returns once subscribed: nothing published from here on is missed
-    try:
-        assert not source.is_file
-        payloads = ["[0, 0]", "[1, 10]", "not json", "[2, 20]", "[3, 30]", "[4, 40]", "[5]"]
-        for payload in payloads:
-            publisher.publish("plant/line1/vibration", payload, qos=1).wait_for_publish(TIMEOUT)
-        frames = [read_in_thread(source.read, stop).get(timeout=TIMEOUT) for _ in range(2)]
-        assert [rows(f) for f in frames if isinstance(f, Frame)] == [
-            [[0, 0], [1, 10], [2, 20]],
-            [[2, 20], [3, 30], [4, 40]],
-        ]
-        # The last two payloads are garbage; wait for the one after them to know they arrived.
-        publisher.publish("plant/line1/vibration", "[6, 60]", qos=1)
-        publisher.publish("plant/line1/vibration", "[7, 70]", qos=1)
-        third = read_in_thread(source.read, stop).get(timeout=TIMEOUT)
-        assert isinstance(third, Frame) and rows(third) == [[4, 40], [6, 60], [7, 70]]
-        assert source.garbage == 2 and source.overflow == 0
-    finally:
-        source.close()
-
-
-def test_mqtt_overflow_drops_the_oldest(
-    mosquitto: MosquittoBroker, monkeypatch: pytest.MonkeyPatch, stop
-) -> None:
-    monkeypatch.setattr(sensor_inputs, "MQTT_QUEUE", 4)
-    source = mqtt_sensor(mosquitto, "plant/overflow")
-    source.open()
-    try:
-        deliver = source._input._guarded_message  # type: ignore[union-attr]
-        before = time.time()
-        for i in range(10):  # as paho's thread would, faster than read() takes them
-            deliver(None, None, SimpleNamespace(payload=str(i).encode()))
-        delivered = time.time()
-        frames = [source.read(stop) for _ in range(4)]
-        assert [rows(f) for f in frames if f] == [[[6]], [[7]], [[8]], [[9]]]
-        assert all(before <= f.captured_at <= delivered for f in frames if f)  # arrival time
-        assert source.overflow == 6 and source.garbage == 0
-    finally:
-        source.close()
-    assert source.overflow == 6  # kept after close
-
-
-def test_mqtt_broker_down_at_open_is_named() -> None:
-    config = SensorConfig(kind="sensor", uri="mqtt:plant/nobody")
-    source = SensorSource(config, MqttConfig(host="127.0.0.1", port=free_port()))
-    with pytest.raises(SourceError, match=r"plant/nobody.*cannot reach broker"):
-        source.open()
 
 
 # -- every kind: the registry, live or recorded, counters, settings ------------------------------

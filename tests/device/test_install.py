@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import tomllib
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 INSTALL = REPO / "deploy" / "install.sh"
 EXAMPLE_CONFIG = REPO / "deploy" / "agent.example.toml"
 DOCKERFILES = sorted((REPO / "deploy" / "docker").glob("Dockerfile.*"))

@@ -1,5 +1,4 @@
-"""Device telemetry: process sampling, the telemetry payload, the Prometheus endpoint and the
-fleet view built from retained status and telemetry messages."""
+"""Device telemetry: process sampling, the telemetry payload, the Prometheus endpoint."""
 
 from __future__ import annotations
 
@@ -10,49 +9,13 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
-from agent.contract import Topics
 from agent.upstream.telemetry import UPSTREAM, ProcessSampler, PrometheusExporter, telemetry_message
-from compiler.fleet.view import FleetView
-
-STAGES = {
-    "inference": {"p50": 4.0, "p99": 9.0, "mean": 5.0},
-    "total": {"p50": 6.5, "p99": 14.25, "mean": 7.0},
-}
+from telemetry_samples import STAGES, sample_message, sample_process
 
 
 def _zone(root: Path, name: str, content: str) -> None:
     (root / name).mkdir(parents=True)
     (root / name / "temp").write_text(content)
-
-
-def _process(**overrides: float | None) -> dict[str, float | None]:
-    figures: dict[str, float | None] = {
-        "cpu_percent": 37.5,
-        "rss_mb": 81.0,
-        "disk_free_mb": 2048.0,
-        "soc_temp_c": 55.2,
-    }
-    figures.update(overrides)
-    return figures
-
-
-def _message(**overrides: object) -> dict[str, object]:
-    message = telemetry_message(
-        device="cam-1",
-        boot_id="boot-1",
-        interval_s=10.0,
-        frames=225,
-        frames_before=100,
-        stages=STAGES,
-        dropped_frames=3,
-        results_queued=4,
-        results_dropped=1,
-        process=_process(),
-        model={"name": "digits-cnn", "version": "1.0.0"},
-    )
-    message.update(overrides)
-    return message
 
 
 def test_soc_temperature_is_the_hottest_zone(tmp_path: Path) -> None:
@@ -93,7 +56,7 @@ def test_cpu_percent_counts_work_since_the_previous_sample(tmp_path: Path) -> No
 
 
 def test_telemetry_message() -> None:
-    message = _message()
+    message = sample_message()
     assert message["fps"] == 12.5
     assert message["latency_ms"] == {"p50": 6.5, "p99": 14.25}
     assert message["stages"] == STAGES
@@ -115,7 +78,7 @@ def test_telemetry_message_before_any_frame() -> None:
         dropped_frames=0,
         results_queued=0,
         results_dropped=0,
-        process=_process(soc_temp_c=None),
+        process=sample_process(soc_temp_c=None),
         model=None,
     )
     assert message["fps"] == 0.0
@@ -132,7 +95,7 @@ def test_prometheus_endpoint() -> None:
     exporter = PrometheusExporter(0, device="cam-1", host="127.0.0.1")
     try:
         assert exporter.port > 0
-        exporter.update(_message())
+        exporter.update(sample_message())
         body = _scrape(exporter.port)
         assert 'edgewise_fps{device="cam-1"} 12.5' in body
         assert 'edgewise_latency_p99_ms{device="cam-1"} 14.25' in body
@@ -140,7 +103,7 @@ def test_prometheus_endpoint() -> None:
         assert 'edgewise_results_queued{device="cam-1"} 4.0' in body
 
         # A figure that disappears is withdrawn, not left stale.
-        exporter.update(_message(soc_temp_c=None, latency_ms=None))
+        exporter.update(sample_message(soc_temp_c=None, latency_ms=None))
         body = _scrape(exporter.port)
         assert 'edgewise_soc_temp_celsius{device="cam-1"}' not in body
         assert 'edgewise_latency_p99_ms{device="cam-1"}' not in body
@@ -153,7 +116,7 @@ def test_two_prometheus_exporters_in_one_process() -> None:
     first = PrometheusExporter(0, device="a", host="127.0.0.1")
     second = PrometheusExporter(0, device="b", host="127.0.0.1")
     try:
-        second.update(_message(fps=3.0))
+        second.update(sample_message(fps=3.0))
         assert 'edgewise_fps{device="b"} 3.0' in _scrape(second.port)
         assert "edgewise_fps{" not in _scrape(first.port)
     finally:
@@ -165,98 +128,6 @@ def test_prometheus_without_the_package(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setitem(sys.modules, "prometheus_client", None)
     with pytest.raises(RuntimeError, match="pip install prometheus-client"):
         PrometheusExporter(0, device="cam-1")
-
-
-def _status(device: str, state: str, **extra: object) -> bytes:
-    status: dict[str, object] = {
-        "state": state,
-        "device": device,
-        "agent_version": "0.1.0",
-        "boot_id": "boot",
-        "model": None,
-        "source": None,
-        "uptime_s": 1.0,
-        "deployment": None,
-    }
-    status.update(extra)
-    return json.dumps(status).encode()
-
-
-def _fleet() -> tuple[FleetView, Topics]:
-    topics = Topics()
-    view = FleetView(topics, clock=lambda: 1_000_030.0)
-    view.update(
-        topics.status("cam-1"),
-        _status(
-            "cam-1",
-            "online",
-            model={"name": "digits-cnn", "version": "1.0.0"},
-            source={"uri": "file:///v.mp4", "state": "open", "detail": ""},
-            deployment={"state": "active", "version": "1.0.0"},
-        ),
-    )
-    view.update(topics.device("cam-1", "telemetry"), json.dumps(_message(at=1_000_000.0)).encode())
-    view.update(topics.status("cam-0"), _status("cam-0", "offline"))
-    return view, topics
-
-
-def test_fleet_rows() -> None:
-    view, _ = _fleet()
-    offline, online = view.rows()
-    assert offline["device"] == "cam-0" and offline["state"] == "offline"
-    assert offline["model"] is None and offline["fps"] is None and offline["age_s"] is None
-    assert online == {
-        "device": "cam-1",
-        "state": "online",
-        "model": "digits-cnn 1.0.0",
-        "source": "open",
-        "deployment": "active",
-        "fps": 12.5,
-        "p99_ms": 14.25,
-        "queued": 4.0,
-        "dropped": 1.0,
-        "cpu_percent": 37.5,
-        "rss_mb": 81.0,
-        "temp_c": 55.2,
-        "age_s": 30.0,
-    }
-
-
-def test_fleet_ignores_what_it_does_not_show() -> None:
-    view, topics = _fleet()
-    before = view.rows()
-    view.update(topics.results("cam-1"), b'{"label": 3}')
-    view.update(topics.status("cam-1"), b"{not json")
-    view.update(topics.status("cam-1"), b"[1, 2]")
-    view.update(topics.deploy_all(), b"{}")
-    view.update(topics.status("cam-9"), b"\xff\xfe")
-    assert view.rows() == before
-
-
-def test_fleet_empty_payload_removes() -> None:
-    view, topics = _fleet()
-    view.update(topics.device("cam-1", "telemetry"), b"")
-    cam1 = view.rows()[1]
-    assert cam1["state"] == "online" and cam1["fps"] is None and cam1["age_s"] is None
-    view.update(topics.status("cam-0"), b"")
-    assert [row["device"] for row in view.rows()] == ["cam-1"]
-    view.update(topics.status("cam-1"), b"")
-    assert view.rows() == []
-
-
-def test_fleet_table() -> None:
-    view, _ = _fleet()
-    lines = view.table().splitlines()
-    assert len(lines) == 3
-    assert lines[0].split()[:3] == ["DEVICE", "STATE", "MODEL"]
-    offline = lines[1].split()
-    assert offline[:2] == ["cam-0", "offline"] and set(offline[2:]) == {"-"}
-    assert lines[2].startswith("cam-1") and "digits-cnn 1.0.0" in lines[2]
-    assert "12.5" in lines[2] and "55.2" in lines[2]
-    # Columns line up: every row puts FPS at the same place.
-    fps_end = lines[0].index("FPS") + len("FPS")
-    assert lines[2][fps_end - len("12.5") : fps_end] == "12.5"
-    assert lines[1][fps_end - 1] == "-"
 
 
 UPSTREAM_FIGURES = {
@@ -273,10 +144,19 @@ UPSTREAM_FIGURES = {
 
 def test_telemetry_carries_the_outbox_and_uplink_figures() -> None:
     message = telemetry_message(
-        device="cam-1", boot_id="b", interval_s=10.0, frames=0, frames_before=0, stages={},
-        dropped_frames=0, results_queued=130, results_dropped=2, process=_process(), model=None,
+        device="cam-1",
+        boot_id="b",
+        interval_s=10.0,
+        frames=0,
+        frames_before=0,
+        stages={},
+        dropped_frames=0,
+        results_queued=130,
+        results_dropped=2,
+        process=sample_process(),
+        model=None,
         upstream=UPSTREAM_FIGURES,
-    )  # fmt: skip
+    )
     assert {k: message[k] for k in UPSTREAM} == UPSTREAM_FIGURES
     json.dumps(message)
 
@@ -284,7 +164,7 @@ def test_telemetry_carries_the_outbox_and_uplink_figures() -> None:
 def test_prometheus_serves_the_upstream_figures_but_not_the_error_text() -> None:
     exporter = PrometheusExporter(0, device="cam-1", host="127.0.0.1")
     try:
-        exporter.update(_message(**UPSTREAM_FIGURES))
+        exporter.update(sample_message(**UPSTREAM_FIGURES))
         body = _scrape(exporter.port)
         assert 'edgewise_outbox_errors{device="cam-1"} 3.0' in body
         assert 'edgewise_results_in_memory{device="cam-1"} 120.0' in body
@@ -301,10 +181,19 @@ def test_the_sources_counters_reach_telemetry_and_metrics() -> None:
     """Whatever a source counts (garbage records, overflow, ...) is in the message and gets a
     gauge named after it, however many kinds of counter the kind keeps."""
     message = telemetry_message(
-        device="cam-1", boot_id="b", interval_s=10.0, frames=0, frames_before=0, stages={},
-        dropped_frames=0, results_queued=0, results_dropped=0, process=_process(), model=None,
+        device="cam-1",
+        boot_id="b",
+        interval_s=10.0,
+        frames=0,
+        frames_before=0,
+        stages={},
+        dropped_frames=0,
+        results_queued=0,
+        results_dropped=0,
+        process=sample_process(),
+        model=None,
         source={"garbage": 4, "overflow": 2},
-    )  # fmt: skip
+    )
     assert message["source"] == {"garbage": 4, "overflow": 2}
     exporter = PrometheusExporter(0, device="cam-1", host="127.0.0.1")
     try:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from helpers import BIN
 
-UNIT = Path(__file__).resolve().parents[1] / "systemd" / "edgewise-agent.service"
+UNIT = Path(__file__).resolve().parents[2] / "systemd" / "edgewise-agent.service"
 
 
 def directives() -> dict[str, list[str]]:

@@ -10,7 +10,6 @@ import time
 
 import numpy as np
 import pytest
-
 from agent.config import ResultsConfig
 from agent.contract import Topics
 from agent.inference.pipeline import CaptureWorker, FrameSlot, ModelSlot

@@ -1,0 +1,104 @@
+"""``edgewise fleet``: the fleet view built from retained status and telemetry messages."""
+
+from __future__ import annotations
+
+import json
+
+from telemetry_samples import sample_message
+
+from agent.contract import Topics
+from compiler.fleet.view import FleetView
+
+
+def _status(device: str, state: str, **extra: object) -> bytes:
+    status: dict[str, object] = {
+        "state": state,
+        "device": device,
+        "agent_version": "0.1.0",
+        "boot_id": "boot",
+        "model": None,
+        "source": None,
+        "uptime_s": 1.0,
+        "deployment": None,
+    }
+    status.update(extra)
+    return json.dumps(status).encode()
+
+
+def _fleet() -> tuple[FleetView, Topics]:
+    topics = Topics()
+    view = FleetView(topics, clock=lambda: 1_000_030.0)
+    view.update(
+        topics.status("cam-1"),
+        _status(
+            "cam-1",
+            "online",
+            model={"name": "digits-cnn", "version": "1.0.0"},
+            source={"uri": "file:///v.mp4", "state": "open", "detail": ""},
+            deployment={"state": "active", "version": "1.0.0"},
+        ),
+    )
+    view.update(
+        topics.device("cam-1", "telemetry"), json.dumps(sample_message(at=1_000_000.0)).encode()
+    )
+    view.update(topics.status("cam-0"), _status("cam-0", "offline"))
+    return view, topics
+
+
+def test_fleet_rows() -> None:
+    view, _ = _fleet()
+    offline, online = view.rows()
+    assert offline["device"] == "cam-0" and offline["state"] == "offline"
+    assert offline["model"] is None and offline["fps"] is None and offline["age_s"] is None
+    assert online == {
+        "device": "cam-1",
+        "state": "online",
+        "model": "digits-cnn 1.0.0",
+        "source": "open",
+        "deployment": "active",
+        "fps": 12.5,
+        "p99_ms": 14.25,
+        "queued": 4.0,
+        "dropped": 1.0,
+        "cpu_percent": 37.5,
+        "rss_mb": 81.0,
+        "temp_c": 55.2,
+        "age_s": 30.0,
+    }
+
+
+def test_fleet_ignores_what_it_does_not_show() -> None:
+    view, topics = _fleet()
+    before = view.rows()
+    view.update(topics.results("cam-1"), b'{"label": 3}')
+    view.update(topics.status("cam-1"), b"{not json")
+    view.update(topics.status("cam-1"), b"[1, 2]")
+    view.update(topics.deploy_all(), b"{}")
+    view.update(topics.status("cam-9"), b"\xff\xfe")
+    assert view.rows() == before
+
+
+def test_fleet_empty_payload_removes() -> None:
+    view, topics = _fleet()
+    view.update(topics.device("cam-1", "telemetry"), b"")
+    cam1 = view.rows()[1]
+    assert cam1["state"] == "online" and cam1["fps"] is None and cam1["age_s"] is None
+    view.update(topics.status("cam-0"), b"")
+    assert [row["device"] for row in view.rows()] == ["cam-1"]
+    view.update(topics.status("cam-1"), b"")
+    assert view.rows() == []
+
+
+def test_fleet_table() -> None:
+    view, _ = _fleet()
+    lines = view.table().splitlines()
+    assert len(lines) == 3
+    assert lines[0].split()[:3] == ["DEVICE", "STATE", "MODEL"]
+    offline = lines[1].split()
+    assert offline[:2] == ["cam-0", "offline"] and set(offline[2:]) == {"-"}
+    assert lines[2].startswith("cam-1") and "digits-cnn 1.0.0" in lines[2]
+    assert "12.5" in lines[2] and "55.2" in lines[2]
+    # Columns line up: every row puts FPS at the same place.
+    fps_end = lines[0].index("FPS") + len("FPS")
+    assert lines[2][fps_end - len("12.5") : fps_end] == "12.5"
+    assert lines[1][fps_end - 1] == "-"
