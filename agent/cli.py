@@ -87,7 +87,7 @@ def _one_line(text: str) -> str:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from agent.inference.bench import print_table, run_bench
+    from agent.bench import print_table, run_bench
 
     report = run_bench(args.package, str(args.source), args.frames, args.threads)
     print_table(report)

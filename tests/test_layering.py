@@ -43,25 +43,73 @@ def imports(name: str, path: Path) -> set[str]:
 GRAPH = {name: imports(name, path) for name, path in modules()}
 
 
-def test_no_import_cycles() -> None:
-    """Module-level and function-level imports alike: a cycle means two parts that should be one,
-    or a third part that both need."""
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     state: dict[str, int] = {}  # 1: on the current path, 2: done
-    cycles: list[list[str]] = []
+    found: list[list[str]] = []
 
     def visit(node: str, path: list[str]) -> None:
         state[node] = 1
-        for child in sorted(GRAPH[node]):
+        for child in sorted(graph.get(node, ())):
             if state.get(child) == 1:
-                cycles.append([*path[path.index(child) :], child] if child in path else [child])
+                found.append([*path[path.index(child) :], child])
             elif child not in state:
                 visit(child, [*path, child])
         state[node] = 2
 
-    for name in sorted(GRAPH):
+    for name in sorted(graph):
         if name not in state:
             visit(name, [name])
-    assert not cycles, cycles
+    return found
+
+
+def subsystems() -> dict[str, set[str]]:
+    """The graph between subsystems: ``agent.delivery`` → ``agent.inference`` and so on."""
+    graph: dict[str, set[str]] = {}
+    for name, imported in GRAPH.items():
+        mine = ".".join(name.split(".")[:2])
+        others = {".".join(module.split(".")[:2]) for module in imported}
+        graph.setdefault(mine, set()).update(others - {mine} - set(PACKAGES))
+    return graph
+
+
+# The agent's layers, lowest first: a part imports only parts of lower layers (ARCHITECTURE.md).
+AGENT_LAYERS = [
+    {"agent.contract"},
+    {"agent.errors", "agent.logs", "agent.notify"},
+    {"agent.config"},
+    {"agent.comms"},
+    {"agent.sources"},
+    {"agent.inference"},
+    {"agent.delivery", "agent.upstream"},
+    {"agent.daemon", "agent.bench", "agent.preflight"},
+    {"agent.cli"},
+]
+
+
+def test_the_agent_is_layered() -> None:
+    rank = {part: level for level, parts in enumerate(AGENT_LAYERS) for part in parts}
+    graph = subsystems()
+    assert set(rank) == {part for part in graph if part.startswith("agent.")}
+    upward = [
+        f"{part} imports {other}"
+        for part, imported in graph.items()
+        if part in rank
+        for other in imported
+        if other in rank and rank[other] >= rank[part] and other != part
+    ]
+    assert not upward, upward
+
+
+def test_no_import_cycles() -> None:
+    """Module-level and function-level imports alike: a cycle means two parts that should be one,
+    or a third part that both need."""
+    assert not cycles(GRAPH)
+
+
+def test_no_cycles_between_subsystems() -> None:
+    """Subsystems are layered: if sources, inference, upstream and delivery need each other
+    both ways, none of them can be understood or replaced alone."""
+    assert not cycles(subsystems())
 
 
 @pytest.mark.parametrize(
@@ -75,6 +123,7 @@ def test_no_import_cycles() -> None:
         ("compiler.compile", "compiler.recipe"),
         ("compiler.compile", "compiler.fleet"),
         ("compiler.fleet", "compiler.recipe"),
+        ("compiler.fleet", "compiler.compile"),
     ],
 )
 def test_imports_go_one_way(importer: str, forbidden: str) -> None:
