@@ -194,6 +194,8 @@ def print_table(report: dict[str, Any]) -> None:
         cell = lambda s: f"{s['p50']:.3f}/{s['p99']:.3f}" if s else "-"  # noqa: E731
         print(f"{stage + ' p50/p99 ms':<22}{cell(b):>12}{cell(a):>12}")
     print(f"{'dropped frames':<22}{'-':>12}{agent['dropped']:>12}")
-    print(f"agent/bare throughput {report['agent_vs_bare_throughput']:.3f}×, overhead beyond "
-          f"session.run {report['overhead_ms_per_frame']:.3f} ms/frame, RSS {report['rss_mb']} MB, "
-          f"torch imported: {report['torch_imported']}")  # fmt: skip
+    print(
+        f"agent/bare throughput {report['agent_vs_bare_throughput']:.3f}×, overhead beyond "
+        f"session.run {report['overhead_ms_per_frame']:.3f} ms/frame, RSS {report['rss_mb']} MB, "
+        f"torch imported: {report['torch_imported']}"
+    )

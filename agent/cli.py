@@ -55,9 +55,11 @@ def _parser() -> argparse.ArgumentParser:
     # No option guessed from a prefix: --conf must not quietly mean --config (nor, later, an
     # option added after it), as in the compiler's CLI.
     parser = _Parser(
-        prog="edgewise-agent", description=__doc__, allow_abbrev=False,
+        prog="edgewise-agent",
+        description=__doc__,
+        allow_abbrev=False,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-    )  # fmt: skip
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logs, tracebacks")
     # -v after the subcommand too; SUPPRESS keeps it from resetting a -v given before.
     common = _Parser(add_help=False)

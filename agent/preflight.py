@@ -50,15 +50,19 @@ def _needed_packages(config: AgentConfig) -> Iterator[tuple[str, str, str, str]]
     """(key, module, package, how to install) for each optional package the config uses."""
     if config.telemetry.prometheus_port:
         yield (
-            "telemetry.prometheus_port", "prometheus_client", "prometheus-client",
+            "telemetry.prometheus_port",
+            "prometheus_client",
+            "prometheus-client",
             "pip install 'edgewise[prometheus]' in the agent's venv, or remove the key",
-        )  # fmt: skip
+        )
     source = config.source
     if source.kind == "sensor" and source.uri.startswith("serial:"):
         yield (
-            "source.uri", "serial", "pyserial",
+            "source.uri",
+            "serial",
+            "pyserial",
             "pip install 'edgewise[serial]' in the agent's venv",
-        )  # fmt: skip
+        )
 
 
 def _import_error(module: str) -> str | None:

@@ -73,9 +73,14 @@ class Boundary:
     at once and then one every ``every_s`` seconds."""
 
     def __init__(
-        self, name: str, sink: Sink, *, burst: int = 20, every_s: float = 1.0,
+        self,
+        name: str,
+        sink: Sink,
+        *,
+        burst: int = 20,
+        every_s: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
-    ):  # fmt: skip
+    ):
         self.name = name
         self.rejected = 0  # every rejection, reported or not
         self._sink = sink
@@ -91,9 +96,12 @@ class Boundary:
         except Exception as exc:  # the boundary: nothing a message causes may end the thread
             if not isinstance(exc, EXPECTED):
                 log.error(
-                    "%s: %s handling a message: %s", self.name, type(exc).__name__, clip(exc),
+                    "%s: %s handling a message: %s",
+                    self.name,
+                    type(exc).__name__,
+                    clip(exc),
                     exc_info=exc if log.isEnabledFor(logging.DEBUG) else None,
-                )  # fmt: skip
+                )
             self.reject(reason_for(exc))
             return False
 

@@ -39,8 +39,9 @@ def configure_client(client: mqtt.Client, config: MqttConfig) -> None:
 def _client(config: MqttConfig, client_id: str) -> mqtt.Client:
     if config.protocol == "5":
         # Clean start and no session expiry: like a 3.1.1 clean session.
-        return mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
-                           protocol=mqtt.MQTTv5)  # fmt: skip
+        return mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5
+        )
     return mqtt.Client(
         mqtt.CallbackAPIVersion.VERSION2,
         client_id=client_id,
@@ -150,8 +151,10 @@ class MqttLink:
             self.shortened += 1
             log.warning(
                 "a %d-byte message on %s is over the %d-byte cap; sent shortened",
-                len(payload), topic, limit,
-            )  # fmt: skip
+                len(payload),
+                topic,
+                limit,
+            )
             payload = shorten(payload, limit)
         return self._client.publish(topic, payload, qos=qos, retain=retain)
 

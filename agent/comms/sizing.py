@@ -106,9 +106,11 @@ def shorten(payload: bytes, limit: int) -> bytes:
     if isinstance(message, dict):
         candidates = [
             {**_short(message), **facts},
-            {**{k: v for k, v in _short(message).items() if not isinstance(v, dict | list)},
-             **facts},
-        ]  # fmt: skip
+            {
+                **{k: v for k, v in _short(message).items() if not isinstance(v, dict | list)},
+                **facts,
+            },
+        ]
         for candidate in candidates:
             encoded = _dumps(candidate)
             if len(encoded) <= limit:

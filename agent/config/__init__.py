@@ -287,8 +287,9 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None) -> AgentCo
     base = path.resolve().parent
     tls = config.mqtt.tls
     if tls is not None:
-        tls = TlsConfig(ca_file=base / tls.ca_file, cert_file=base / tls.cert_file,
-                        key_file=base / tls.key_file)  # fmt: skip
+        tls = TlsConfig(
+            ca_file=base / tls.ca_file, cert_file=base / tls.cert_file, key_file=base / tls.key_file
+        )
     config = config.model_copy(
         update={
             "device": config.device.model_copy(

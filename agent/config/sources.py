@@ -168,9 +168,14 @@ class PicameraConfig(_Capture):
 
 
 _KINDS: tuple[type[_Kind], ...] = (
-    VideoConfig, CameraConfig, StreamConfig, ImagesConfig, SensorConfig, CommandConfig,
+    VideoConfig,
+    CameraConfig,
+    StreamConfig,
+    ImagesConfig,
+    SensorConfig,
+    CommandConfig,
     PicameraConfig,
-)  # fmt: skip
+)
 # setting -> the kinds that take it (uri and kind: all of them)
 _OWNERS: dict[str, tuple[str, ...]] = {}
 for _model in _KINDS:

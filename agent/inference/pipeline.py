@@ -242,9 +242,12 @@ class InferenceWorker(threading.Thread):
             except Exception as exc:  # one bad frame must not stop the camera
                 # One line; the traceback only with --verbose (users never see one).
                 log.error(
-                    "inference failed on frame %d: %s: %s", frame.index, type(exc).__name__, exc,
+                    "inference failed on frame %d: %s: %s",
+                    frame.index,
+                    type(exc).__name__,
+                    exc,
                     exc_info=log.isEnabledFor(logging.DEBUG),
-                )  # fmt: skip
+                )
                 self._health.record(None)
                 continue
             self._health.record(inference.inference_ms)

@@ -88,9 +88,13 @@ class CommandSource:
             # A session of its own: close() signals the whole group (a wrapper script's
             # children too), and a Ctrl-C meant for the agent does not hit the child first.
             proc = subprocess.Popen(
-                self._argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE, bufsize=0, start_new_session=True,
-            )  # fmt: skip
+                self._argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                bufsize=0,
+                start_new_session=True,
+            )
         except FileNotFoundError as exc:
             raise SourceError(
                 f"{self.name}: {self._argv[0]!r} not found (install it, or give its full path)"

@@ -57,8 +57,9 @@ class Outbox:
                 return
             self._db.execute("BEGIN")
             try:
-                self._db.executemany("INSERT INTO results (payload) VALUES (?)",
-                                     [(p,) for p in payloads])  # fmt: skip
+                self._db.executemany(
+                    "INSERT INTO results (payload) VALUES (?)", [(p,) for p in payloads]
+                )
                 dropped = (0, 0)
                 if rows > self.max_rows or size > self.max_bytes:
                     dropped = self._drop_oldest(rows, size)

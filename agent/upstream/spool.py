@@ -110,8 +110,9 @@ class Spool:
             if not self.held_dropped:
                 log.error(
                     "outbox: %s of results held in memory and the disk still fails; "
-                    "dropping the oldest", _size(self._memory_bytes),
-                )  # fmt: skip
+                    "dropping the oldest",
+                    _size(self._memory_bytes),
+                )
             self._held_bytes -= len(self._held.popleft())
             self.held_dropped += 1
 
@@ -124,8 +125,11 @@ class Spool:
         self._failing_since = self._clock()
         log.error(
             "outbox: cannot write results: %s; holding up to %s of them in memory and retrying "
-            "every %.0f s", self.error, _size(self._memory_bytes), RETRY_S,
-        )  # fmt: skip
+            "every %.0f s",
+            self.error,
+            _size(self._memory_bytes),
+            RETRY_S,
+        )
         self._report({"type": "outbox", "state": "failing", "error": self.error})
 
     def retry(self) -> None:
@@ -170,10 +174,17 @@ class Spool:
         failing_s = round(self._clock() - self._failing_since, 1)
         log.warning(
             "outbox: writing again after %.1f s; %d results dropped from memory meanwhile",
-            failing_s, self.held_dropped,
-        )  # fmt: skip
-        self._report({"type": "outbox", "state": "recovered", "failing_s": failing_s,
-                      "dropped": self.held_dropped})  # fmt: skip
+            failing_s,
+            self.held_dropped,
+        )
+        self._report(
+            {
+                "type": "outbox",
+                "state": "recovered",
+                "failing_s": failing_s,
+                "dropped": self.held_dropped,
+            }
+        )
         self._failing_since, self.error = None, None
 
     def peek(self, after: int, limit: int, max_bytes: int | None = None) -> list[tuple[int, bytes]]:

@@ -244,9 +244,11 @@ class TelemetryReporter(threading.Thread):
                     self._exporter.update(message)
             except Exception as exc:  # telemetry must never take the agent down
                 log.error(
-                    "telemetry sample failed: %s: %s", type(exc).__name__, exc,
+                    "telemetry sample failed: %s: %s",
+                    type(exc).__name__,
+                    exc,
                     exc_info=log.isEnabledFor(logging.DEBUG),
-                )  # fmt: skip
+                )
             last = now
         if self._exporter is not None:
             self._exporter.close()
