@@ -95,6 +95,12 @@ def non_negative_int(value: str) -> int:
     return number
 
 
+def nonempty(value: str) -> str:
+    if not value.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    return value
+
+
 def positive_int(value: str) -> int:
     number = _int(value)
     if number < 1:

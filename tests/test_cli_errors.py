@@ -216,6 +216,14 @@ RESULTS = [
     (["results", "--group", "a/b", *BROKER], USAGE),
     (["results", "stray", *BROKER], USAGE),
     (["results", "--json=1"], USAGE),
+    (["results", "--postgres"], USAGE),
+    (["results", "--postgres", "", *BROKER], USAGE),
+    (["results", "--postgres", "not a dsn", *BROKER], USAGE),
+    (["results", "--postgres", "postgresql://[bad", *BROKER], USAGE),
+    (["results", "--postgres", "host=127.0.0.1 port=many", *BROKER], USAGE),
+    # Nothing listens there: refused before the broker is tried (the password is not printed).
+    (["results", "--postgres", "host=127.0.0.1 port={port} password=s3cret", *BROKER], FAILED),
+    (["results", "--postgres", "postgresql://u:s3cret@127.0.0.1:{port}/db", *BROKER], FAILED),
     *_broker_cases(["results", "--timeout", "1"]),
 ]
 
@@ -299,6 +307,7 @@ def test_wrong_input_gets_one_line_and_an_exit_code(
     assert len(lines) == 1, err
     assert lines[0].startswith("edgewise"), err
     assert got == code, (got, err)
+    assert "s3cret" not in out + err
     assert not Path(places["tmp"], "pk").exists()  # a refused compile leaves nothing behind
 
 

@@ -94,6 +94,12 @@ def add_results(sub: Subparsers) -> None:
     results.add_argument("--jsonl", type=Path, help="append results to this JSON Lines file")
     results.add_argument("--sqlite", type=Path, help="store results in this SQLite file")
     results.add_argument(
+        "--postgres",
+        type=arg.nonempty,
+        metavar="DSN",
+        help="store results in PostgreSQL ('host=H dbname=D user=U' or postgresql://U@H/D)",
+    )
+    results.add_argument(
         "--group",
         type=arg.device_id,
         help="shared subscription group: consumers in one group split the results",
@@ -117,7 +123,7 @@ def run_results(args: argparse.Namespace) -> int:
     persistent = bool(args.client_id)
     feeds: list[DeviceFeed] = []
     client, consumer, interrupted = None, None, False
-    sinks = Sinks(args.jsonl, args.sqlite)
+    sinks = Sinks(args.jsonl, args.sqlite, args.postgres)
 
     def prepare(client: mqtt.Client) -> None:
         # Before CONNECT: what a persistent session kept arrives right after CONNACK.

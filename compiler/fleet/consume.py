@@ -2,10 +2,11 @@
 sinks, deduplicated, until ``--count`` or ``--timeout``.
 
 With ``--client-id`` (a persistent session) a message is acknowledged to the broker only once
-every result in it is written: a message received but not handled — the consumer stopped or was
-interrupted — is sent again next time instead of lost. ``--count`` therefore stops at the end of
-the batch that reaches the count (it may show up to one batch more); without ``--client-id``
-nothing is kept for the consumer anyway, and it stops at exactly the count.
+every result in it is written and committed (SQLite, PostgreSQL): a message received but not
+handled — the consumer stopped or was interrupted — is sent again next time instead of lost.
+``--count`` therefore stops at the end of the batch that reaches the count (it may show up to one
+batch more); without ``--client-id`` nothing is kept for the consumer anyway, and it stops at
+exactly the count.
 """
 
 from __future__ import annotations
@@ -13,18 +14,28 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from .results import Deduper, DeviceFeed, IdleTimer, SqliteSink, format_result
 
+if TYPE_CHECKING:
+    from .postgres import PostgresSink
+
 
 class Sinks:
-    """``--jsonl`` and ``--sqlite``, opened before connecting so a bad path fails first."""
+    """``--jsonl``, ``--sqlite`` and ``--postgres``, opened before connecting so a bad path or
+    database fails first. :meth:`flush` commits what was written (called at the end of every
+    MQTT message, before it is acknowledged)."""
 
-    def __init__(self, jsonl: Path | None, sqlite: Path | None):
+    def __init__(self, jsonl: Path | None, sqlite: Path | None, postgres: str | None = None):
         self._sqlite = SqliteSink(sqlite) if sqlite else None
         self._jsonl: TextIO | None = None
+        self._postgres: PostgresSink | None = None
         try:
+            if postgres is not None:
+                from .postgres import PostgresSink
+
+                self._postgres = PostgresSink(postgres)
             self._jsonl = open(jsonl, "a") if jsonl else None  # noqa: SIM115 - closed in close()
         except BaseException:
             self.close()
@@ -33,14 +44,28 @@ class Sinks:
     def write(self, result: dict[str, Any]) -> None:
         if self._sqlite:
             self._sqlite.write(result)
+        if self._postgres:
+            self._postgres.write(result)
         if self._jsonl:
             self._jsonl.write(json.dumps(result) + "\n")
 
-    def close(self) -> None:
+    def flush(self) -> None:
         if self._sqlite:
-            self._sqlite.close()
+            self._sqlite.commit()
+        if self._postgres:
+            self._postgres.flush()
         if self._jsonl:
-            self._jsonl.close()
+            self._jsonl.flush()
+
+    def close(self) -> None:
+        try:
+            if self._postgres:
+                self._postgres.close()
+        finally:
+            if self._sqlite:
+                self._sqlite.close()
+            if self._jsonl:
+                self._jsonl.close()
 
 
 class Consumer:
@@ -57,6 +82,8 @@ class Consumer:
             if self._handle(*item):
                 idle.renew()
             more = self._feed.in_batch
+            if not more:
+                self._sinks.flush()  # committed before the message is acknowledged
             self._feed.done()
             if count and self.shown >= count and not (self._persistent and more):
                 return

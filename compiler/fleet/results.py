@@ -254,6 +254,9 @@ class SqliteSink:
         row = (*(result.get(column) for column in _COLUMNS), json.dumps(result))
         self._db.execute("INSERT OR IGNORE INTO results VALUES (?, ?, ?, ?, ?, ?, ?)", row)
 
+    def commit(self) -> None:
+        self._db.commit()
+
     def close(self) -> None:
         self._db.commit()
         self._db.close()
