@@ -128,7 +128,7 @@ def test_a_consumer_killed_mid_stream_and_restarted_stores_each_result_once(pg: 
         publish(broker, "cam-k", [list(range(i, i + 20)) for i in range(1, 4000, 20)])
         first = consumer(broker, pg, "--client-id", "db-1", "--timeout", "30")
         assert first.stdout is not None
-        for _ in range(300):  # in full flow; the unread pipe holds it back from the end
+        for _ in range(1500):  # in full flow; the unread pipe holds it back from the end
             first.stdout.readline()
         first.send_signal(signal.SIGKILL)
         first.wait(30)

@@ -68,6 +68,12 @@ class Sinks:
                 self._jsonl.close()
 
 
+# Messages whose rows share one commit when they arrive back to back (Mosquitto sends at most
+# 20 unacknowledged QoS 1 messages to a client by default): one commit per message would cap a
+# database that syncs each commit at a few hundred messages/s.
+HOLD_MESSAGES = 16
+
+
 class Consumer:
     """Counts what it shows; ``run`` returns when done (KeyboardInterrupt passes through)."""
 
@@ -78,15 +84,26 @@ class Consumer:
 
     def run(self, count: int | None, timeout: float) -> None:
         idle = IdleTimer(timeout)
+        held = 0  # messages handled, their rows not yet committed nor the messages acknowledged
         while not idle.expired and (item := self._feed.next(idle.remaining())) is not None:
             if self._handle(*item):
                 idle.renew()
             more = self._feed.in_batch
-            if not more:
-                self._sinks.flush()  # committed before the message is acknowledged
-            self._feed.done()
             if count and self.shown >= count and not (self._persistent and more):
-                return
+                break
+            self._feed.done(hold=True)
+            held += 0 if more else 1
+            # Back-to-back messages share one commit; the last one waiting ends it.
+            if not more and (held >= HOLD_MESSAGES or not self._feed.waiting):
+                self._commit()
+                held = 0
+        self._feed.done(hold=True)
+        self._commit()
+
+    def _commit(self) -> None:
+        """The rows written so far committed, then their messages acknowledged."""
+        self._sinks.flush()
+        self._feed.release()
 
     def _handle(self, kind: str, message: dict[str, Any]) -> bool:
         """Show and store one item; True for a result not seen before."""

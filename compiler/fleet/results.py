@@ -58,6 +58,7 @@ class DeviceFeed:
         self.subscribed = threading.Event()  # the first SUBACK came (refused or not)
         self.refused: str | None = None
         self._current: _Item | None = None
+        self._held: list[tuple[int, int]] = []  # (mid, qos) handled, not yet acknowledged
         self._mids: set[int] = set()  # our SUBSCRIBE requests, for their SUBACKs
         self._lock = threading.Lock()
         client.manual_ack_set(manual_ack)
@@ -159,12 +160,27 @@ class DeviceFeed:
         """The item :meth:`next` returned last has more of its message behind it."""
         return self._current is not None and not self._current.last
 
-    def done(self) -> None:
+    @property
+    def waiting(self) -> bool:
+        """More items are already here (a caller may commit several messages at once)."""
+        return not self._inbox.empty()
+
+    def done(self, hold: bool = False) -> None:
         """The item :meth:`next` returned last is handled (written, printed): with
-        ``manual_ack``, its message is acknowledged once that was its last item."""
+        ``manual_ack``, its message is acknowledged once that was its last item — or, with
+        ``hold``, kept for :meth:`release` (after the caller committed several messages)."""
         item, self._current = self._current, None
         if item is not None and item.last:
-            self._ack(item.mid, item.qos)
+            if hold:
+                self._held.append((item.mid, item.qos))
+            else:
+                self._ack(item.mid, item.qos)
+
+    def release(self) -> None:
+        """Acknowledges the messages :meth:`done` held."""
+        held, self._held = self._held, []
+        for mid, qos in held:
+            self._ack(mid, qos)
 
     def messages(self, timeout: float) -> Iterator[tuple[str, dict[str, Any]]]:
         """(kind, message) pairs — kind is ``results`` or ``events`` — until ``timeout`` passes
