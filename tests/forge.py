@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from agent.contract import Manifest, Package, canonical_json, load_private_key, sign_manifest
+from agent.contract import (
+    PAYLOAD_TYPE,
+    Manifest,
+    Package,
+    canonical_json,
+    key_id,
+    load_private_key,
+    pae,
+    sign_manifest,
+)
 from compiler.compile.package import write_package
 
 
@@ -48,31 +58,60 @@ def resign(package: Package, key: Path, **changes: Any) -> Package:
     return Package(package.root, sign_manifest(manifest, load_private_key(key)), manifest)
 
 
-def sign_raw(body: dict[str, Any], key: Path) -> bytes:
-    """Sign a manifest body that the schema would reject (the signature itself is good)."""
-    import base64
+def sign_raw(body: Any, key: Path) -> bytes:
+    """Sign a manifest body that the schema would reject (the signature itself is good): a DSSE
+    envelope whose payload is the canonical JSON of ``body``."""
+    return sign_payload(canonical_json(body), key)
 
-    from agent.contract import key_id
 
+def sign_payload(payload: bytes, key: Path, payload_type: str = PAYLOAD_TYPE) -> bytes:
+    """A DSSE envelope of any payload bytes, signed by ``key`` over PAE(payload_type, payload)."""
+    private = load_private_key(key)
+    signature = private.sign(pae(payload_type, payload))
+    entry = {"keyid": key_id(private.public_key()), "sig": base64.b64encode(signature).decode()}
+    return canonical_json(
+        {
+            "payloadType": payload_type,
+            "payload": base64.b64encode(payload).decode(),
+            "signatures": [entry],
+        }
+    )
+
+
+def sign_raw_v1(body: Any, key: Path) -> bytes:
+    """The old (schema version 1) envelope: the signature over canonical JSON of ``body``."""
     private = load_private_key(key)
     signature = private.sign(canonical_json(body))
-    envelope = {
-        "manifest": body,
-        "signatures": [
-            {
-                "key_id": key_id(private.public_key()),
-                "alg": "ed25519",
-                "sig": base64.b64encode(signature).decode(),
-            }
-        ],
+    entry = {
+        "key_id": key_id(private.public_key()),
+        "alg": "ed25519",
+        "sig": base64.b64encode(signature).decode(),
     }
-    return canonical_json(envelope)
+    return canonical_json({"manifest": body, "signatures": [entry]})
+
+
+def sign_v1(manifest: Manifest, key: Path) -> bytes:
+    """A manifest as the compiler signed it before DSSE (schema version 1, v1 envelope)."""
+    return sign_raw_v1(manifest.model_copy(update={"schema_version": 1}).to_dict(), key)
+
+
+def body_of(envelope: bytes) -> dict[str, Any]:
+    """The manifest object an envelope (DSSE or v1) carries, unverified."""
+    data = json.loads(envelope)
+    if "manifest" in data:
+        return dict(data["manifest"])
+    return dict(json.loads(base64.b64decode(data["payload"])))
 
 
 def edited(envelope: bytes, **changes: Any) -> bytes:
-    """An envelope whose manifest was changed after signing."""
+    """An envelope whose manifest was changed after signing (the signature kept)."""
     data = json.loads(envelope)
-    data["manifest"].update(changes)
+    if "manifest" in data:
+        data["manifest"].update(changes)
+    else:
+        data["payload"] = base64.b64encode(
+            canonical_json({**body_of(envelope), **changes})
+        ).decode()
     return canonical_json(data)
 
 

@@ -8,7 +8,6 @@ deployment pushed after them, and the figures (``payloads``, ``deployer_alive``,
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from device_harness import DEVICE, install
+from forge import body_of
 from helpers import AgentProcess
 from hostile import EVENT_MAX, Payload, Scene, digest
 from hostile_models import SENSOR_CHANNELS, SENSOR_WINDOW
@@ -123,7 +123,7 @@ class Stage:
 def version_of(payload: Payload) -> str | None:
     """The version a signed manifest payload announces (None for anything else)."""
     try:
-        version = json.loads(payload.data)["manifest"]["version"]
+        version = body_of(payload.data)["version"]
     except (ValueError, KeyError, TypeError):
         return None
     return version if isinstance(version, str) else None

@@ -19,17 +19,18 @@ from typing import Any
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from forge import sign_raw
+from forge import sign_payload, sign_raw, sign_raw_v1
 from hostile import Payload, Scene, spread
 from hostile_wire import WRONG, dotted, dump, paths, set_at
 
 from agent.contract import (
+    PAYLOAD_TYPE,
     BlobSpec,
     canonical_json,
     describe_blob,
     iter_chunks,
     key_id,
-    load_private_key,
+    pae,
 )
 
 Body = dict[str, Any]
@@ -195,9 +196,16 @@ def untrusted_key(seed: int) -> Ed25519PrivateKey:
 
 
 def signed_by(body_: Body, private: Ed25519PrivateKey) -> bytes:
-    sig = base64.b64encode(private.sign(canonical_json(body_))).decode()
-    entry = {"key_id": key_id(private.public_key()), "alg": "ed25519", "sig": sig}
-    return canonical_json({"manifest": body_, "signatures": [entry]})
+    payload = canonical_json(body_)
+    sig = base64.b64encode(private.sign(pae(PAYLOAD_TYPE, payload))).decode()
+    return dsse(payload, [{"keyid": key_id(private.public_key()), "sig": sig}])
+
+
+def dsse(payload: bytes, signatures: list[dict[str, str]]) -> bytes:
+    encoded = base64.b64encode(payload).decode()
+    return canonical_json(
+        {"payloadType": PAYLOAD_TYPE, "payload": encoded, "signatures": signatures}
+    )
 
 
 def sign_loose(body_: Any, key: Path) -> bytes:
@@ -206,10 +214,7 @@ def sign_loose(body_: Any, key: Path) -> bytes:
     try:
         return sign_raw(body_, key)
     except (ValueError, UnicodeEncodeError):
-        private = load_private_key(key)
-        sig = base64.b64encode(private.sign(dump(body_))).decode()
-        entry = {"key_id": key_id(private.public_key()), "alg": "ed25519", "sig": sig}
-        return dump({"manifest": body_, "signatures": [entry]})
+        return sign_payload(dump(body_), key)
 
 
 def signed_cheap(scene: Scene, rng: random.Random) -> list[Payload]:
@@ -223,7 +228,7 @@ def signed_cheap(scene: Scene, rng: random.Random) -> list[Payload]:
         if rng.random() < 0.5  # half of them: the unsigned corpus has every one
     ]
     out = spread(scene, "signed:wrong-type", wrong)
-    unsigned = {"manifest": body(scene, version="1.9.1"), "signatures": []}
+    unsigned = dsse(canonical_json(body(scene, version="1.9.1")), [])
     labels = {"labels": ["L" * 30] * 30_000}
     rows = [
         ("signed:replay", "older-version", sign_raw(body(scene, version="0.9.0"), key)),
@@ -231,7 +236,12 @@ def signed_cheap(scene: Scene, rng: random.Random) -> list[Payload]:
         ("signed:other-target", "device", sign_raw(body(scene, target="device:other-cam"), key)),
         ("signed:other-target", "group", sign_raw(body(scene, target="group:elsewhere"), key)),
         ("signed:untrusted-key", "new", signed_by(body(scene, version="1.9.0"), untrusted_key(1))),
-        ("signed:unsigned", "no-signatures", canonical_json(unsigned)),
+        ("signed:unsigned", "no-signatures", unsigned),
+        ("signed:v1", "older-version",
+         sign_raw_v1(body(scene, version="0.9.1", schema_version=1), key)),
+        ("signed:v1", "schema-2-in-v1", sign_raw_v1(body(scene, version="1.9.3"), key)),
+        ("signed:other-type", "application/json",
+         sign_payload(canonical_json(body(scene, version="1.9.4")), key, "application/json")),
         ("signed:needs-newer-agent", "99.0.0",
          sign_raw(body(scene, version="1.9.2", min_agent_version="99.0.0"), key)),
         ("signed:huge-field", "name-1MB", sign_raw(body(scene, name="n" * 1_000_000), key)),

@@ -13,6 +13,8 @@ from hostile_signed import sign_loose
 from hostile_wire import WRONG, dump, paths, set_at
 from hypothesis import strategies as st
 
+from agent.contract import PAYLOAD_TYPE
+
 SAMPLE_TEXT = st.text(alphabet=st.characters(codec="utf-8"), max_size=12) | st.sampled_from(
     ["\ud800", "\x00", "..", "con", "current", "1.0.0", "99999999999999999999999.0.0"]
 )
@@ -37,34 +39,57 @@ def json_values(max_leaves: int = 12) -> st.SearchStrategy[Any]:
 
 
 def envelopes(kid: str) -> st.SearchStrategy[bytes]:
-    """Things shaped like an envelope: a manifest of anything, signatures half-right."""
+    """Things shaped like an envelope (DSSE or v1): a payload or manifest of anything,
+    signatures half-right."""
+    b64 = st.binary(max_size=80).map(lambda b: base64.b64encode(b).decode())
+    dsse_signature = st.fixed_dictionaries(
+        {},
+        optional={
+            "keyid": st.sampled_from([kid, kid.upper(), ""]) | json_values(2),
+            "sig": b64 | json_values(2),
+        },
+    )
+    payload = st.builds(dump, json_values(), st.booleans()) | st.binary(max_size=120)
+    dsse = st.fixed_dictionaries(
+        {},
+        optional={
+            "payloadType": st.sampled_from([PAYLOAD_TYPE, "application/json", ""]) | json_values(2),
+            "payload": payload.map(lambda b: base64.b64encode(b).decode()) | json_values(2),
+            "signatures": st.lists(dsse_signature, max_size=3) | json_values(3),
+        },
+    )
     signature = st.fixed_dictionaries(
         {},
         optional={
             "key_id": st.sampled_from([kid, kid.upper(), ""]) | json_values(2),
             "alg": st.just("ed25519") | json_values(2),
-            "sig": st.binary(max_size=80).map(lambda b: base64.b64encode(b).decode())
-            | json_values(2),
+            "sig": b64 | json_values(2),
         },
     )
-    envelope = st.fixed_dictionaries(
+    v1 = st.fixed_dictionaries(
         {"manifest": json_values(), "signatures": st.lists(signature, max_size=3) | json_values(3)}
     )
-    return st.builds(dump, envelope, st.booleans())
+    return st.builds(dump, dsse | v1, st.booleans())
 
 
 def mutations(valid: bytes, key: Path) -> st.SearchStrategy[bytes]:
-    """The served envelope with one field replaced, its manifest re-signed or not."""
+    """The served envelope with one field of its manifest replaced, the payload re-signed or only
+    re-encoded; or one field of the envelope itself replaced."""
     doc = json.loads(valid)
-    fields = paths(doc)
+    body = json.loads(base64.b64decode(doc["payload"]))
 
-    def mutate(path: tuple[Any, ...], value: Any, resign: bool) -> bytes:
-        changed = set_at(doc, path, value)
-        if resign and isinstance(changed, dict) and "manifest" in changed:
-            return sign_loose(changed["manifest"], key)
-        return dump(changed)
+    def mutate_body(path: tuple[Any, ...], value: Any, resign: bool) -> bytes:
+        changed = set_at(body, path, value)
+        if resign:
+            return sign_loose(changed, key)
+        return dump({**doc, "payload": base64.b64encode(dump(changed)).decode()})
 
-    return st.builds(mutate, st.sampled_from(fields), json_values(6), st.booleans())
+    def mutate_envelope(path: tuple[Any, ...], value: Any) -> bytes:
+        return dump(set_at(doc, path, value))
+
+    return st.builds(
+        mutate_body, st.sampled_from(paths(body)), json_values(6), st.booleans()
+    ) | st.builds(mutate_envelope, st.sampled_from(paths(doc)), json_values(6))
 
 
 def byte_edits(valid: bytes) -> st.SearchStrategy[bytes]:

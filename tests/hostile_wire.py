@@ -3,6 +3,7 @@ for an ``mqtt:`` sensor topic. Anyone who may publish on a deploy or sensor topi
 
 from __future__ import annotations
 
+import base64
 import copy
 import json
 import math
@@ -10,6 +11,8 @@ import random
 from typing import Any
 
 from hostile import Payload, Scene, everywhere, spread
+
+from agent.contract import PAYLOAD_TYPE
 
 MIB = 1024 * 1024
 # Just under a 1 MiB max_packet_size once the topic and MQTT header are added: what a capped
@@ -220,7 +223,25 @@ def amplifiers(kid: str) -> Items:
         ("sig-near-cap", _envelope({"key_id": kid, "alg": "ed25519", "sig": "D" * 900_000})),
         ("30k-signatures", _envelope(*many)),
         ("manifest-string", _envelope(manifest="E" * 1_000_000)),
+        ("dsse-keyid-1.26MB", _dsse({"keyid": "A" * 1_260_000, "sig": "AA=="})),
+        ("dsse-sig-near-cap", _dsse({"keyid": kid, "sig": "D" * 900_000})),
+        ("dsse-type-near-cap", _dsse(payload_type="C" * 900_000)),
+        ("dsse-payload-string", _dsse(payload=b'"' + b"E" * 700_000 + b'"')),
     ]
+
+
+def in_payload(valid: Doc, items: Items) -> Items:
+    """Each item's bytes as the payload of the served DSSE envelope (its signature kept)."""
+    return [
+        (name, dump({**valid, "payload": base64.b64encode(raw).decode()})) for name, raw in items
+    ]
+
+
+def _dsse(
+    *signatures: dict[str, Any], payload: bytes = b"{}", payload_type: str = PAYLOAD_TYPE
+) -> bytes:
+    encoded = base64.b64encode(payload).decode()
+    return dump({"payloadType": payload_type, "payload": encoded, "signatures": list(signatures)})
 
 
 _EIGHT_MIB: dict[int, bytes] = {}
@@ -252,6 +273,13 @@ def deploy_payloads(scene: Scene, rng: random.Random) -> list[Payload]:
     out += spread(scene, "envelope:wrong-type", wrong_types(valid))
     out += spread(scene, "envelope:missing-or-extra", missing_and_extra(valid))
     out += spread(scene, "envelope:mutant", mutants(valid, rng, 300))
+    body = json.loads(base64.b64decode(valid["payload"]))  # the manifest, carried unsigned
+    out += spread(scene, "payload:wrong-type", in_payload(valid, wrong_types(body)))
+    out += spread(scene, "payload:missing-or-extra", in_payload(valid, missing_and_extra(body)))
+    old = {"manifest": body, "signatures": [{"key_id": scene.key_id, "alg": "ed25519",
+                                             "sig": valid["signatures"][0]["sig"]}]}  # fmt: skip
+    out += spread(scene, "v1:wrong-type", wrong_types(old))
+    out += spread(scene, "v1:mutant", mutants(old, rng, 100))
     out += spread(scene, "amplify:echo", amplifiers(scene.key_id))
     out += spread(scene, "flood:8mib", floods(rng, 40, 0))
     out += spread(scene, "flood:near-cap", floods(rng, 0, 40))

@@ -5,7 +5,6 @@ argparse misuse — is one line on stderr with its documented exit code (2 usage
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import socket
@@ -19,6 +18,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from forge import body_of, edited
 from helpers import BIN, AgentProcess
 from helpers import GOOD_CONFIG as GOOD
 
@@ -251,9 +251,9 @@ def package_copy(compiled, tmp_path: Path, change: Callable[[Path], None]) -> Pa
 
 def rename_input(root: Path) -> None:
     """The manifest names an input the model does not have (bench does not check signatures)."""
-    data = json.loads((root / "manifest.json").read_text())
-    data["manifest"]["input"]["name"] = "pixels"
-    (root / "manifest.json").write_text(json.dumps(data))
+    envelope = (root / "manifest.json").read_bytes()
+    changed = {**body_of(envelope)["input"], "name": "pixels"}
+    (root / "manifest.json").write_bytes(edited(envelope, input=changed))
 
 
 def model_file(root: Path) -> Path:

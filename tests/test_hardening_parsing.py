@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from forge import sign_raw
+from forge import sign_raw, sign_v1
 
 from agent.comms.guard import Boundary, RateLimit
 from agent.config import DeployConfig
@@ -202,10 +202,20 @@ def _with_signature(envelope: bytes, **changes: Any) -> bytes:
 
 @pytest.mark.parametrize(
     "changes",
-    [{"sig": None}, {"sig": 5}, {"sig": ["a"]}, {"key_id": None}, {"alg": {"x": 1}}],
+    [{"sig": None}, {"sig": 5}, {"sig": ["a"]}, {"keyid": None}, {"keyid": {"x": 1}}],
 )
 def test_signature_fields_must_be_strings(body, keys, changes: dict[str, Any]) -> None:  # type: ignore[no-untyped-def]
     envelope = sign_manifest(Manifest.from_dict(body), load_private_key(keys[0]))
+    with pytest.raises(ManifestError, match="as strings"):
+        TrustStore.from_files([keys[1]]).verify(_with_signature(envelope, **changes))
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [{"sig": None}, {"sig": 5}, {"sig": ["a"]}, {"key_id": None}, {"alg": {"x": 1}}],
+)
+def test_v1_signature_fields_must_be_strings(body, keys, changes: dict[str, Any]) -> None:  # type: ignore[no-untyped-def]
+    envelope = sign_v1(Manifest.from_dict(body), keys[0])
     with pytest.raises(ManifestError, match="as strings"):
         TrustStore.from_files([keys[1]]).verify(_with_signature(envelope, **changes))
 
@@ -227,7 +237,7 @@ def test_malformed_base64_and_odd_envelopes_are_contract_errors(body, keys) -> N
 
 def test_an_untrusted_key_id_is_not_echoed(body, keys) -> None:  # type: ignore[no-untyped-def]
     envelope = sign_manifest(Manifest.from_dict(body), load_private_key(keys[0]))
-    forged = _with_signature(envelope, key_id="Zq" * 500_000)
+    forged = _with_signature(envelope, keyid="Zq" * 500_000)
     with pytest.raises(SignatureError) as info:
         TrustStore.from_files([keys[1]]).verify(forged)
     assert "ZqZq" not in str(info.value) and len(str(info.value)) < 200

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pytest
 from device_harness import DEVICE
+from forge import body_of
 from hostile import Payload, Scene, corpus, subset
 from hostile_e2e import (
     GROUPS,
@@ -289,7 +290,7 @@ def test_8mib_floods_past_an_uncapped_broker_leave_memory_bounded(
         # While the deployer waits for chunks that never come: 30 on the deploy scopes, then 10
         # on the chunk topics it holds (not retained, so each fails its hash once and the
         # download keeps waiting rather than ending early).
-        sha = json.loads(stuck.data)["manifest"]["model"]["sha256"]
+        sha = body_of(stuck.data)["model"]["sha256"]
         chunk_topics = [TOPICS.blob_chunk(sha, i) for i in range(10)]
         for i, (_, data) in enumerate(floods(random.Random(8), 40, 0)):
             on_chunks = i >= 30

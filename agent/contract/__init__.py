@@ -4,6 +4,7 @@ Owned by the agent so a device needs nothing else; the compiler imports it.
 """
 
 from agent.contract.blob import describe_blob, iter_chunks, sha256_file
+from agent.contract.envelope import PAYLOAD_TYPE, canonical_json, open_envelope, pae
 from agent.contract.errors import (
     ContractError,
     IntegrityError,
@@ -34,7 +35,6 @@ from agent.contract.preprocess import (
 from agent.contract.reasons import MAX_REASON, clip, summarise
 from agent.contract.signing import (
     TrustStore,
-    canonical_json,
     generate_keypair,
     key_id,
     load_private_key,
@@ -50,6 +50,7 @@ __all__ = [
     "DEVICE_ID_PATTERN",
     "MANIFEST_FILE",
     "MAX_REASON",
+    "PAYLOAD_TYPE",
     "BlobSpec",
     "ClassificationSpec",
     "ContractError",
@@ -76,6 +77,8 @@ __all__ = [
     "letterbox_transform",
     "load_private_key",
     "load_public_key",
+    "open_envelope",
+    "pae",
     "parse_json",
     "parse_semver",
     "preprocess",

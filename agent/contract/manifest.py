@@ -26,7 +26,7 @@ from agent.contract.names import not_reserved
 from agent.contract.preprocess import InputTransform, kind_or
 from agent.contract.reasons import clip
 
-SCHEMA_VERSION: Literal[1] = 1
+SCHEMA_VERSION: Literal[2] = 2  # 1: manifests signed in the v1 envelope, still read
 DEFAULT_CHUNK_SIZE = 128 * 1024
 MAX_VERSION_PART = 2**31 - 1  # a 99999999999999999999999.0.0 would make every real version a replay
 MAX_BLOB_BYTES = 2**40
@@ -151,7 +151,7 @@ PostprocessSpec = Annotated[
 
 
 class Manifest(_Strict):
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Literal[1, 2] = SCHEMA_VERSION
     name: Name
     version: SemVer
     created_at: str = Field(max_length=64)

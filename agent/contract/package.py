@@ -6,10 +6,10 @@ model), the device keeps each installed package in a slot (``envelope.json`` bes
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent.contract.envelope import open_envelope
 from agent.contract.errors import ContractError, ManifestError
 from agent.contract.manifest import BlobSpec, Manifest
 
@@ -40,11 +40,12 @@ class Package:
 
 
 def read_package(root: Path) -> Package:
-    """A package folder as written (no signature check: a device verifies what it installs)."""
+    """A package folder as written, its envelope DSSE or v1 (no signature check: a device
+    verifies what it installs)."""
     root = Path(root)
     try:
         envelope = (root / MANIFEST_FILE).read_bytes()
-        manifest = Manifest.from_dict(json.loads(envelope)["manifest"])
+        manifest = Manifest.from_dict(open_envelope(envelope).manifest_body())
     except (OSError, ValueError, KeyError, TypeError, ContractError) as exc:
         raise ManifestError(f"{root}: not a package: {exc}") from exc
     return Package(root, envelope, manifest)

@@ -1,38 +1,32 @@
-"""Ed25519 signatures over canonical JSON manifests.
+"""Ed25519 keys, signing and the trust store; the envelope itself is
+:mod:`agent.contract.envelope` (DSSE, and the old v1 format still verified).
 
-On the wire a package announcement is an envelope::
-
-    {"manifest": {...}, "signatures": [{"key_id": "...", "alg": "ed25519", "sig": "<base64>"}]}
-
-The signed bytes are :func:`canonical_json` of ``manifest`` (sorted keys, no whitespace, UTF-8),
-so any party re-serialising the parsed object gets the same bytes back. Several signatures let a
-fleet rotate keys: a device accepts the envelope if any signature is by a key it trusts.
+Several signatures let a fleet rotate keys: a device accepts the envelope if any signature is by
+a key it trusts.
 """
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import json
 import os
 import re
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from agent.contract.errors import ManifestError, PayloadError, SignatureError
-from agent.contract.manifest import Manifest
-from agent.contract.strictjson import parse_json
-
-
-def canonical_json(obj: Any) -> bytes:
-    return json.dumps(
-        obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    ).encode("utf-8")
+from agent.contract.envelope import (
+    PAYLOAD_TYPE,
+    canonical_json,
+    dsse_envelope,
+    open_envelope,
+    pae,
+    unb64,
+)
+from agent.contract.errors import ManifestError, SignatureError
+from agent.contract.manifest import SCHEMA_VERSION, Manifest
 
 
 def key_id(public_key: Ed25519PublicKey) -> str:
@@ -86,20 +80,12 @@ def load_public_key(path: Path) -> Ed25519PublicKey:
 
 
 def sign_manifest(manifest: Manifest, private_key: Ed25519PrivateKey) -> bytes:
-    """The wire envelope (UTF-8 JSON bytes) for a manifest, signed by one key."""
-    body = manifest.to_dict()
-    signature = private_key.sign(canonical_json(body))
-    envelope = {
-        "manifest": body,
-        "signatures": [
-            {
-                "key_id": key_id(private_key.public_key()),
-                "alg": "ed25519",
-                "sig": base64.b64encode(signature).decode("ascii"),
-            }
-        ],
-    }
-    return canonical_json(envelope)
+    """The wire envelope (DSSE, UTF-8 JSON bytes) for a manifest, signed by one key. The
+    manifest is written as schema version 2 whatever it was read as."""
+    current = manifest.model_copy(update={"schema_version": SCHEMA_VERSION})
+    payload = canonical_json(current.to_dict())
+    signature = private_key.sign(pae(PAYLOAD_TYPE, payload))
+    return dsse_envelope(payload, [(key_id(private_key.public_key()), signature)])
 
 
 class TrustStore:
@@ -119,59 +105,32 @@ class TrustStore:
         return sorted(self._keys)
 
     def verify(self, envelope: bytes) -> Manifest:
-        """Check an envelope's signature and schema; returns the manifest or raises a
-        ContractError whose message never quotes the envelope."""
-        body, signatures = _envelope_parts(envelope)
-        signed_bytes = canonical_json(body)
+        """Check an envelope's signature, then parse and check its manifest; returns the
+        manifest or raises a ContractError whose message never quotes the envelope. A DSSE
+        envelope must carry a schema version 2 manifest, a v1 envelope a version 1 one."""
+        opened = open_envelope(envelope)
         seen = []
-        for entry in signatures:
-            kid, alg, sig = _signature_fields(entry)
+        for kid, alg, sig in opened.signatures:
             seen.append(kid if _KEY_ID.match(kid) else "?")
             key = self._keys.get(kid)
             if key is None or alg != "ed25519":
                 continue
             try:
-                key.verify(base64.b64decode(sig, validate=True), signed_bytes)
+                key.verify(unb64(sig), opened.signed)
             except (InvalidSignature, ValueError) as exc:
                 raise SignatureError(
                     f"signature by trusted key {kid} does not verify: manifest altered or forged"
                 ) from exc
-            return Manifest.from_dict(body)
+            manifest = Manifest.from_dict(opened.manifest_body())
+            if manifest.schema_version != opened.format:
+                raise ManifestError(
+                    f"a v{opened.format} envelope cannot carry a schema_version "
+                    f"{manifest.schema_version} manifest"
+                )
+            return manifest
         raise SignatureError(
             f"manifest signed by untrusted key(s) {seen or 'none'}; trusted: {self.key_ids}"
         )
 
 
 _KEY_ID = re.compile(r"^[0-9a-f]{16}$")
-MAX_SIGNATURES = 8  # a few keys during a rotation; more is noise to make the device work
-
-
-def _envelope_parts(envelope: bytes) -> tuple[dict[str, Any], list[Any]]:
-    """``manifest`` and ``signatures`` of an envelope, parsed strictly and type-checked."""
-    try:
-        data = parse_json(envelope)
-    except PayloadError as exc:
-        raise ManifestError(f"not a signed manifest envelope: {exc}") from exc
-    if not isinstance(data, dict) or set(data) != {"manifest", "signatures"}:
-        raise ManifestError(
-            "not a signed manifest envelope: expected an object with manifest and signatures"
-        )
-    body, signatures = data["manifest"], data["signatures"]
-    if not isinstance(body, dict) or not isinstance(signatures, list):
-        raise ManifestError(
-            "not a signed manifest envelope: manifest must be an object and signatures a list"
-        )
-    if len(signatures) > MAX_SIGNATURES:
-        raise ManifestError(f"not a signed manifest envelope: over {MAX_SIGNATURES} signatures")
-    return body, signatures
-
-
-def _signature_fields(entry: object) -> tuple[str, str, str]:
-    """key_id, alg and sig of one signature: strings, or the envelope is malformed."""
-    fields = entry if isinstance(entry, dict) else {}
-    kid, alg, sig = (fields.get(k) for k in ("key_id", "alg", "sig"))
-    if isinstance(kid, str) and isinstance(alg, str) and isinstance(sig, str):
-        return kid, alg, sig
-    raise ManifestError(
-        "not a signed manifest envelope: each signature needs key_id, alg and sig as strings"
-    )

@@ -3,7 +3,7 @@
 NAME-VERSION/
     model.onnx
     golden.npz      inputs and the outputs the device must reproduce
-    manifest.json   signed envelope, exactly the bytes sent on the wire
+    manifest.json   signed DSSE envelope, exactly the bytes sent on the wire
 
 The type a package is read back as, and the reading, are the contract's
 (``agent.contract.Package``, ``read_package``): one type on both sides.
