@@ -49,6 +49,7 @@ from hostile_run import (
     Publisher,
     Recorder,
     capped_broker,
+    proc_status,
     serving_gap,
     wait_until,
 )
@@ -58,6 +59,7 @@ from agent.contract import Topics
 from compiler.fleet.broker import MosquittoBroker
 
 TOPICS = Topics()
+FLOOD_GROWTH_MB = 60.0  # the same bound as test_hardening_deploy's flood
 OUTAGE_S = 30.0
 
 
@@ -282,6 +284,7 @@ def test_8mib_floods_past_an_uncapped_broker_leave_memory_bounded(
     attacker = Publisher(broker, cap=None)
     try:
         assert stage.serving(), f"never served\n{agent.output()[-3000:]}"
+        before = proc_status(agent.proc.pid, "VmHWM") or 0.0
         stuck = next(p for p in corpus(scene) if p.note == "500MB")  # subscribes its chunks
         attacker.publish(stuck)
         attacker.flush()
@@ -299,6 +302,7 @@ def test_8mib_floods_past_an_uncapped_broker_leave_memory_bounded(
         attacker.flush()
         states = install_after(attacker, stage, v2, TOPICS, backlog_s=60)
         rss, alive = stage.rss_peak_mb(), stage.alive
+        print(f"agent VmHWM before the flood {before:.1f} MB, after {rss:.1f} MB")
         attacker.clear(scene.deploy_topics)
     finally:
         attacker.close()
@@ -307,4 +311,7 @@ def test_8mib_floods_past_an_uncapped_broker_leave_memory_bounded(
         broker.close()
     assert alive and code == 0, agent.output()[-3000:]
     assert "active" in states, f"valid deployment after the flood: {states}"
-    assert rss <= RSS_GOAL_MB, f"VmHWM {rss:.0f} MB after 40 × 8 MiB"
+    # What the flood and the install add to the peak, not the machine-dependent baseline (the
+    # serving agent's own VmHWM varied from 113 to 166 MB between runs of the suite): 40 × 8 MiB
+    # held at once would add 320 MB.
+    assert rss - before <= FLOOD_GROWTH_MB, f"VmHWM {before:.0f} → {rss:.0f} MB after 40 × 8 MiB"
