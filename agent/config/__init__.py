@@ -128,7 +128,8 @@ class RuntimeConfig(_Section):
 class DeployConfig(_Section):
     # A deploy message over this is dropped in paho's callback, before it is queued or parsed.
     # 64 KiB holds a manifest of ~950 chunks: a 119 MB model at the default 128 KiB chunk size.
-    max_manifest_bytes: int = Field(default=64 * 1024, ge=4096, le=16 * 2**20)
+    # 96 KiB: a DSSE envelope carries the manifest in base64 (4/3), ~950 chunk hashes still fit
+    max_manifest_bytes: int = Field(default=96 * 1024, ge=4096, le=16 * 2**20)
     fetch_timeout: float = Field(default=60.0, gt=0, description="seconds without a new chunk")
     chunk_window: int = Field(default=32, ge=1, le=1024, description="chunks asked for at once")
     max_model_bytes: int = Field(default=512 * 1024 * 1024, gt=0)
