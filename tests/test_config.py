@@ -117,6 +117,17 @@ BROKEN = [
     ("unknown key", GOOD + "\n[mqtt]\nprot = 1\n", "mqtt.prot"),
     ("unknown section", GOOD + "\n[camera]\nfps = 1\n", "camera"),
     ("bad device id", GOOD.replace('id = "cam-1"', 'id = "cam/1"'), "device.id"),
+    (
+        "dotted device id",
+        GOOD.replace('id = "cam-1"', 'id = "cam.1"'),
+        "device.id: 'cam.1' contains '.', which RabbitMQ and NATS cannot carry",
+    ),
+    (
+        "dotted group",
+        GOOD.replace('id = "cam-1"', 'id = "cam-1"\ngroups = ["a", "b.c"]'),
+        "device.groups.1: 'b.c' contains '.'",
+    ),
+    ("dotted topic root", GOOD + '\n[mqtt]\ntopic_root = "acme.io"\n', "mqtt.topic_root"),
     ("bad enum", GOOD.replace('kind = "video"', 'kind = "webcam"'), "source.kind"),
     ("bad broker URL", GOOD + '\n[mqtt]\nurl = "http://broker:1883"\n', "mqtt.url"),
     ("URL without host", GOOD + '\n[mqtt]\nurl = "mqtt://"\n', "mqtt.url"),
