@@ -129,6 +129,9 @@ BROKEN = [
     ),
     ("dotted topic root", GOOD + '\n[mqtt]\ntopic_root = "acme.io"\n', "mqtt.topic_root"),
     ("bad enum", GOOD.replace('kind = "video"', 'kind = "webcam"'), "source.kind"),
+    ("url and urls", GOOD + '\n[mqtt]\nurl = "mqtt://a"\nurls = ["mqtt://b"]\n', "not both"),
+    ("mixed schemes", GOOD + '\n[mqtt]\nurls = ["mqtt://a", "mqtts://b"]\n', "mix mqtt://"),
+    ("bad url in urls", GOOD + '\n[mqtt]\nurls = ["mqtt://a", "http://b"]\n', "mqtt.urls.1"),
     ("bad broker URL", GOOD + '\n[mqtt]\nurl = "http://broker:1883"\n', "mqtt.url"),
     ("URL without host", GOOD + '\n[mqtt]\nurl = "mqtt://"\n', "mqtt.url"),
     ("mqtts without TLS", GOOD + '\n[mqtt]\nurl = "mqtts://broker"\n', "mqtt"),
@@ -258,3 +261,8 @@ def test_reload_tells_what_applies_now_and_what_needs_a_restart(folder: Path) ->
     changed = changed_keys(old, new)
     assert changed == ["mqtt.keepalive", "results.mode"]
     assert [reloadable(k) for k in changed] == [False, True]
+
+
+def test_urls_name_every_node_in_order(folder: Path) -> None:
+    path = write(folder, GOOD + '\n[mqtt]\nurls = ["mqtt://a:1884", "mqtt://b"]\n')
+    assert load_config(path, environ={}).mqtt.endpoints == (("a", 1884), ("b", 1883))
