@@ -107,7 +107,8 @@ class MqttConfig(_Section):
     reconnect_max_delay: float = Field(default=30.0, gt=0)
     # "5" reads what the broker offers from CONNACK (and announces this cap in CONNECT), and
     # falls back to 3.1.1 on a broker that refuses 5; "3.1.1" never tries 5.
-    protocol: Literal["3.1.1", "5"] = "5"
+    # "5" reads the broker (CONNACK) and falls back to 3.1.1; not yet the default: see README
+    protocol: Literal["3.1.1", "5"] = "3.1.1"
     # The largest MQTT packet sent (a results batch, an event) — below the broker's
     # max_packet_size, which disconnects a client that sends more (1 MiB in the shipped config).
     max_packet_bytes: int = Field(default=512 * 1024, ge=4096, le=268_435_455)
