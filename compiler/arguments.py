@@ -11,7 +11,7 @@ from typing import Any, NoReturn
 
 from pydantic import TypeAdapter, ValidationError
 
-from agent.contract import DEVICE_ID_PATTERN, Topics, parse_semver
+from agent.contract import DEVICE_ID_PATTERN, Topics, dot_problem, parse_semver
 from agent.contract.manifest import Name
 
 EXIT_USAGE = 2
@@ -33,6 +33,10 @@ class Parser(argparse.ArgumentParser):
 
 
 def target(value: str) -> str:
+    _, _, name = value.partition(":")
+    problem = dot_problem(name, "device" if value.startswith("device:") else "group")
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
     try:
         Topics().deploy(value)
     except ValueError as exc:
@@ -116,6 +120,9 @@ def port(value: str) -> int:
 
 
 def topic_root(value: str) -> str:
+    problem = dot_problem(value, "topic root")
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
     if not value or any(c in value for c in "#+\0") or value.startswith("$"):
         raise argparse.ArgumentTypeError(
             f"{value!r} is not a topic root: no wildcards (#, +), no leading $, not empty"
@@ -155,9 +162,12 @@ def path(value: str) -> Path:
 
 
 def device_id(value: str) -> str:
-    """A device id or group name as topics carry it: no separators, no wildcards."""
+    """A device id or group name as topics carry it: no separators, no wildcards, no '.'."""
+    problem = dot_problem(value, "device or group")
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
     if not re.fullmatch(DEVICE_ID_PATTERN, value):
         raise argparse.ArgumentTypeError(
-            f"{value!r} is not a device id or group (letters, digits, '.', '_', '-')"
+            f"{value!r} is not a device id or group (letters, digits, '_', '-')"
         )
     return value

@@ -74,6 +74,11 @@ CONFIG_CASES = [
     Case("empty", "", "device: Field required"),
     Case("no device id", GOOD.replace('id = "cam-1"\n', ""), "device.id: Field required"),
     Case("bad device id", GOOD.replace('"cam-1"', '"cam/1"'), "device.id"),
+    Case("dotted device id", GOOD.replace('"cam-1"', '"cam.1"'),
+         "device.id: 'cam.1' contains '.', which RabbitMQ and NATS cannot carry in a topic; "
+         "rename the device (e.g. 'cam-1')"),
+    Case("dotted group", GOOD.replace('id = "cam-1"\n', 'id = "cam-1"\ngroups = ["x.y"]\n'),
+         "device.groups.0: 'x.y' contains '.'"),
     Case("unknown key", GOOD + "\n[mqtt]\nprot = 1\n", "mqtt.prot"),
     Case("unknown section", GOOD + "\n[camera]\nfps = 1\n", "camera: Extra inputs"),
     Case("wrong type", GOOD + '\n[mqtt]\nport = "high"\n', "mqtt.port"),

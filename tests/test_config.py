@@ -117,7 +117,21 @@ BROKEN = [
     ("unknown key", GOOD + "\n[mqtt]\nprot = 1\n", "mqtt.prot"),
     ("unknown section", GOOD + "\n[camera]\nfps = 1\n", "camera"),
     ("bad device id", GOOD.replace('id = "cam-1"', 'id = "cam/1"'), "device.id"),
+    (
+        "dotted device id",
+        GOOD.replace('id = "cam-1"', 'id = "cam.1"'),
+        "device.id: 'cam.1' contains '.', which RabbitMQ and NATS cannot carry",
+    ),
+    (
+        "dotted group",
+        GOOD.replace('id = "cam-1"', 'id = "cam-1"\ngroups = ["a", "b.c"]'),
+        "device.groups.1: 'b.c' contains '.'",
+    ),
+    ("dotted topic root", GOOD + '\n[mqtt]\ntopic_root = "acme.io"\n', "mqtt.topic_root"),
     ("bad enum", GOOD.replace('kind = "video"', 'kind = "webcam"'), "source.kind"),
+    ("url and urls", GOOD + '\n[mqtt]\nurl = "mqtt://a"\nurls = ["mqtt://b"]\n', "not both"),
+    ("mixed schemes", GOOD + '\n[mqtt]\nurls = ["mqtt://a", "mqtts://b"]\n', "mix mqtt://"),
+    ("bad url in urls", GOOD + '\n[mqtt]\nurls = ["mqtt://a", "http://b"]\n', "mqtt.urls.1"),
     ("bad broker URL", GOOD + '\n[mqtt]\nurl = "http://broker:1883"\n', "mqtt.url"),
     ("URL without host", GOOD + '\n[mqtt]\nurl = "mqtt://"\n', "mqtt.url"),
     ("mqtts without TLS", GOOD + '\n[mqtt]\nurl = "mqtts://broker"\n', "mqtt"),
@@ -247,3 +261,8 @@ def test_reload_tells_what_applies_now_and_what_needs_a_restart(folder: Path) ->
     changed = changed_keys(old, new)
     assert changed == ["mqtt.keepalive", "results.mode"]
     assert [reloadable(k) for k in changed] == [False, True]
+
+
+def test_urls_name_every_node_in_order(folder: Path) -> None:
+    path = write(folder, GOOD + '\n[mqtt]\nurls = ["mqtt://a:1884", "mqtt://b"]\n')
+    assert load_config(path, environ={}).mqtt.endpoints == (("a", 1884), ("b", 1883))

@@ -124,3 +124,13 @@ def test_mqtt5_announces_its_cap_so_the_broker_drops_bigger_messages(
     assert "Dropping too large outgoing PUBLISH for edgewise-agent-cam-9" in (
         mosquitto.log_path.read_text()
     )
+
+
+def test_the_link_records_what_the_broker_offers(capped: MosquittoBroker) -> None:
+    link = _link(capped)
+    try:
+        caps = link.capabilities
+    finally:
+        link.stop()
+    assert caps.protocol == "5" and caps.maximum_packet_size == 16384
+    assert caps.retain_available and caps.shared_subscription_available and caps.maximum_qos == 2

@@ -4,7 +4,14 @@ retained birth message on every connect and leaves a retained last will.
 Nothing is published over the packet cap (:mod:`agent.comms.sizing`): ``[mqtt]
 max_packet_bytes``, or less when an MQTT 5 broker says so in CONNACK. With MQTT 5 the agent
 also announces the cap in CONNECT, so the broker drops a bigger message instead of delivering
-it to the device."""
+it to the device.
+
+With ``[mqtt] urls`` it fails over: a lost connection or a failed connect moves to the next
+broker or cluster node (:mod:`agent.comms.failover`), where the birth, will and subscriptions
+are set up again as on any reconnect. What the broker offers (CONNACK's MQTT 5 properties) is
+kept in ``capabilities`` (:class:`agent.contract.broker.BrokerCapabilities`): no QoS above its
+Maximum QoS, no retained message where retain is unavailable. A broker that refuses MQTT 5 is
+spoken to in 3.1.1 from then on."""
 
 from __future__ import annotations
 
@@ -16,8 +23,10 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from agent.comms.failover import Failover
 from agent.comms.sizing import SMALL_MESSAGE_BYTES, payload_budget, shorten
 from agent.config import MqttConfig
+from agent.contract.broker import BrokerCapabilities, unsupported_protocol
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +79,9 @@ class MqttLink:
         self.connected = threading.Event()
         self.epoch = 0  # counts connections, so a sender can tell a reconnect happened
         self._ack_handlers: list[Callable[[int], None]] = []
-        self._broker_max: int | None = None  # from the last CONNACK (MQTT 5 only)
+        self._protocol = config.protocol  # "5" until a broker refuses it
+        self.capabilities = BrokerCapabilities(protocol=self._protocol)  # from the last CONNACK
+        self.failover = Failover(config.endpoints, config.reconnect_max_delay)
         self.shortened = 0  # messages over the cap sent shortened
         client = _client(config, client_id)
         configure_client(client, config)
@@ -78,6 +89,7 @@ class MqttLink:
         client.reconnect_delay_set(min_delay=1, max_delay=int(config.reconnect_max_delay))
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
+        client.on_connect_fail = self._on_connect_fail
         client.on_publish = self._on_publish
         self._client = client
 
@@ -85,11 +97,15 @@ class MqttLink:
     def max_packet(self) -> int:
         """The largest packet this connection may send: the configured cap, or the broker's."""
         configured = self._config.max_packet_bytes
-        return min(configured, self._broker_max) if self._broker_max else configured
+        broker = self.capabilities.maximum_packet_size
+        return min(configured, broker) if broker else configured
+
+    def _qos(self, wanted: int) -> int:
+        return self.capabilities.qos(wanted)
 
     def start(self) -> None:
-        host, port = self._config.endpoint
-        if self._config.protocol == "5":
+        host, port = self.failover.current
+        if self._protocol == "5":
             properties = Properties(PacketTypes.CONNECT)
             properties.MaximumPacketSize = self._config.max_packet_bytes
             self._client.connect_async(
@@ -132,7 +148,7 @@ class MqttLink:
         with self._lock:
             self._filters.update(dict.fromkeys(topics, qos))
         if topics and self.connected.is_set():
-            self._client.subscribe([(t, qos) for t in topics])
+            self._client.subscribe([(t, self._qos(qos)) for t in topics])
 
     def release(self, topics: list[str]) -> None:
         with self._lock:
@@ -156,14 +172,15 @@ class MqttLink:
                 limit,
             )
             payload = shorten(payload, limit)
-        return self._client.publish(topic, payload, qos=qos, retain=retain)
+        retain = retain and self.capabilities.retain_available
+        return self._client.publish(topic, payload, qos=self._qos(qos), retain=retain)
 
     def publish_batch(self, topic: str, payload: bytes) -> mqtt.MQTTMessageInfo | None:
         """A results batch at QoS 1, or None when it is over the packet cap (which an MQTT 5
         broker may have lowered since the batch was made): the caller makes a smaller one."""
         if len(payload) > payload_budget(topic, self.max_packet):
             return None
-        return self._client.publish(topic, payload, qos=1)
+        return self._client.publish(topic, payload, qos=self._qos(1))
 
     def on_ack(self, handler: Callable[[int], None]) -> None:
         """Call ``handler(mid)`` on paho's thread when the broker acknowledges a QoS 1 publish."""
@@ -183,21 +200,51 @@ class MqttLink:
 
     def _on_connect(self, client, _userdata, _flags, reason_code, properties) -> None:
         if reason_code.is_failure:
-            log.error("broker refused connection: %s", reason_code)
+            if self._protocol == "5" and unsupported_protocol(reason_code):
+                self._fall_back_to_311(client)
+            else:
+                log.error("broker %s refused connection: %s", self.failover.where, reason_code)
             return
-        self._broker_max = getattr(properties, "MaximumPacketSize", None)
+        self.failover.connected()
+        self.capabilities = BrokerCapabilities.from_properties(properties, self._protocol)
         log.info(
-            "connected to %s:%d; packets up to %d bytes", *self._config.endpoint, self.max_packet
+            "connected to %s (MQTT %s); packets up to %d bytes",
+            self.failover.where,
+            self._protocol,
+            self.max_packet,
         )
         with self._lock:
-            filters = list(self._filters.items())
+            filters = [(t, self._qos(q)) for t, q in self._filters.items()]
         if filters:
             client.subscribe(filters)
         self.epoch += 1
         self.connected.set()
         self.announce()
 
+    def _fall_back_to_311(self, client: mqtt.Client) -> None:
+        """The broker does not speak MQTT 5: reconnect in 3.1.1 (paho keeps the rest)."""
+        log.warning(
+            "broker %s refuses MQTT 5; speaking MQTT 3.1.1 from now on", self.failover.where
+        )
+        self._protocol = "3.1.1"
+        client._protocol = mqtt.MQTTv311
+        client._clean_session = True
+        client._connect_properties = None
+
     def _on_disconnect(self, _client, _userdata, _flags, reason_code, _properties) -> None:
-        if reason_code.is_failure:
-            log.warning("disconnected from broker: %s; reconnecting", reason_code)
         self.connected.clear()
+        if reason_code.is_failure:
+            log.warning("disconnected from %s: %s", self.failover.where, reason_code)
+            self._next_node()
+
+    def _on_connect_fail(self, _client, _userdata) -> None:
+        log.warning("cannot connect to %s", self.failover.where)
+        self._next_node()
+
+    def _next_node(self) -> None:
+        """Point paho's own reconnect (on its network thread) at the next node, after a
+        jittered wait."""
+        delay = self.failover.failed()
+        self._client._host, self._client._port = self.failover.current
+        self._client.reconnect_delay_set(min_delay=delay, max_delay=delay)  # type: ignore[arg-type]
+        log.info("reconnecting to %s in %.1f s", self.failover.where, delay)

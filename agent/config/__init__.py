@@ -19,6 +19,7 @@ from typing import Annotated, Any, Literal
 from pydantic import (
     AnyUrl,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     UrlConstraints,
@@ -32,6 +33,8 @@ if sys.version_info >= (3, 11):
 else:  # JetPack 6 ships Python 3.10
     import tomli as tomllib
 
+from pydantic_core import PydanticCustomError
+
 from agent.config.sources import CameraConfig as CameraConfig
 from agent.config.sources import CommandConfig as CommandConfig
 from agent.config.sources import ImagesConfig as ImagesConfig
@@ -42,10 +45,26 @@ from agent.config.sources import StreamConfig as StreamConfig
 from agent.config.sources import VideoConfig as VideoConfig
 from agent.config.sources import source_config as source_config
 from agent.config.upstream import OutboxConfig, ResultsConfig, TelemetryConfig
-from agent.contract import DEVICE_ID_PATTERN, ContractError, TrustStore
+from agent.contract import DEVICE_ID_PATTERN, ContractError, TrustStore, dot_problem
 from agent.errors import ConfigError
 
-DeviceId = Annotated[str, Field(pattern=DEVICE_ID_PATTERN)]
+
+def _no_dot(kind: str) -> BeforeValidator:
+    """A config written before ids lost '.': one line naming what to rename, before the
+    pattern's own message."""
+
+    def check(value: Any) -> Any:
+        problem = dot_problem(value, kind) if isinstance(value, str) else None
+        if problem:
+            raise PydanticCustomError("dotted_topic_level", problem)
+        return value
+
+    return BeforeValidator(check)
+
+
+DeviceId = Annotated[str, _no_dot("device"), Field(pattern=DEVICE_ID_PATTERN)]
+GroupName = Annotated[str, _no_dot("group"), Field(pattern=DEVICE_ID_PATTERN)]
+TopicRoot = Annotated[str, _no_dot("topic root"), Field(pattern=r"^[^+#/\x00$][^+#/\x00]*$")]
 MqttUrl = Annotated[AnyUrl, UrlConstraints(allowed_schemes=["mqtt", "mqtts"], host_required=True)]
 ENV_PREFIX = "EDGEWISE_"
 # systemd credential name → where it goes, and whether the value is the file's text or its path.
@@ -61,7 +80,7 @@ class _Section(BaseModel):
 
 class DeviceConfig(_Section):
     id: DeviceId
-    groups: tuple[DeviceId, ...] = ()
+    groups: tuple[GroupName, ...] = ()
     state_dir: Path = Path("/var/lib/edgewise")
 
 
@@ -76,15 +95,19 @@ class TlsConfig(_Section):
 
 class MqttConfig(_Section):
     url: MqttUrl | None = None  # mqtt://host:1883 or mqtts://host:8883; overrides host and port
+    # Several brokers or cluster nodes, tried in turn (jittered backoff); overrides url.
+    urls: tuple[MqttUrl, ...] = ()
     host: str = "127.0.0.1"
     port: int = Field(default=1883, ge=1, le=65535)
     username: str | None = None
     password: str | None = None
     tls: TlsConfig | None = None
     keepalive: int = Field(default=30, ge=2)
-    topic_root: str = "edgewise"
+    topic_root: TopicRoot = "edgewise"
     reconnect_max_delay: float = Field(default=30.0, gt=0)
-    # MQTT 5 also reads the broker's own cap from CONNACK and announces this one in CONNECT.
+    # "5" reads what the broker offers from CONNACK (and announces this cap in CONNECT), and
+    # falls back to 3.1.1 on a broker that refuses 5; "3.1.1" never tries 5.
+    # "5" reads the broker (CONNACK) and falls back to 3.1.1; not yet the default: see README
     protocol: Literal["3.1.1", "5"] = "3.1.1"
     # The largest MQTT packet sent (a results batch, an event) — below the broker's
     # max_packet_size, which disconnects a client that sends more (1 MiB in the shipped config).
@@ -98,17 +121,27 @@ class MqttConfig(_Section):
 
     @model_validator(mode="after")
     def _tls_for_mqtts(self) -> MqttConfig:
-        if self.url is not None and self.url.scheme == "mqtts" and self.tls is None:
+        urls = self.urls or ((self.url,) if self.url is not None else ())
+        if self.urls and self.url is not None:
+            raise ValueError("give url or urls, not both")
+        if len({u.scheme for u in urls}) > 1:
+            raise ValueError("urls mix mqtt:// and mqtts://; one connection setting serves all")
+        if any(u.scheme == "mqtts" for u in urls) and self.tls is None:
             raise ValueError("an mqtts:// url needs [mqtt.tls] (ca_file, cert_file, key_file)")
         return self
 
     @property
+    def endpoints(self) -> tuple[tuple[str, int], ...]:
+        """The (host, port) of every broker or node, in the order tried."""
+        urls = self.urls or ((self.url,) if self.url is not None else ())
+        if not urls:
+            return ((self.host, self.port),)
+        return tuple((str(u.host), u.port or (8883 if u.scheme == "mqtts" else 1883)) for u in urls)
+
+    @property
     def endpoint(self) -> tuple[str, int]:
-        """(host, port) to connect to."""
-        if self.url is None:
-            return self.host, self.port
-        default = 8883 if self.url.scheme == "mqtts" else 1883
-        return str(self.url.host), self.url.port or default
+        """(host, port) of the first broker."""
+        return self.endpoints[0]
 
 
 class TrustConfig(_Section):

@@ -43,7 +43,7 @@ from agent.contract.signing import (
     write_private,
 )
 from agent.contract.strictjson import parse_json
-from agent.contract.topics import DEVICE_ID_PATTERN, Topics
+from agent.contract.topics import DEVICE_ID_PATTERN, Topics, dot_problem
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
@@ -71,6 +71,7 @@ __all__ = [
     "clip",
     "describe_blob",
     "describe_errors",
+    "dot_problem",
     "generate_keypair",
     "iter_chunks",
     "key_id",

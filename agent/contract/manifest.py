@@ -25,6 +25,7 @@ from agent.contract.errors import ManifestError
 from agent.contract.names import not_reserved
 from agent.contract.preprocess import InputTransform, kind_or
 from agent.contract.reasons import clip
+from agent.contract.topics import ID_CHARS
 
 SCHEMA_VERSION: Literal[2] = 2  # 1: manifests signed in the v1 envelope, still read
 DEFAULT_CHUNK_SIZE = 128 * 1024
@@ -72,7 +73,7 @@ FileName = Annotated[
     AfterValidator(not_reserved),
 ]
 # "device:ID", "group:NAME" or "all": where a deployment may be installed.
-Target = Annotated[str, Field(pattern=r"^(all|(device|group):[A-Za-z0-9][A-Za-z0-9._-]{0,63})$")]
+Target = Annotated[str, Field(pattern=rf"^(all|(device|group):[A-Za-z0-9][{ID_CHARS}]{{0,63}})$")]
 
 
 def parse_semver(version: str) -> tuple[int, int, int]:

@@ -15,14 +15,31 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-_FORBIDDEN = set("+#/\x00")
-# A device id is an MQTT topic segment, a client-id suffix and a certificate CN.
-DEVICE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+_FORBIDDEN = set("+#/\x00.")
+# A device id or group is an MQTT topic level, a client-id suffix and a certificate CN. No '.':
+# RabbitMQ's MQTT plugin rewrites '.' in topics and NATS refuses it (a will topic at CONNECT).
+# Versions (1.0.0) and package names never become topic levels: they travel in payloads.
+ID_CHARS = "A-Za-z0-9_-"
+DEVICE_ID_PATTERN = rf"^[A-Za-z0-9][{ID_CHARS}]{{0,63}}$"
+
+
+def dot_problem(value: str, kind: str) -> str | None:
+    """Why ``value`` (a ``kind``: device, group, topic root) cannot be a topic level on every
+    broker, or None; the one-line migration message for a config or argument written before."""
+    if "." not in value:
+        return None
+    return (
+        f"{value!r} contains '.', which RabbitMQ and NATS cannot carry in a topic; "
+        f"rename the {kind} (e.g. {value.replace('.', '-')!r})"
+    )
 
 
 def _segment(value: str, what: str) -> str:
     if not value or _FORBIDDEN & set(value):
-        raise ValueError(f"{what} {value!r} cannot be an MQTT topic segment (empty, '/', '+', '#')")
+        raise ValueError(
+            f"{what} {value!r} cannot be an MQTT topic level on every broker "
+            "(empty, '/', '+', '#', '.')"
+        )
     return value
 
 

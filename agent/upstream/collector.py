@@ -39,7 +39,7 @@ class TelemetryCollector:
     def __call__(self, elapsed_s: float) -> dict[str, object]:
         frames, frames_before = self.stages.frames, self._frames_before
         self._frames_before = frames
-        return telemetry_message(
+        message = telemetry_message(
             device=self.device,
             boot_id=self.boot_id,
             interval_s=elapsed_s,
@@ -54,6 +54,8 @@ class TelemetryCollector:
             upstream=self._upstream(),
             source=self.source.counters(),
         )
+        message["broker"] = self.link.capabilities.as_dict()  # what the last CONNACK offered
+        return message
 
     def _upstream(self) -> dict[str, object]:
         return {

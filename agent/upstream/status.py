@@ -64,6 +64,9 @@ class StatusBoard:
                 "source": {"uri": self._source_uri, **(self._source or {})},
                 "uptime_s": round(time.time() - self._started_at, 1),
                 "deployment": self._deployment,
+                # What the broker offers (CONNACK), as the link read it: retain, shared
+                # subscriptions, QoS, packet size, receive maximum, protocol.
+                "broker": self.link.capabilities.as_dict() if self.link is not None else None,
             }
         )
 

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from agent.contract import DEVICE_ID_PATTERN, Topics, write_private
+from agent.contract import DEVICE_ID_PATTERN, Topics, dot_problem, write_private
 
 from ..errors import InputError
 
@@ -214,9 +214,12 @@ def build_fleet(
     ``devices/{id}.*`` — and rewrite ``edgewise.acl`` for every device issued so far
     (``fleet.json`` remembers them and their groups). Returns the certificates written or kept."""
     for name in [*devices, *(group for groups in devices.values() for group in groups)]:
+        problem = dot_problem(name, "device or group")
+        if problem:
+            raise CertificateError(problem)
         if not re.fullmatch(DEVICE_ID_PATTERN, name):
             raise CertificateError(
-                f"{name!r} cannot be a device id or group (letters, digits, '.', '_', '-')"
+                f"{name!r} cannot be a device id or group (letters, digits, '_', '-')"
             )
     inventory_path = out / "fleet.json"
     inventory = _read_inventory(inventory_path)

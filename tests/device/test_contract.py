@@ -17,6 +17,7 @@ from agent.contract import (
     TrustStore,
     canonical_json,
     describe_blob,
+    dot_problem,
     generate_keypair,
     load_private_key,
     load_public_key,
@@ -159,3 +160,10 @@ def test_topics_are_built_in_one_place() -> None:
     assert topics.device_of(topics.status("cam-1")) == "cam-1"
     with pytest.raises(ValueError, match="device id"):
         topics.results("cam/+")
+    with pytest.raises(ValueError, match="every broker"):  # RabbitMQ rewrites '.', NATS refuses it
+        topics.deploy("device:cam.1")
+    assert dot_problem("cam.1", "device") == (
+        "'cam.1' contains '.', which RabbitMQ and NATS cannot carry in a topic; "
+        "rename the device (e.g. 'cam-1')"
+    )
+    assert dot_problem("cam-1", "device") is None
