@@ -127,7 +127,7 @@ def test_mqtt5_announces_its_cap_so_the_broker_drops_bigger_messages(
 
 
 def test_the_link_records_what_the_broker_offers(capped: MosquittoBroker) -> None:
-    link = _link(capped)
+    link = _link(capped, protocol="5")
     try:
         caps = link.capabilities
     finally:
