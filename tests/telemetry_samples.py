@@ -37,3 +37,22 @@ def sample_message(**overrides: object) -> dict[str, object]:
     )
     message.update(overrides)
     return message
+
+
+def idle_message(**arguments: object) -> dict[str, object]:
+    """``telemetry_message`` for an interval without a frame, with nothing queued and no model;
+    ``arguments`` replace its arguments."""
+    defaults: dict[str, object] = {
+        "device": "cam-1",
+        "boot_id": "b",
+        "interval_s": 10.0,
+        "frames": 0,
+        "frames_before": 0,
+        "stages": {},
+        "dropped_frames": 0,
+        "results_queued": 0,
+        "results_dropped": 0,
+        "process": sample_process(),
+        "model": None,
+    }
+    return telemetry_message(**{**defaults, **arguments})

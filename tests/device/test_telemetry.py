@@ -9,8 +9,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from agent.upstream.telemetry import UPSTREAM, ProcessSampler, PrometheusExporter, telemetry_message
-from telemetry_samples import STAGES, sample_message, sample_process
+from agent.upstream.telemetry import UPSTREAM, ProcessSampler, PrometheusExporter
+from telemetry_samples import STAGES, idle_message, sample_message, sample_process
 
 
 def _zone(root: Path, name: str, content: str) -> None:
@@ -68,19 +68,7 @@ def test_telemetry_message() -> None:
 
 
 def test_telemetry_message_before_any_frame() -> None:
-    message = telemetry_message(
-        device="cam-1",
-        boot_id="b",
-        interval_s=10.0,
-        frames=0,
-        frames_before=0,
-        stages={},
-        dropped_frames=0,
-        results_queued=0,
-        results_dropped=0,
-        process=sample_process(soc_temp_c=None),
-        model=None,
-    )
+    message = idle_message(process=sample_process(soc_temp_c=None))
     assert message["fps"] == 0.0
     assert message["latency_ms"] is None
     assert message["soc_temp_c"] is None and message["model"] is None
@@ -143,20 +131,7 @@ UPSTREAM_FIGURES = {
 
 
 def test_telemetry_carries_the_outbox_and_uplink_figures() -> None:
-    message = telemetry_message(
-        device="cam-1",
-        boot_id="b",
-        interval_s=10.0,
-        frames=0,
-        frames_before=0,
-        stages={},
-        dropped_frames=0,
-        results_queued=130,
-        results_dropped=2,
-        process=sample_process(),
-        model=None,
-        upstream=UPSTREAM_FIGURES,
-    )
+    message = idle_message(results_queued=130, results_dropped=2, upstream=UPSTREAM_FIGURES)
     assert {k: message[k] for k in UPSTREAM} == UPSTREAM_FIGURES
     json.dumps(message)
 
@@ -180,20 +155,7 @@ def test_prometheus_serves_the_upstream_figures_but_not_the_error_text() -> None
 def test_the_sources_counters_reach_telemetry_and_metrics() -> None:
     """Whatever a source counts (garbage records, overflow, ...) is in the message and gets a
     gauge named after it, however many kinds of counter the kind keeps."""
-    message = telemetry_message(
-        device="cam-1",
-        boot_id="b",
-        interval_s=10.0,
-        frames=0,
-        frames_before=0,
-        stages={},
-        dropped_frames=0,
-        results_queued=0,
-        results_dropped=0,
-        process=sample_process(),
-        model=None,
-        source={"garbage": 4, "overflow": 2},
-    )
+    message = idle_message(source={"garbage": 4, "overflow": 2})
     assert message["source"] == {"garbage": 4, "overflow": 2}
     exporter = PrometheusExporter(0, device="cam-1", host="127.0.0.1")
     try:
