@@ -14,8 +14,10 @@ from agent.contract.errors import (
 )
 from agent.contract.manifest import (
     DEFAULT_CHUNK_SIZE,
+    DELIVERIES,
     BlobSpec,
     ClassificationSpec,
+    Delivery,
     DetectionSpec,
     InputSpec,
     Manifest,
@@ -44,16 +46,20 @@ from agent.contract.signing import (
 )
 from agent.contract.strictjson import parse_json
 from agent.contract.topics import DEVICE_ID_PATTERN, Topics, dot_problem
+from agent.contract.wants import ChunkRequest
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
+    "DELIVERIES",
     "DEVICE_ID_PATTERN",
     "MANIFEST_FILE",
     "MAX_REASON",
     "PAYLOAD_TYPE",
     "BlobSpec",
+    "ChunkRequest",
     "ClassificationSpec",
     "ContractError",
+    "Delivery",
     "DetectionSpec",
     "InputSpec",
     "IntegrityError",

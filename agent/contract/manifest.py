@@ -89,6 +89,19 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
+def _http_url(value: str) -> str:
+    if not re.match(r"^https?://[^\s/?#]+[^\s]*$", value):
+        raise ValueError("a blob URL must be http:// or https:// with a host and no spaces")
+    return value
+
+
+HttpUrl = Annotated[str, Field(max_length=2048), AfterValidator(_http_url)]
+# How a device gets the chunks: "retained" on blobs/{sha256}/{i} (one Mosquitto, no service),
+# "request" from `edgewise serve` on the device's own inbox, "http" by Range from model.urls.
+Delivery = Literal["retained", "request", "http"]
+DELIVERIES: tuple[Delivery, ...] = ("retained", "request", "http")
+
+
 class BlobSpec(_Strict):
     """A file the package carries (the model, the golden inputs), and the chunks it travels in."""
 
@@ -97,6 +110,9 @@ class BlobSpec(_Strict):
     size: int = Field(gt=0, le=MAX_BLOB_BYTES)
     chunk_size: int = Field(default=DEFAULT_CHUNK_SIZE, gt=0, le=MAX_CHUNK_SIZE)
     chunks: tuple[Sha256, ...] = Field(max_length=MAX_CHUNKS)
+    # Where the file can be read with HTTP Range (delivery "http"), tried in order. Untrusted:
+    # every chunk is checked against its sha256 above, as over MQTT.
+    urls: tuple[HttpUrl, ...] = Field(default=(), max_length=8)
 
     @model_validator(mode="after")
     def _chunk_count(self) -> BlobSpec:
@@ -173,12 +189,25 @@ class Manifest(_Strict):
     rollback: bool = False
     # Device-side budget for going live, measured on the board before the switch.
     max_latency_ms: float | None = Field(default=None, gt=0, le=3_600_000)
+    # How the chunks travel (set when pushing; signed, so a broker cannot redirect a device).
+    delivery: Delivery = "retained"
 
     @model_validator(mode="after")
     def _distinct_files(self) -> Manifest:
         if self.golden is not None and self.golden.path == self.model.path:
             raise ValueError("the golden file and the model cannot share a name")
         return self
+
+    @model_validator(mode="after")
+    def _urls_for_http(self) -> Manifest:
+        if self.delivery == "http" and not all(b.urls for b in self.blobs):
+            raise ValueError('delivery "http" needs urls on the model and the golden file')
+        return self
+
+    @property
+    def blobs(self) -> tuple[BlobSpec, ...]:
+        """The model, then the golden inputs when there are any."""
+        return (self.model,) if self.golden is None else (self.model, self.golden)
 
     @classmethod
     def from_dict(cls, data: Any) -> Manifest:

@@ -3,7 +3,10 @@
 {root}/v1/deploy/device/{device_id}   retained signed manifest for one device
 {root}/v1/deploy/group/{group}        retained signed manifest for a group
 {root}/v1/deploy/all                  retained signed manifest for the whole fleet
-{root}/v1/blobs/{sha256}/{index}      retained model chunk (content-addressed)
+{root}/v1/blobs/{sha256}/{index}      retained model chunk (content-addressed; delivery "retained")
+{root}/v1/devices/{device_id}/wants   the chunks a device lacks (delivery "request"; ChunkRequest)
+{root}/v1/devices/{device_id}/inbox/{sha256}/{index}  a chunk answered to one device, not retained
+{root}/v1/fleet/state                 retained fleet summary kept by `edgewise serve`
 {root}/v1/commands/device/{device_id} commands for one device (likewise group/{group}, all)
 {root}/v1/devices/{device_id}/status  retained online/offline (birth and last will)
 {root}/v1/devices/{device_id}/results inference results
@@ -111,6 +114,23 @@ class Topics:
     def all_devices(self, leaf: str) -> str:
         """Filter matching one leaf of every device, e.g. all results."""
         return f"{self._base}/devices/+/{leaf}"
+
+    def wants(self, device_id: str) -> str:
+        """Where a device asks for the chunks it lacks (delivery "request")."""
+        return self.device(device_id, "wants")
+
+    def inbox_chunk(self, device_id: str, sha256: str, index: int) -> str:
+        """Chunk ``index`` of a blob, answered to one device (QoS 1, not retained)."""
+        return f"{self.device(device_id, 'inbox')}/{_segment(sha256, 'sha256')}/{index}"
+
+    def inbox_chunks(self, device_id: str, sha256: str) -> str:
+        """Filter matching every answered chunk of one blob for one device."""
+        return f"{self.device(device_id, 'inbox')}/{_segment(sha256, 'sha256')}/+"
+
+    def fleet_state(self) -> str:
+        """The fleet summary `edgewise serve` keeps (one exact topic: retained messages reach
+        it on brokers that do not deliver them to wildcard subscriptions)."""
+        return f"{self._base}/fleet/state"
 
     def device_of(self, topic: str) -> str:
         """The device id in a ``devices/{id}/...`` topic."""

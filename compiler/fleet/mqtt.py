@@ -10,6 +10,8 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 
+from agent.contract.broker import BrokerCapabilities
+
 from ..errors import BrokerUnavailable
 
 
@@ -108,6 +110,12 @@ def _unavailable(where: str, refused: list[str], timeout: float) -> BrokerUnavai
         f"cannot reach the broker at {where}: no answer to CONNECT in {timeout:g} s; "
         "check --host/--port"
     )
+
+
+def capabilities(client: mqtt.Client) -> BrokerCapabilities:
+    """What the broker this client is connected to offers, as its CONNACK said."""
+    found = getattr(client, "_edgewise_capabilities", None)
+    return found if isinstance(found, BrokerCapabilities) else BrokerCapabilities()
 
 
 def disconnect(client: mqtt.Client) -> None:
