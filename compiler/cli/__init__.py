@@ -9,7 +9,7 @@ from agent.logs import setup_logging
 
 from ..arguments import Parser
 from ..failures import guarded
-from . import compiling, fleet, recipe
+from . import compiling, delivery, fleet, recipe
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -24,6 +24,9 @@ def _parser() -> argparse.ArgumentParser:
     fleet.add_push(sub)
     fleet.add_results(sub)
     fleet.add_fleet(sub)
+    delivery.add_serve(sub)
+    delivery.add_gc(sub)
+    delivery.add_withdraw(sub)
     recipe.add_demo(sub)
     return parser
 

@@ -53,6 +53,8 @@ def run_certs(args: argparse.Namespace) -> int:
 
 
 def add_push(sub: Subparsers) -> None:
+    from .delivery import url_base
+
     push = sub.add_parser("push", help="publish a package to a device, a group or the fleet")
     push.add_argument("package", type=Path)
     push.add_argument("--to", type=arg.target, required=True, metavar="device:ID|group:NAME|all")
@@ -65,6 +67,32 @@ def add_push(sub: Subparsers) -> None:
         type=arg.positive_float,
         metavar="SECONDS",
         help="then wait for each device's verdict; exit 1 unless all made it active",
+    )
+    push.add_argument(
+        "--chunks",
+        choices=("retained", "request", "http"),
+        default="retained",
+        help="how devices get the chunks: retained on the broker (default), on request from "
+        "`edgewise serve`, or over HTTP from --url; request and http need --key",
+    )
+    push.add_argument(
+        "--blobs",
+        type=arg.path,
+        metavar="DIR",
+        help="the blob store: request copies the files here for `edgewise serve` (default "
+        "./edgewise-blobs); http writes them here to upload",
+    )
+    push.add_argument(
+        "--url",
+        action="append",
+        type=url_base,
+        metavar="BASE",
+        help="http: devices read each blob at BASE/<sha256> (repeat: tried in order)",
+    )
+    push.add_argument(
+        "--keep-blobs",
+        action="store_true",
+        help="with --wait: do not clear chunks no deployment uses once all devices are active",
     )
     add_broker_args(push)
     push.set_defaults(func=run_push)

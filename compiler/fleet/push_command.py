@@ -1,9 +1,14 @@
 """``edgewise push`` as a user runs it: check the package, warn about a device nobody has seen,
 send with progress on a terminal, and with ``--wait`` report what every device did with it.
 
+``--chunks`` picks how devices get the chunks (retained on the broker, by request from
+``edgewise serve``, or over HTTP); with ``--wait``, once every targeted device runs the new
+version, the chunks no retained deployment references are cleared (gc) unless ``--keep-blobs``.
+
 Exit codes: 0 pushed (and, with ``--wait``, active on every targeted device); 1 the broker or a
-device said no, or stayed silent; 2 the package folder is missing or not a package; 130 Ctrl-C
-(from the CLI's guard, after the connection was closed cleanly).
+device said no, or stayed silent; 2 the package folder is missing or not a package, or the
+chunks cannot travel as asked (no --key, a broker packet cap); 130 Ctrl-C (from the CLI's
+guard, after the connection was closed cleanly).
 """
 
 from __future__ import annotations
@@ -11,15 +16,29 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
-from agent.contract import MANIFEST_FILE, ContractError, Package, Topics, read_package
+from agent.contract import (
+    MANIFEST_FILE,
+    BlobSpec,
+    ContractError,
+    Delivery,
+    Package,
+    Topics,
+    read_package,
+)
 
 from ..errors import InputError
-from .mqtt import BrokerAddress, Subscriber, connect, disconnect
+from .blobstore import DEFAULT_STORE, BlobStore
+from .delivery import DeliveryChoice, check_choice, plan_blobs
+from .gc import run_gc
+from .mqtt import BrokerAddress, Subscriber, capabilities, connect, disconnect
 from .progress import TransferProgress
 from .push import push_package
 from .verdicts import ACTIVE, DeployWatch, Verdict
+
+if TYPE_CHECKING:
+    import paho.mqtt.client as mqtt
 
 EXIT_OK, EXIT_NOT_ACTIVE = 0, 1
 
@@ -42,8 +61,22 @@ def load_package(root: Path) -> Package:
     return package
 
 
+def delivery_choice(args: argparse.Namespace) -> DeliveryChoice:
+    """``--chunks``, ``--url`` and ``--blobs`` as one choice, checked before connecting."""
+    mode: Delivery = getattr(args, "chunks", "retained")
+    store = getattr(args, "blobs", None)
+    if mode == "request" and store is None:
+        store = DEFAULT_STORE
+    choice = DeliveryChoice(mode, tuple(getattr(args, "url", None) or ()), store)
+    check_choice(choice, args.key)
+    if mode == "retained" and store is not None:
+        raise InputError("--blobs is for --chunks request or http")
+    return choice
+
+
 def run_push(args: argparse.Namespace, address: BrokerAddress) -> int:
     package = load_package(args.package)
+    choice = delivery_choice(args)
     topics, name, version = Topics(args.topic_root), package.manifest.name, package.manifest.version
     device = args.to.partition(":")[2] if args.to.startswith("device:") else None
     client = connect(address)
@@ -57,33 +90,73 @@ def run_push(args: argparse.Namespace, address: BrokerAddress) -> int:
                 f"edgewise: warning: device {device} has never connected to this broker; "
                 "the package waits retained until it does"
             )
-        progress = _progress(package, sys.stderr if sys.stderr.isatty() else None)
-        try:
-            push_package(
-                client,
-                topics,
-                package,
-                args.to,
-                signing_key=args.key,
-                rollback=args.rollback,
-                on_acked=progress.chunk,
-            )
-        finally:
-            progress.close()
-        print(f"pushed {name} {version} to {args.to} ({progress.summary()})", flush=True)
+        specs = _prepare_blobs(client, topics, package, choice, args.key is not None)
+        how = _send(client, topics, package, args, choice, specs)
+        print(f"pushed {name} {version} to {args.to} ({how})", flush=True)
         if args.wait is None or watch is None:
             return EXIT_OK
-        return _report(watch, args.to, args.wait)
+        code = _report(watch, args.to, args.wait)
+        if code == EXIT_OK and not getattr(args, "keep_blobs", False):
+            print(f"{args.to} runs {name} {version}; clearing chunks no deployment uses")
+            print(run_gc(client, topics).line(), flush=True)
+        return code
     finally:
         disconnect(client)
 
 
-def _progress(package: Package, stream: TextIO | None) -> TransferProgress:
-    blobs = package.blobs()
+def _prepare_blobs(
+    client: mqtt.Client, topics: Topics, package: Package, choice: DeliveryChoice, signed: bool
+) -> list[BlobSpec]:
+    """The blobs as this push describes them, copied into the store when one is used."""
+    caps = capabilities(client)
+    specs = plan_blobs(package, choice, caps, topics, signed)
+    compiled = [spec for spec, _ in package.blobs()]
+    if [s.chunk_size for s in specs] != [s.chunk_size for s in compiled]:
+        _say(
+            f"edgewise: note: the broker takes packets of at most {caps.maximum_packet_size} "
+            f"bytes; re-chunked to {min(s.chunk_size for s in specs)}-byte chunks for this push"
+        )
+    if choice.store is not None:
+        BlobStore(choice.store).put_package(package, specs)
+        where = (
+            f"serve them with `edgewise serve --blobs {choice.store}`"
+            if choice.mode == "request"
+            else "upload them to each --url (BASE/<sha256>)"
+        )
+        print(f"stored {len(specs)} blobs in {choice.store}: {where}", flush=True)
+    return specs
+
+
+def _send(
+    client: mqtt.Client,
+    topics: Topics,
+    package: Package,
+    args: argparse.Namespace,
+    choice: DeliveryChoice,
+    specs: list[BlobSpec],
+) -> str:
+    """Pushes; what the summary line says about the chunks."""
+    publishing = choice.publishes_chunks
+    progress = _progress(package, specs, sys.stderr if publishing and sys.stderr.isatty() else None)
+    try:
+        push_package(
+            client, topics, package, args.to, signing_key=args.key, rollback=args.rollback,
+            on_acked=progress.chunk, delivery=choice.mode, specs=specs,
+        )  # fmt: skip
+    finally:
+        progress.close()
+    if choice.mode == "request":
+        return f"{sum(len(s.chunks) for s in specs)} chunks on request from `edgewise serve`"
+    if choice.mode == "http":
+        return f"chunks over HTTP from {len(choice.url_bases)} URL(s) per blob"
+    return progress.summary()
+
+
+def _progress(package: Package, specs: list[BlobSpec], stream: TextIO | None) -> TransferProgress:
     return TransferProgress(
         f"pushing {package.manifest.name} {package.manifest.version}",
-        sum(len(blob.chunks) for blob, _ in blobs),
-        sum(blob.size for blob, _ in blobs),
+        sum(len(blob.chunks) for blob in specs),
+        sum(blob.size for blob in specs),
         stream,
     )
 

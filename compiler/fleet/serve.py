@@ -1,0 +1,153 @@
+"""``edgewise serve``: the cloud daemon. It answers devices' chunk requests from a blob store
+(delivery "request") and keeps the retained fleet summary on ``{root}/v1/fleet/state``.
+
+A small service: ``start()`` connects and starts its threads, ``stop()`` sets the one stop
+event and joins them. Each job has its own thread and its own MQTT connection: ``chunks`` (see
+chunkserver) and ``fleet-state`` (publishes the summary every ``interval`` seconds when it
+changed). Rollouts and a console will be more jobs of the same service.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+
+from agent.contract import Topics
+
+from .blobstore import BlobStore
+from .chunkserver import ChunkServer, ServeCounters
+from .mqtt import BrokerAddress, Subscriber, capabilities, connect, disconnect
+from .state import FleetState
+
+log = logging.getLogger(__name__)
+
+STATE_INTERVAL = 2.0
+
+
+class StatePublisher:
+    """Folds every device's status and telemetry into a FleetState and publishes it, retained,
+    when it changed since the last publish (at most once per ``interval``)."""
+
+    def __init__(self, client: mqtt.Client, topics: Topics, interval: float, stop: threading.Event):
+        self._client, self._topics, self._interval, self._stop = client, topics, interval, stop
+        self.state = FleetState(topics)
+        self.published = 0
+        self._thread = threading.Thread(target=self._run, name="fleet-state", daemon=True)
+        self._filters = [(topics.all_devices("status"), 1), (topics.all_devices("telemetry"), 1)]
+
+    def start(self) -> StatePublisher:
+        self._client.on_message = self._on_message
+        self._client.on_connect = self._on_reconnect
+        Subscriber(self._client).subscribe(self._filters)
+        self._thread.start()
+        return self
+
+    def _on_message(self, _c: mqtt.Client, _u: object, message: mqtt.MQTTMessage) -> None:
+        self.state.update(message.topic, bytes(message.payload))
+
+    def join(self, timeout: float) -> None:
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def _on_reconnect(
+        self, client: mqtt.Client, _u: object, _f: object, reason: mqtt.ReasonCode, _p: object
+    ) -> None:
+        if not reason.is_failure:
+            client.subscribe(self._filters)
+
+    def _run(self) -> None:
+        sent = -1
+        qos = capabilities(self._client).qos(1)
+        while not self._stop.wait(self._interval):
+            version = self.state.version
+            if version == sent:
+                continue
+            info = self._client.publish(
+                self._topics.fleet_state(), self.state.encode(), qos=qos, retain=True
+            )
+            if info.rc in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):  # queued till back
+                sent = version
+                self.published += 1
+
+
+@dataclass
+class ServeOptions:
+    blobs: Path
+    topics: Topics = field(default_factory=Topics)
+    shared: bool = False
+    state_interval: float = STATE_INTERVAL
+
+
+class Service:
+    """``edgewise serve`` as an object: tests and later jobs start and stop it in-process."""
+
+    def __init__(self, address: BrokerAddress, options: ServeOptions):
+        self._address, self._options = address, options
+        self.store = BlobStore(options.blobs)
+        self.stopping = threading.Event()
+        self._clients: list[mqtt.Client] = []
+        self._chunks: ChunkServer | None = None
+        self._state: StatePublisher | None = None
+
+    @property
+    def counters(self) -> ServeCounters:
+        return self._chunks.counters if self._chunks is not None else ServeCounters()
+
+    @property
+    def state(self) -> FleetState | None:
+        return self._state.state if self._state is not None else None
+
+    @property
+    def subscription(self) -> str:
+        return self._chunks.subscription if self._chunks is not None else ""
+
+    def start(self) -> Service:
+        """Connects both jobs; BrokerUnavailable (and nothing left running) if one cannot."""
+        self.store.prepare()
+        try:
+            chunks = self._connect("chunks")
+            self._chunks = ChunkServer(
+                chunks, self._options.topics, self.store, shared=self._options.shared
+            ).start()
+            state = self._connect("state")
+            self._state = StatePublisher(
+                state, self._options.topics, self._options.state_interval, self.stopping
+            ).start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _connect(self, job: str) -> mqtt.Client:
+        client = connect(self._address, client_id=f"edgewise-serve-{job}-{uuid.uuid4().hex[:8]}")
+        self._clients.append(client)
+        return client
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Until ``stop()`` (True) or ``timeout`` (False)."""
+        return self.stopping.wait(timeout)
+
+    def stop(self) -> None:
+        """Sets the stop event, joins the threads, then disconnects; safe to call twice."""
+        self.stopping.set()
+        if self._chunks is not None:
+            self._chunks.stop()
+        if self._state is not None:
+            self._state.join(10.0)
+        for client in self._clients:
+            disconnect(client)
+        self._clients.clear()
+        self.store.close()
+
+    def summary(self) -> str:
+        c = self.counters
+        return (
+            f"served {c.chunks} chunks ({c.bytes / 1e6:.1f} MB) for {c.requests} requests; "
+            f"{c.bad_requests} bad requests, {c.unknown_blobs} for unknown blobs, "
+            f"{c.bad_chunks} chunks past a blob's end, {c.dropped} over a device's queue"
+        )
