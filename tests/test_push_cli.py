@@ -276,3 +276,126 @@ def test_an_event_about_this_package_is_its_verdict(event: dict, line: str) -> N
 )
 def test_an_event_about_something_else_is_not(event: dict) -> None:  # type: ignore[type-arg]
     assert judge(DEVICE, event, MODEL, DEPLOY_TOPIC) is None
+
+
+# --- --chunks: how devices get the chunks (signed, so request and http need --key) ---------------
+
+
+def _retained(broker: MosquittoBroker):  # type: ignore[no-untyped-def]
+    from compiler.fleet.gc import collect
+    from compiler.fleet.mqtt import BrokerAddress, connect, disconnect
+
+    client = connect(BrokerAddress(broker.host, broker.port))
+    try:
+        return collect(client, TOPICS)
+    finally:
+        disconnect(client)
+
+
+def _deployed(broker: MosquittoBroker, public_key: Path, target: str = "all"):  # type: ignore[no-untyped-def]
+    """The retained manifest on ``target``'s deploy topic, verified as a device would."""
+    from agent.contract import TrustStore
+    from compiler.fleet.mqtt import BrokerAddress, connect, disconnect
+
+    got: list[bytes] = []
+    client = connect(BrokerAddress(broker.host, broker.port))
+    client.message_callback_add(TOPICS.deploy(target), lambda _c, _u, m: got.append(m.payload))
+    try:
+        Subscriber(client).subscribe([(TOPICS.deploy(target), 1)])
+        assert eventually(lambda: bool(got))
+    finally:
+        disconnect(client)
+    return TrustStore.from_files([public_key]).verify(got[0])
+
+
+def test_push_chunks_request_fills_the_store_and_publishes_no_chunk(  # type: ignore[no-untyped-def]
+    mosquitto, compiled, signing_keys, tmp_path
+) -> None:
+    store = tmp_path / "store"
+    package = compiled.package
+    run = edgewise(
+        mosquitto, "push", str(package.root), "--to", "all", "--chunks", "request",
+        "--key", str(signing_keys[0]), "--blobs", str(store),
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    chunks = sum(len(b.chunks) for b in package.manifest.blobs)
+    assert lines(run.stdout) == [
+        f"stored 2 blobs in {store}: serve them with `edgewise serve --blobs {store}`",
+        f"pushed digits-cnn 1.0.0 to all ({chunks} chunks on request from `edgewise serve`)",
+    ]
+    assert _retained(mosquitto).chunks == {}  # no blobs/ topic at all
+    manifest = _deployed(mosquitto, signing_keys[1])
+    assert manifest.delivery == "request" and manifest.target == "all"
+    assert manifest.model == package.manifest.model and manifest.golden == package.manifest.golden
+    for blob, path in package.blobs():
+        assert (store / blob.sha256).read_bytes() == path.read_bytes()
+        assert (store / f"{blob.sha256}.json").is_file()
+
+
+def test_push_chunks_http_signs_the_urls(mosquitto, compiled, signing_keys) -> None:  # type: ignore[no-untyped-def]
+    run = edgewise(
+        mosquitto, "push", str(compiled.package.root), "--to", "all", "--chunks", "http",
+        "--key", str(signing_keys[0]), "--url", "https://cdn.example/models/",
+        "--url", "http://backup:8080",
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert lines(run.stdout) == [
+        "pushed digits-cnn 1.0.0 to all (chunks over HTTP from 2 URL(s) per blob)"
+    ]
+    assert _retained(mosquitto).chunks == {}
+    manifest = _deployed(mosquitto, signing_keys[1])
+    assert manifest.delivery == "http"
+    for blob in manifest.blobs:
+        assert blob.urls == (
+            f"https://cdn.example/models/{blob.sha256}",
+            f"http://backup:8080/{blob.sha256}",
+        )
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--chunks", "request"], "--chunks request is a signed manifest field: give --key"),
+        (["--chunks", "http", "--key", "{key}"], "--chunks http needs at least one --url BASE"),
+        (["--url", "https://x.example", "--key", "{key}"], "--url is for --chunks http only"),
+        (["--blobs", "{tmp}"], "--blobs is for --chunks request or http"),
+        (["--chunks", "http", "--url", "ftp://x"], "argument --url: 'ftp://x' is not an http://"),
+        (["--chunks", "bittorrent"], "argument --chunks: invalid choice: 'bittorrent'"),
+    ],
+)
+def test_a_chunks_choice_that_cannot_work_is_one_line_exit_2(  # type: ignore[no-untyped-def]
+    mosquitto, compiled, signing_keys, tmp_path, extra, message
+) -> None:
+    args = [a.format(key=signing_keys[0], tmp=tmp_path) for a in extra]
+    run = edgewise(mosquitto, "push", str(compiled.package.root), "--to", "all", *args)
+    assert run.returncode == 2, run.stdout + run.stderr
+    assert len(lines(run.stderr)) == 1 and message in run.stderr, run.stderr
+    assert "Traceback" not in run.stderr and run.stdout == ""
+    assert _retained(mosquitto).manifests == {}  # nothing was pushed
+
+
+def test_a_broker_packet_cap_rechunks_a_signed_push_and_refuses_an_unsigned_one(  # type: ignore[no-untyped-def]
+    compiled, signing_keys
+) -> None:
+    from agent.contract import TrustStore
+    from agent.contract.broker import BrokerCapabilities
+    from compiler.errors import InputError
+    from compiler.fleet.delivery import DeliveryChoice, packet_overhead, plan_blobs
+    from compiler.fleet.push import deployment_envelope
+
+    package, caps = compiled.package, BrokerCapabilities(protocol="5", maximum_packet_size=40_000)
+    specs = plan_blobs(package, DeliveryChoice(), caps, TOPICS, signed=True)
+    assert [s.sha256 for s in specs] == [b.sha256 for b in package.manifest.blobs]
+    assert {s.chunk_size for s in specs} == {32 * 1024}
+    assert all(s.chunk_size + packet_overhead(TOPICS, "retained") <= 40_000 for s in specs)
+    envelope = deployment_envelope(package, "all", signing_keys[0], specs=specs)
+    signed = TrustStore.from_files([signing_keys[1]]).verify(envelope)
+    assert signed.model.chunk_size == 32 * 1024 and list(signed.blobs) == specs
+
+    with pytest.raises(InputError) as refused:
+        plan_blobs(package, DeliveryChoice(), caps, TOPICS, signed=False)
+    assert "at most 40000 bytes" in str(refused.value) and "are 65536 bytes" in str(refused.value)
+    # A broker with no cap (or room enough) leaves the package as compiled.
+    assert plan_blobs(package, DeliveryChoice(), BrokerCapabilities(), TOPICS, False) == [
+        b for b, _ in package.blobs()
+    ]

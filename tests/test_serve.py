@@ -269,3 +269,35 @@ def test_the_store_serves_what_a_request_push_put_there(tmp_path: Path) -> None:
         == spec.sha256
     )
     store.close()
+
+
+def test_a_request_push_then_serve_delivers_the_whole_model(  # type: ignore[no-untyped-def]
+    mosquitto, cloud, device, compiled, signing_keys, tmp_path
+) -> None:
+    from compiler.fleet.delivery import DeliveryChoice, plan_blobs
+    from compiler.fleet.mqtt import capabilities
+    from compiler.fleet.push import push_package
+
+    package, store = compiled.package, BlobStore(tmp_path / "store")
+    choice = DeliveryChoice("request", store=store.root)
+    specs = plan_blobs(package, choice, capabilities(cloud), TOPICS, signed=True)
+    store.put_package(package, specs)
+    push_package(
+        cloud, TOPICS, package, "device:cam-1", signing_key=signing_keys[0],
+        delivery="request", specs=specs,
+    )  # fmt: skip
+    service = Service(
+        BrokerAddress(mosquitto.host, mosquitto.port), ServeOptions(store.root, TOPICS)
+    ).start()
+    try:
+        model = package.manifest.model
+        device.ask(
+            ChunkRequest(sha256=model.sha256, chunks=tuple(range(len(model.chunks)))).encode()
+        )
+        got = device.wait_for(len(model.chunks))
+    finally:
+        service.stop()
+    by_index = {int(m.topic.rsplit("/", 1)[1]): bytes(m.payload) for m in got}
+    whole = b"".join(by_index[i] for i in range(len(model.chunks)))
+    assert hashlib.sha256(whole).hexdigest() == model.sha256
+    assert [hashlib.sha256(by_index[i]).hexdigest() for i in sorted(by_index)] == list(model.chunks)
