@@ -301,3 +301,18 @@ def test_a_request_push_then_serve_delivers_the_whole_model(  # type: ignore[no-
     whole = b"".join(by_index[i] for i in range(len(model.chunks)))
     assert hashlib.sha256(whole).hexdigest() == model.sha256
     assert [hashlib.sha256(by_index[i]).hexdigest() for i in sorted(by_index)] == list(model.chunks)
+
+
+def test_the_acl_lets_a_device_ask_on_its_own_wants_and_read_its_own_inbox() -> None:
+    from compiler.fleet.certs import acl
+
+    text = acl({"cam-1": ["lobby"]}, TOPICS)
+    patterns = [line for line in text.splitlines() if line.startswith("pattern ")]
+    assert "pattern write edgewise/v1/devices/%u/wants" in patterns
+    assert "pattern read edgewise/v1/devices/%u/inbox/#" in patterns
+    # Only its own (%u): no line grants wants or an inbox by name or wildcard.
+    granted = [line for line in text.splitlines() if "wants" in line or "inbox" in line]
+    assert granted == [
+        "pattern write edgewise/v1/devices/%u/wants",
+        "pattern read edgewise/v1/devices/%u/inbox/#",
+    ]

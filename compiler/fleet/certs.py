@@ -158,8 +158,9 @@ def _general_name(name: str) -> x509.GeneralName:
 
 def acl(devices: dict[str, list[str]], topics: Topics, cloud: str = CLOUD_IDENTITY) -> str:
     """The Mosquitto ACL file: every device reads its own, its groups' and the fleet-wide deploy
-    and command topics, the model chunks and its own chunk inbox, and writes only its own status,
-    telemetry, results, events and chunk requests (wants); the cloud identity reads and writes everything under the topic root.
+    and command topics, the model chunks and its own chunk inbox, and writes only its own
+    status, telemetry, results, events and chunk requests (wants); the cloud identity reads and
+    writes everything under the topic root.
 
     Fleet-wide topics are granted per known device rather than to everyone: a certificate the
     ACL does not list reaches nothing beyond its own subtree until the file is regenerated."""
