@@ -316,3 +316,20 @@ def test_the_acl_lets_a_device_ask_on_its_own_wants_and_read_its_own_inbox() -> 
         "pattern write edgewise/v1/devices/%u/wants",
         "pattern read edgewise/v1/devices/%u/inbox/#",
     ]
+
+
+def test_shared_serve_processes_split_the_requests(mosquitto, device, blob) -> None:  # type: ignore[no-untyped-def]
+    address = BrokerAddress(mosquitto.host, mosquitto.port)
+    pair = [Service(address, ServeOptions(blob[0], TOPICS, shared=True)).start() for _ in range(2)]
+    try:
+        assert all(s.subscription.startswith("$share/edgewise-serve/") for s in pair)
+        for index in range(4):
+            device.ask(ChunkRequest(sha256=blob[1], chunks=(index,)).encode())
+        got = device.wait_for(4)
+    finally:
+        for service in pair:
+            service.stop()
+    assert sorted(int(m.topic.rsplit("/", 1)[1]) for m in got) == [0, 1, 2, 3]
+    # Each request reached one of them (without --shared both would answer all four).
+    assert sum(s.counters.requests for s in pair) == 4
+    assert sum(s.counters.chunks for s in pair) == 4
