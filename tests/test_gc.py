@@ -130,7 +130,7 @@ def test_push_wait_cleans_up_once_active_and_withdraw_leaves_the_device_serving(
     assert run.returncode == 0, run.stdout + run.stderr + device.agent.output()[-3000:]
     assert run.stdout.splitlines()[1:] == [
         f"{DEVICE}: active",
-        f"device:{DEVICE} runs digits-cnn 1.1.0; clearing chunks no deployment uses",
+        f"gc after digits-cnn 1.1.0 went active: "
         f"removed {chunk_topics(compiled.package, old)} chunk topics of {len(old)} blobs; "
         f"kept {len(shas(v2))} blobs in use",
     ]

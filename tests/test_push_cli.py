@@ -29,6 +29,11 @@ WARNING = (
     "edgewise: warning: device {} has never connected to this broker; "
     "the package waits retained until it does"
 )
+# --wait's clean-up once all are active: the device fixture installed 1.0.0 from disk, so the
+# broker holds only 1.1.0's two blobs (the model and the golden file), both in use.
+GC_NOTHING = (
+    "gc after digits-cnn 1.1.0 went active: removed 0 chunk topics of 0 blobs; kept 2 blobs in use"
+)
 PROGRESS = re.compile(r"chunk (\d+)/(\d+) \(\d+%\), [\d.]+/[\d.]+ MB, [\d.]+ MB/s")
 
 
@@ -63,7 +68,7 @@ def test_wait_reports_active_and_exits_0(device, mosquitto, v2) -> None:  # type
     assert run.returncode == 0, run.stdout + run.stderr + device.agent.output()[-3000:]
     out = lines(run.stdout)
     assert out[0].startswith(f"pushed digits-cnn 1.1.0 to device:{DEVICE} (")
-    assert out[1:] == [f"{DEVICE}: active"]
+    assert out[1:] == [f"{DEVICE}: active", GC_NOTHING]
     # Not a terminal: no progress, and a device that has connected is not warned about.
     assert run.stderr == ""
     assert os.readlink(device.state / "current").endswith("1.1.0")
@@ -101,9 +106,11 @@ def lobby_device(mosquitto, cloud, compiled, signing_keys, video, tmp_path):  # 
 
 
 def test_wait_on_a_group_reports_the_devices_that_answered(lobby_device, mosquitto, v2) -> None:  # type: ignore[no-untyped-def]
-    run = edgewise(mosquitto, "push", str(v2.root), "--to", "group:lobby", "--wait", "90")
+    run = edgewise(
+        mosquitto, "push", str(v2.root), "--to", "group:lobby", "--wait", "90", "--keep-blobs"
+    )
     assert run.returncode == 0, run.stdout + run.stderr + lobby_device.agent.output()[-3000:]
-    assert lines(run.stdout)[1:] == [f"{DEVICE}: active"]
+    assert lines(run.stdout)[1:] == [f"{DEVICE}: active"]  # --keep-blobs: no clean-up
     # The status carries no groups; the user is told what "the group" meant.
     assert lines(run.stderr) == [
         "edgewise: note: a device's status does not say which groups it is in; waiting 90 s "
@@ -114,13 +121,13 @@ def test_wait_on_a_group_reports_the_devices_that_answered(lobby_device, mosquit
 def test_wait_on_all_then_again_when_already_serving(device, mosquitto, v2) -> None:  # type: ignore[no-untyped-def]
     first = edgewise(mosquitto, "push", str(v2.root), "--to", "all", "--wait", "90")
     assert first.returncode == 0, first.stdout + first.stderr + device.agent.output()[-3000:]
-    assert lines(first.stdout)[1:] == [f"{DEVICE}: active"]
+    assert lines(first.stdout)[1:] == [f"{DEVICE}: active", GC_NOTHING]
     # The same package again: the agent says nothing about what it already serves, and the
     # retained status is the answer (once the status shows the new model).
     assert eventually(lambda: "1.1.0" in fleet_line(mosquitto))
     again = edgewise(mosquitto, "push", str(v2.root), "--to", "all", "--wait", "90")
     assert again.returncode == 0, again.stdout + again.stderr
-    assert lines(again.stdout)[1:] == [f"{DEVICE}: active: already serving it"]
+    assert lines(again.stdout)[1:] == [f"{DEVICE}: active: already serving it", GC_NOTHING]
 
 
 def fleet_line(broker: MosquittoBroker) -> str:

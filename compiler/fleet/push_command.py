@@ -97,8 +97,7 @@ def run_push(args: argparse.Namespace, address: BrokerAddress) -> int:
             return EXIT_OK
         code = _report(watch, args.to, args.wait)
         if code == EXIT_OK and not getattr(args, "keep_blobs", False):
-            print(f"{args.to} runs {name} {version}; clearing chunks no deployment uses")
-            print(run_gc(client, topics).line(), flush=True)
+            print(f"gc after {name} {version} went active: {run_gc(client, topics).line()}")
         return code
     finally:
         disconnect(client)
