@@ -180,26 +180,45 @@ def run_results(args: argparse.Namespace) -> int:
 
 
 def add_fleet(sub: Subparsers) -> None:
-    fleet = sub.add_parser("fleet", help="a live table of devices from status and telemetry")
+    fleet = sub.add_parser(
+        "fleet", help="a live table of devices from status, telemetry and the fleet summary"
+    )
     fleet.add_argument("--once", action="store_true", help="print the table once and exit")
     fleet.add_argument("--interval", type=arg.positive_float, default=2.0)
+    fleet.add_argument(
+        "--wait",
+        type=arg.positive_float,
+        metavar="SECONDS",
+        help="listen this long before the first table (default --interval): live telemetry "
+        "fills devices where retained messages do not reach a wildcard subscription",
+    )
     add_broker_args(fleet)
     fleet.set_defaults(func=run_fleet)
 
 
 def run_fleet(args: argparse.Namespace) -> int:
+    """Retained status and telemetry of every device, the retained fleet summary on its exact
+    topic, then whatever arrives live; the table every --interval (first after --wait)."""
     import time
 
-    from ..fleet.mqtt import connect, disconnect
+    from ..fleet.mqtt import Subscriber, connect, disconnect
     from ..fleet.view import FleetView
 
-    view, topics = FleetView(), Topics(args.topic_root)
+    view, topics = FleetView(Topics(args.topic_root)), Topics(args.topic_root)
     client = connect(broker_address(args))
     client.on_message = lambda _c, _u, msg: view.update(msg.topic, bytes(msg.payload))
-    client.subscribe([(topics.all_devices("status"), 1), (topics.all_devices("telemetry"), 1)])
     try:
+        Subscriber(client).subscribe(
+            [
+                (topics.all_devices("status"), 1),
+                (topics.all_devices("telemetry"), 1),
+                (topics.fleet_state(), 1),
+            ]
+        )
+        pause = args.wait if args.wait is not None else args.interval
         while True:
-            time.sleep(args.interval)  # a refresh period for the screen, not synchronisation
+            time.sleep(pause)  # a refresh period for the screen, not synchronisation
+            pause = args.interval
             print("\033[2J\033[H" if not args.once else "", end="")
             print(view.table(), flush=True)
             if args.once:
