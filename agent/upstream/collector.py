@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,7 +34,15 @@ class TelemetryCollector:
     boundary: Boundary
     model: Callable[[], dict[str, str] | None]
     sampler: ProcessSampler = field(default_factory=ProcessSampler)
+    # The status fields telemetry repeats (StatusBoard.announcement); by default taken from the
+    # board whose ``model`` this is.
+    announce: Callable[[], Mapping[str, object]] | None = None
     _frames_before: int = 0
+
+    def __post_init__(self) -> None:
+        board = getattr(self.model, "__self__", None)
+        if self.announce is None and callable(getattr(board, "announcement", None)):
+            self.announce = board.announcement  # type: ignore[union-attr]
 
     def __call__(self, elapsed_s: float) -> dict[str, object]:
         frames, frames_before = self.stages.frames, self._frames_before
@@ -55,6 +63,8 @@ class TelemetryCollector:
             source=self.source.counters(),
         )
         message["broker"] = self.link.capabilities.as_dict()  # what the last CONNACK offered
+        if self.announce is not None:
+            message.update(self.announce())
         return message
 
     def _upstream(self) -> dict[str, object]:
