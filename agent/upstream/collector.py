@@ -34,15 +34,10 @@ class TelemetryCollector:
     boundary: Boundary
     model: Callable[[], dict[str, str] | None]
     sampler: ProcessSampler = field(default_factory=ProcessSampler)
-    # The status fields telemetry repeats (StatusBoard.announcement); by default taken from the
-    # board whose ``model`` this is.
+    # The status fields telemetry repeats (StatusBoard.announcement), so a fleet view on a broker
+    # that keeps retained status from wildcard subscribers still learns them.
     announce: Callable[[], Mapping[str, object]] | None = None
     _frames_before: int = 0
-
-    def __post_init__(self) -> None:
-        board = getattr(self.model, "__self__", None)
-        if self.announce is None and callable(getattr(board, "announcement", None)):
-            self.announce = board.announcement  # type: ignore[union-attr]
 
     def __call__(self, elapsed_s: float) -> dict[str, object]:
         frames, frames_before = self.stages.frames, self._frames_before
