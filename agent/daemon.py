@@ -190,6 +190,7 @@ class Agent:
             link=self.link,
             boundary=self.deployer.boundary,
             model=self.status.model,
+            announce=self.status.announcement,
         )
 
     def _publish_telemetry(self, message: dict[str, object]) -> None:

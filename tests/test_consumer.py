@@ -360,3 +360,34 @@ def test_ctrl_c_during_a_flood_is_one_line_and_130(tmp_path: Path) -> None:
     assert proc.returncode == 130, err
     assert "Traceback" not in err
     assert re.fullmatch(r"edgewise: interrupted; \d+ results, \d+ duplicates dropped", err.strip())
+
+
+def test_fleet_reads_the_summary_and_live_telemetry(topics: Topics) -> None:
+    """Where retained messages miss wildcard subscriptions: the retained fleet summary on its
+    exact topic, and telemetry arriving while --wait listens, fill the table."""
+    client = connect(BROKER)
+    summary = {"devices": {"cam-s": {"state": "online", "model": "digits-cnn 1.0.0", "fps": 7.5}},
+               "updated_at": time.time()}  # fmt: skip
+    live = {"state": "online", "fps": 33.5, "at": time.time(), "source_state": "open",
+            "model": {"name": "digits-cnn", "version": "2.0.0"}}  # fmt: skip
+    client.publish(topics.fleet_state(), json.dumps(summary), 1, retain=True).wait_for_publish(10)
+    try:
+        proc = subprocess.Popen(
+            [str(BIN / "edgewise"), "fleet", "--once", "--wait", "2", "--topic-root", topics.root],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        while proc.poll() is None:  # a device's telemetry cadence, not synchronisation
+            client.publish(topics.telemetry("cam-t"), json.dumps(live), 1).wait_for_publish(10)
+            time.sleep(0.2)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        client.publish(topics.fleet_state(), b"", 1, retain=True).wait_for_publish(10)
+        disconnect(client)
+    assert proc.returncode == 0, err
+    rows = {line.split()[0]: line for line in out.strip().splitlines()[1:]}
+    assert "digits-cnn 1.0.0" in rows["cam-s"] and "7.5" in rows["cam-s"]
+    assert (
+        "online" in rows["cam-t"]
+        and "digits-cnn 2.0.0" in rows["cam-t"]
+        and "33.5" in rows["cam-t"]
+    )

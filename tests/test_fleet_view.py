@@ -102,3 +102,55 @@ def test_fleet_table() -> None:
     fps_end = lines[0].index("FPS") + len("FPS")
     assert lines[2][fps_end - len("12.5") : fps_end] == "12.5"
     assert lines[1][fps_end - 1] == "-"
+
+
+# --- where retained messages do not reach wildcard subscriptions (RabbitMQ) -----------------
+
+
+def _summary(**devices: dict[str, object]) -> bytes:
+    return json.dumps({"devices": devices, "updated_at": 1_000_020.0}).encode()
+
+
+def test_the_fleet_summary_fills_devices_nothing_else_told_about() -> None:
+    topics = Topics()
+    view = FleetView(topics, clock=lambda: 1_000_030.0)
+    entry = {"state": "online", "model": {"name": "digits-cnn", "version": "1.0.0"},
+             "source": "open", "deployment": "active", "fps": 9.5, "p99_ms": 3.25, "queued": 2,
+             "dropped": 0, "cpu_percent": 12.0, "rss_mb": 80, "temp_c": 50.5,
+             "at": 1_000_010.0}  # fmt: skip
+    view.update(topics.fleet_state(), _summary(**{"cam-7": entry, "cam-8": {"model": "m 2.0.0"}}))
+    cam7, cam8 = view.rows()
+    assert cam7 == {"device": "cam-7", "state": "online", "model": "digits-cnn 1.0.0",
+                    "source": "open", "deployment": "active", "fps": 9.5, "p99_ms": 3.25,
+                    "queued": 2.0, "dropped": 0.0, "cpu_percent": 12.0, "rss_mb": 80.0,
+                    "temp_c": 50.5, "age_s": 20.0}  # fmt: skip
+    assert cam8["model"] == "m 2.0.0" and cam8["state"] is None
+    view.update(topics.fleet_state(), b"{not json")
+    assert len(view.rows()) == 2, "an unreadable summary keeps the last one"
+    view.update(topics.fleet_state(), b"")
+    assert view.rows() == []
+
+
+def test_a_devices_own_messages_win_over_the_summary() -> None:
+    view, topics = _fleet()
+    own = {row["device"]: row for row in view.rows()}
+    stale = {"state": "offline", "model": "old 0.1.0", "fps": 1.0, "p99_ms": 99.0}
+    view.update(topics.fleet_state(), _summary(**{"cam-1": stale, "cam-0": {"rss_mb": 70}}))
+    rows = {row["device"]: row for row in view.rows()}
+    assert rows["cam-1"] == own["cam-1"]
+    assert rows["cam-0"]["state"] == "offline" and rows["cam-0"]["rss_mb"] == 70.0
+
+
+def test_live_telemetry_alone_fills_a_row() -> None:
+    """The agent re-announces its status in every telemetry message (agent.upstream.telemetry
+    ANNOUNCED): a device whose retained status never arrived still gets its whole row."""
+    topics = Topics()
+    view = FleetView(topics, clock=lambda: 1_000_030.0)
+    telemetry = sample_message(
+        at=1_000_000.0, state="online", source_state="open",
+        deployment={"state": "active", "version": "1.0.0"},
+    )  # fmt: skip
+    view.update(topics.telemetry("cam-1"), json.dumps(telemetry).encode())
+    (row,) = view.rows()
+    assert row["state"] == "online" and row["source"] == "open"
+    assert row["deployment"] == "active" and row["fps"] == 12.5 and row["age_s"] == 30.0

@@ -1,18 +1,24 @@
 """The agent's MQTT link on a real Mosquitto: nothing leaves it over the cap, and with MQTT 5 it
-learns the broker's cap from CONNACK and announces its own in CONNECT."""
+learns the broker's cap from CONNACK and announces its own in CONNECT. On a real 3.1.1-only
+broker (NATS), an agent configured for MQTT 5 falls back to 3.1.1 and says so in telemetry."""
 
 from __future__ import annotations
 
 import json
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+from helpers import AgentProcess
+from nats_broker import nats_mqtt
 
 from agent.comms.link import MqttLink
 from agent.config import MqttConfig
+from agent.contract import Topics
 from compiler.fleet.broker import MosquittoBroker
-from compiler.fleet.mqtt import BrokerAddress, Subscriber, connect, disconnect
+from compiler.fleet.mqtt import BrokerAddress, Subscriber, capabilities, connect, disconnect
+from compiler.recipe.demo import write_agent_config
 
 
 def _link(broker: MosquittoBroker, **mqtt: object) -> MqttLink:
@@ -134,3 +140,47 @@ def test_the_link_records_what_the_broker_offers(capped: MosquittoBroker) -> Non
         link.stop()
     assert caps.protocol == "5" and caps.maximum_packet_size == 16384
     assert caps.retain_available and caps.shared_subscription_available and caps.maximum_qos == 2
+
+
+def test_an_agent_asking_for_mqtt5_falls_back_to_311_on_a_311_only_broker(
+    tmp_path: Path, video: Path, signing_keys: tuple[Path, Path]
+) -> None:
+    """NATS answers MQTT 5 with "unsupported protocol version": the agent reconnects in 3.1.1,
+    comes online, and its telemetry (which re-announces the status) says ``protocol: 3.1.1``."""
+    topics = Topics()
+    seen: dict[str, dict[str, object]] = {}
+    states: list[object] = []  # the status messages' states, in order
+    arrived = threading.Condition()
+
+    def on_message(_c, _u, msg) -> None:  # type: ignore[no-untyped-def]
+        with arrived:
+            leaf, message = msg.topic.rsplit("/", 1)[-1], json.loads(msg.payload)
+            seen[leaf] = message
+            if leaf == "status":
+                states.append(message.get("state"))
+            arrived.notify_all()
+
+    def fell_back() -> bool:
+        broker = seen.get("telemetry", {}).get("broker")
+        online = "online" in states
+        return online and isinstance(broker, dict) and broker.get("protocol") == "3.1.1"
+
+    with nats_mqtt(tmp_path) as nats:
+        cloud = connect(nats)
+        cloud.on_message = on_message
+        Subscriber(cloud).subscribe([(topics.device("cam-1", "+"), 1)])
+        config = write_agent_config(
+            tmp_path / "agent.toml", port=nats.port, public_keys=[signing_keys[1]], video=video,
+            state=tmp_path / "state", device="cam-1", extra="[telemetry]\ninterval_s = 0.5\n",
+        )  # fmt: skip
+        config.write_text(config.read_text().replace("[mqtt]\n", '[mqtt]\nprotocol = "5"\n'))
+        agent = AgentProcess(config)
+        try:
+            with arrived:
+                assert arrived.wait_for(fell_back, 30), f"{seen}\n{agent.output()[-3000:]}"
+        finally:
+            agent.stop()
+            disconnect(cloud)
+    assert capabilities(cloud).protocol == "3.1.1"
+    assert seen["telemetry"]["state"] == "online"
+    assert "refuses MQTT 5; speaking MQTT 3.1.1" in agent.output()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +34,9 @@ class TelemetryCollector:
     boundary: Boundary
     model: Callable[[], dict[str, str] | None]
     sampler: ProcessSampler = field(default_factory=ProcessSampler)
+    # The status fields telemetry repeats (StatusBoard.announcement), so a fleet view on a broker
+    # that keeps retained status from wildcard subscribers still learns them.
+    announce: Callable[[], Mapping[str, object]] | None = None
     _frames_before: int = 0
 
     def __call__(self, elapsed_s: float) -> dict[str, object]:
@@ -55,6 +58,8 @@ class TelemetryCollector:
             source=self.source.counters(),
         )
         message["broker"] = self.link.capabilities.as_dict()  # what the last CONNACK offered
+        if self.announce is not None:
+            message.update(self.announce())
         return message
 
     def _upstream(self) -> dict[str, object]:

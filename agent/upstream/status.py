@@ -70,6 +70,17 @@ class StatusBoard:
             }
         )
 
+    def announcement(self) -> dict[str, object]:
+        """What every telemetry message repeats from the status (``ANNOUNCED``): where a broker
+        does not deliver the retained status to a wildcard subscription (RabbitMQ), the live
+        telemetry still tells the fleet view the device's state, model, source and deployment."""
+        return {
+            "state": "online",  # telemetry goes out only while connected
+            "model": self.model(),
+            "source_state": (self._source or {}).get("state"),
+            "deployment": self._deployment,
+        }
+
     def serving(self) -> str:
         """One line for systemd's STATUS and the logs."""
         model = self.model()

@@ -124,6 +124,18 @@ UPSTREAM = {
 }
 
 
+# What a telemetry message repeats from the retained status (``StatusBoard.announcement``): a
+# device re-announces itself with every telemetry message, so `edgewise fleet` can fill its row
+# from live telemetry where retained messages do not reach wildcard subscriptions (RabbitMQ).
+ANNOUNCED = {
+    "state": 'Always "online" (telemetry is sent only while connected)',
+    "model": "The serving model's {name, version}, or null",
+    "source_state": "The source's state as in the status (open, failed, ended), or null",
+    "deployment": "The last deployment step as in the status, or null",
+    "broker": "What the broker offers, from CONNACK (BrokerCapabilities: protocol, ...)",
+}
+
+
 # gauge name -> (help, how to read it from a telemetry message)
 _GAUGES: dict[str, tuple[str, tuple[str, ...]]] = {
     "edgewise_fps": ("Frames inferred per second", ("fps",)),

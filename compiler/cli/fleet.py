@@ -127,10 +127,19 @@ def add_results(sub: Subparsers) -> None:
         metavar="DSN",
         help="store results in PostgreSQL ('host=H dbname=D user=U' or postgresql://U@H/D)",
     )
-    results.add_argument(
+    split = results.add_mutually_exclusive_group()
+    split.add_argument(
         "--group",
         type=arg.device_id,
-        help="shared subscription group: consumers in one group split the results",
+        help="shared subscription group: consumers in one group split the results "
+        "(a broker without shared subscriptions: exit 2, use --partition)",
+    )
+    split.add_argument(
+        "--partition",
+        type=_partition,
+        metavar="I/N",
+        help="keep only devices whose sha256(id) mod N is I (0..N-1): N consumers split the "
+        "devices on any broker",
     )
     results.add_argument(
         "--client-id", help="a fixed id keeps a broker session: results wait while away"
@@ -139,15 +148,25 @@ def add_results(sub: Subparsers) -> None:
     results.set_defaults(func=run_results)
 
 
+def _partition(value: str) -> object:
+    from ..fleet.results import Partition
+
+    return Partition.parse(value)
+
+
 def run_results(args: argparse.Namespace) -> int:
     """Until --count new results, or --timeout seconds without a new one (counted from the
     start, so it ends even if nothing ever arrives); Ctrl-C keeps the summary and exits 130.
-    The feed subscribes again on every reconnect; a refused subscription is an error (exit 1)."""
+    The feed subscribes again on every reconnect; a refused subscription is an error (exit 1);
+    --group on a broker without shared subscriptions is exit 2."""
+    from ..errors import InputError
     from ..failures import EXIT_INTERRUPTED
-    from ..fleet.consume import Consumer, Sinks, listening
-    from ..fleet.mqtt import connect, disconnect
+    from ..fleet.consume import Consumer, Sinks, listening, warn_if_group_unknowable
+    from ..fleet.mqtt import capabilities, connect, disconnect
     from ..fleet.results import DeviceFeed
 
+    if args.partition is not None and args.device:
+        raise InputError("--partition splits all devices between consumers; drop --device")
     persistent = bool(args.client_id)
     feeds: list[DeviceFeed] = []
     client, consumer, interrupted = None, None, False
@@ -156,7 +175,11 @@ def run_results(args: argparse.Namespace) -> int:
     def prepare(client: mqtt.Client) -> None:
         # Before CONNECT: what a persistent session kept arrives right after CONNACK.
         topics = Topics(args.topic_root)
-        feeds.append(DeviceFeed(client, topics, args.device, args.group, manual_ack=persistent))
+        feeds.append(
+            DeviceFeed(
+                client, topics, args.device, args.group, persistent, partition=args.partition
+            )
+        )
 
     try:
         client = connect(
@@ -167,6 +190,7 @@ def run_results(args: argparse.Namespace) -> int:
         )
         feeds[0].wait_subscribed(10)
         listening(feeds[0])
+        warn_if_group_unknowable(feeds[0], capabilities(client).protocol)
         consumer = Consumer(feeds[0], sinks, args.json, persistent)
         consumer.run(args.count, args.timeout)
     except KeyboardInterrupt:
@@ -184,26 +208,45 @@ def run_results(args: argparse.Namespace) -> int:
 
 
 def add_fleet(sub: Subparsers) -> None:
-    fleet = sub.add_parser("fleet", help="a live table of devices from status and telemetry")
+    fleet = sub.add_parser(
+        "fleet", help="a live table of devices from status, telemetry and the fleet summary"
+    )
     fleet.add_argument("--once", action="store_true", help="print the table once and exit")
     fleet.add_argument("--interval", type=arg.positive_float, default=2.0)
+    fleet.add_argument(
+        "--wait",
+        type=arg.positive_float,
+        metavar="SECONDS",
+        help="listen this long before the first table (default --interval): live telemetry "
+        "fills devices where retained messages do not reach a wildcard subscription",
+    )
     add_broker_args(fleet)
     fleet.set_defaults(func=run_fleet)
 
 
 def run_fleet(args: argparse.Namespace) -> int:
+    """Retained status and telemetry of every device, the retained fleet summary on its exact
+    topic, then whatever arrives live; the table every --interval (first after --wait)."""
     import time
 
-    from ..fleet.mqtt import connect, disconnect
+    from ..fleet.mqtt import Subscriber, connect, disconnect
     from ..fleet.view import FleetView
 
-    view, topics = FleetView(), Topics(args.topic_root)
+    view, topics = FleetView(Topics(args.topic_root)), Topics(args.topic_root)
     client = connect(broker_address(args))
     client.on_message = lambda _c, _u, msg: view.update(msg.topic, bytes(msg.payload))
-    client.subscribe([(topics.all_devices("status"), 1), (topics.all_devices("telemetry"), 1)])
     try:
+        Subscriber(client).subscribe(
+            [
+                (topics.all_devices("status"), 1),
+                (topics.all_devices("telemetry"), 1),
+                (topics.fleet_state(), 1),
+            ]
+        )
+        pause = args.wait if args.wait is not None else args.interval
         while True:
-            time.sleep(args.interval)  # a refresh period for the screen, not synchronisation
+            time.sleep(pause)  # a refresh period for the screen, not synchronisation
+            pause = args.interval
             print("\033[2J\033[H" if not args.once else "", end="")
             print(view.table(), flush=True)
             if args.once:

@@ -123,8 +123,27 @@ class Consumer:
 
     @property
     def summary(self) -> str:
-        return f"{self.shown} results, {self.dedupe.duplicates} duplicates dropped"
+        text = f"{self.shown} results, {self.dedupe.duplicates} duplicates dropped"
+        if self._feed.partition is not None:
+            text += f", {self._feed.skipped} messages of other partitions skipped"
+        return text
 
 
 def listening(feed: DeviceFeed) -> None:
+    """The first line on stderr once subscribed; then, with --partition, what it keeps."""
     print(f"listening on {', '.join(feed.filters)}", file=sys.stderr, flush=True)
+    if feed.partition is not None:
+        print(feed.partition.describe(), file=sys.stderr, flush=True)
+
+
+def warn_if_group_unknowable(feed: DeviceFeed, protocol: str) -> None:
+    """--group on an MQTT 3.1.1 connection: the broker cannot say whether it has shared
+    subscriptions, and RabbitMQ 3.10 and NATS 2.9 grant ``$share/...`` and then deliver nothing."""
+    if feed.share_group and protocol != "5":
+        print(
+            "edgewise: warning: the broker speaks only MQTT 3.1.1, so it cannot say whether it "
+            f"has shared subscriptions; some (RabbitMQ, NATS) grant $share/{feed.share_group}/... "
+            "and deliver nothing — if no results arrive, use --partition i/n instead of --group",
+            file=sys.stderr,
+            flush=True,
+        )

@@ -1,7 +1,9 @@
-"""The cloud side's MQTT client (paho-mqtt 2.x), connected before it is returned."""
+"""The cloud side's MQTT client (paho-mqtt 2.x), connected before it is returned: MQTT 5 where
+the broker speaks it, 3.1.1 where it does not."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import uuid
 from collections.abc import Callable
@@ -9,10 +11,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
-from agent.contract.broker import BrokerCapabilities
+from agent.contract.broker import BrokerCapabilities, unsupported_protocol
 
 from ..errors import BrokerUnavailable
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -28,6 +34,50 @@ class BrokerAddress:
     key: Path | None = None
 
 
+# MQTT 5's Session Expiry Interval for a persistent session: never expires (as in 3.1.1).
+SESSION_NEVER_EXPIRES = 0xFFFFFFFF
+
+
+class _Handshake:
+    """What came back for one CONNECT: a CONNACK (refused or not), or the connection closed."""
+
+    def __init__(self) -> None:
+        self.answered = threading.Event()
+        self.reset()
+
+    def reset(self) -> None:
+        self.answered.clear()
+        self.refused: str | None = None
+        self.closed = False  # closed by the broker before any CONNACK
+        self.properties: object = None
+
+    def on_connect(
+        self,
+        _c: mqtt.Client,
+        _u: object,
+        _f: mqtt.ConnectFlags,
+        reason_code: mqtt.ReasonCode,
+        properties: mqtt.Properties | None,
+    ) -> None:
+        if self.answered.is_set():
+            return  # a reconnect later on is not this handshake's business
+        if reason_code.is_failure:
+            self.refused = str(reason_code)
+        self.properties = properties
+        self.answered.set()
+
+    def on_disconnect(self, *_args: object) -> None:
+        if not self.answered.is_set():
+            self.closed = True
+            self.answered.set()
+
+    @property
+    def refuses_v5(self) -> bool:
+        """CONNACK "Unsupported protocol version" (NATS 2.9 answers so), or the connection
+        closed with no CONNACK (RabbitMQ 3.10 cannot parse an MQTT 5 CONNECT and hangs up)."""
+        return self.closed or (self.refused is not None and unsupported_protocol(self.refused))
+
+
 def connect(
     address: BrokerAddress,
     client_id: str | None = None,
@@ -37,53 +87,83 @@ def connect(
 ) -> mqtt.Client:
     """A started client (network loop running); raises BrokerUnavailable on failure.
 
+    It speaks MQTT 5 first, and MQTT 3.1.1 to a broker that refuses 5 (the same client object
+    either way; :func:`capabilities` tells which, and what the broker's CONNACK offered).
+    ``clean_session`` False is, in MQTT 5, no clean start and a session that never expires.
+
     ``prepare(client)`` runs just before CONNECT: a persistent session's queued messages arrive
     right after CONNACK, so their handlers must be in place by then."""
-    client = _new_client(address, client_id, clean_session)
-    connected = threading.Event()
-    refused: list[str] = []
-
-    def on_connect(
-        _c: mqtt.Client,
-        _u: object,
-        _f: mqtt.ConnectFlags,
-        reason_code: mqtt.ReasonCode,
-        _p: mqtt.Properties | None,
-    ) -> None:
-        if reason_code.is_failure:
-            refused.append(str(reason_code))
-        connected.set()
-
-    client.on_connect = on_connect
+    client = _new_client(address, client_id)
+    handshake = _Handshake()
+    client.on_connect = handshake.on_connect
+    client.on_disconnect = handshake.on_disconnect
     if prepare is not None:
-        prepare(client)
+        prepare(client)  # a handler that wraps on_connect wraps the handshake's
+    where = f"{address.host}:{address.port}"
+    _send_connect(client, address, handshake, clean_session, timeout)
+    protocol = "5"
+    if handshake.refuses_v5:
+        log.debug("the broker at %s does not speak MQTT 5; speaking MQTT 3.1.1", where)
+        client.loop_stop()
+        _speak_311(client, clean_session)
+        handshake.reset()
+        _send_connect(client, address, handshake, clean_session, timeout)
+        protocol = "3.1.1"
+    if not handshake.answered.is_set() or handshake.refused or handshake.closed:
+        client.loop_stop()
+        raise _unavailable(where, handshake, timeout)
+    found = BrokerCapabilities.from_properties(handshake.properties, protocol)
+    client._edgewise_capabilities = found  # type: ignore[attr-defined]
+    return client
+
+
+def _send_connect(
+    client: mqtt.Client,
+    address: BrokerAddress,
+    handshake: _Handshake,
+    clean_session: bool,
+    timeout: float,
+) -> None:
+    """CONNECT, then wait up to ``timeout`` for its answer (the network loop keeps running)."""
     where = f"{address.host}:{address.port}"
     try:
-        client.connect(address.host, address.port, keepalive=30)
+        if client.protocol == mqtt.MQTTv5:
+            properties = Properties(PacketTypes.CONNECT)
+            if not clean_session:
+                properties.SessionExpiryInterval = SESSION_NEVER_EXPIRES
+            client.connect(
+                address.host,
+                address.port,
+                keepalive=30,
+                clean_start=clean_session,
+                properties=properties,
+            )
+        else:
+            client.connect(address.host, address.port, keepalive=30)
     except OSError as exc:  # refused, unresolvable name, TLS handshake failure
         raise BrokerUnavailable(
             f"cannot reach the broker at {where}: {exc.strerror or exc}; check --host/--port"
         ) from exc
     client.loop_start()
     try:
-        answered = connected.wait(timeout)
+        handshake.answered.wait(timeout)
     except KeyboardInterrupt:
         client.loop_stop()
         raise
-    if not answered or refused:
-        client.loop_stop()
-        raise _unavailable(where, refused, timeout)
-    return client
 
 
-def _new_client(address: BrokerAddress, client_id: str | None, clean_session: bool) -> mqtt.Client:
+def _speak_311(client: mqtt.Client, clean_session: bool) -> None:
+    """Turn an MQTT 5 client (not connected) into a 3.1.1 one; paho keeps everything else."""
+    client._protocol = mqtt.MQTTv311
+    client._clean_session = clean_session
+    client._connect_properties = None
+
+
+def _new_client(address: BrokerAddress, client_id: str | None) -> mqtt.Client:
     client = mqtt.Client(
         mqtt.CallbackAPIVersion.VERSION2,
         client_id=client_id or f"edgewise-{uuid.uuid4().hex[:8]}",
-        protocol=mqtt.MQTTv311,
-        # False with a fixed client id: the broker keeps the subscription and queues QoS 1
-        # messages while this client is away (a consumer that must not miss results).
-        clean_session=clean_session,
+        protocol=mqtt.MQTTv5,
     )
     client.max_inflight_messages_set(64)  # a push keeps a window of chunks in flight
     if address.username:
@@ -100,11 +180,16 @@ def _new_client(address: BrokerAddress, client_id: str | None, clean_session: bo
     return client
 
 
-def _unavailable(where: str, refused: list[str], timeout: float) -> BrokerUnavailable:
-    if refused:
+def _unavailable(where: str, handshake: _Handshake, timeout: float) -> BrokerUnavailable:
+    if handshake.refused:
         return BrokerUnavailable(
-            f"the broker at {where} refused the connection: {refused[0]}; "
+            f"the broker at {where} refused the connection: {handshake.refused}; "
             "check --username/--password or the --tls-* files"
+        )
+    if handshake.closed:
+        return BrokerUnavailable(
+            f"the broker at {where} closed the connection without answering CONNECT; "
+            "check --port (an MQTT listener?), --username/--password and the --tls-* files"
         )
     return BrokerUnavailable(
         f"cannot reach the broker at {where}: no answer to CONNECT in {timeout:g} s; "

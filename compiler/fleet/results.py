@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import hashlib
 import json
 import queue
 import sqlite3
@@ -15,8 +17,47 @@ from typing import Any, NamedTuple
 import paho.mqtt.client as mqtt
 
 from agent.contract import Topics
+from agent.contract.broker import BrokerCapabilities
 
-from ..errors import BrokerUnavailable
+from ..errors import BrokerUnavailable, InputError
+
+
+class SharedSubscriptionsUnavailable(InputError):
+    """``--group`` on a broker whose CONNACK says it has no shared subscriptions (exit 2)."""
+
+
+class Partition:
+    """``--partition i/n``: this consumer keeps the devices whose stable hash (SHA-256 of the
+    device id, as a big-endian number, mod ``n``) is ``i``. Every consumer still receives (and
+    acknowledges) every device's messages; the others' are dropped before any sink. Unlike a
+    shared subscription it works on every broker, and a device always lands on one consumer."""
+
+    def __init__(self, index: int, count: int):
+        if count < 1 or not 0 <= index < count:
+            raise ValueError(f"partition {index}/{count}: need 0 <= i < n and n >= 1")
+        self.index, self.count = index, count
+
+    @classmethod
+    def parse(cls, value: str) -> Partition:
+        """An argparse type: ``i/n``, e.g. ``0/3``; one line on a bad value."""
+        index, slash, count = value.partition("/")
+        if not slash or not index.isdigit() or not count.isdigit():
+            raise argparse.ArgumentTypeError(f"{value!r} is not i/n (e.g. 0/3)")
+        try:
+            return cls(int(index), int(count))
+        except ValueError as exc:
+            problem = f"{value!r}: i must be 0..n-1 and n at least 1"
+            raise argparse.ArgumentTypeError(problem) from exc
+
+    def keeps(self, device: str) -> bool:
+        digest = hashlib.sha256(device.encode()).digest()
+        return int.from_bytes(digest, "big") % self.count == self.index
+
+    def describe(self) -> str:
+        return (
+            f"partition {self.index}/{self.count}: devices whose sha256(id) mod {self.count} is "
+            f"{self.index}; the other devices' messages are acknowledged and dropped"
+        )
 
 
 class _Item(NamedTuple):
@@ -45,11 +86,16 @@ class DeviceFeed:
         device_id: str | None = None,
         share_group: str | None = None,
         manual_ack: bool = False,
+        partition: Partition | None = None,
     ):
         """``share_group``: consumers in one group split the results (an MQTT shared
-        subscription) instead of each getting them all."""
+        subscription) instead of each getting them all. ``partition``: only those devices'
+        messages come out; the others are acknowledged and counted in ``skipped``."""
         self._inbox: queue.Queue[_Item] = queue.Queue()
         self._client, self._manual_ack = client, manual_ack
+        self._topics, self.share_group, self.partition = topics, share_group, partition
+        self.skipped = 0  # messages of devices outside the partition
+        self.unsupported: str | None = None  # why the broker cannot serve this subscription
         results = topics.results(device_id) if device_id else topics.all_devices("results")
         self._filters = [
             f"$share/{share_group}/{results}" if share_group else results,
@@ -90,8 +136,18 @@ class DeviceFeed:
     ) -> None:
         if self._connected_before is not None:
             self._connected_before(client, userdata, flags, reason_code, properties)
-        if not reason_code.is_failure:
-            self._subscribe()
+        if reason_code.is_failure:
+            return
+        if self.share_group and not _shared_available(client, properties):
+            self.unsupported = (
+                f"the broker says it has no shared subscriptions, so --group "
+                f"{self.share_group} cannot split the results; run each consumer with "
+                "--partition i/n instead (0/n .. n-1/n)"
+            )
+            self._inbox.put(_Item("refused", {}, 0, 0, True))
+            self.subscribed.set()
+            return
+        self._subscribe()
 
     def _on_subscribe(
         self, _c: mqtt.Client, _u: object, mid: int, reason_codes: list[mqtt.ReasonCode], _p: object
@@ -112,7 +168,7 @@ class DeviceFeed:
 
     def _on_message(self, _client: mqtt.Client, _userdata: object, msg: mqtt.MQTTMessage) -> None:
         kind = msg.topic.rsplit("/", 1)[-1]
-        if kind not in ("results", "events"):
+        if kind not in ("results", "events") or not self._mine(msg.topic):
             self._ack(msg.mid, msg.qos)
             return
         try:
@@ -128,6 +184,19 @@ class DeviceFeed:
         for i, item in enumerate(items):
             self._inbox.put(_Item(kind, item, msg.mid, msg.qos, i == len(items) - 1))
 
+    def _mine(self, topic: str) -> bool:
+        """Whether a message on ``topic`` belongs to this consumer's partition (if any)."""
+        if self.partition is None:
+            return True
+        try:
+            device = self._topics.device_of(topic)
+        except ValueError:
+            return False
+        if self.partition.keeps(device):
+            return True
+        self.skipped += 1
+        return False
+
     def _ack(self, mid: int, qos: int) -> None:
         if self._manual_ack and qos > 0:
             self._client.ack(mid, qos)
@@ -139,6 +208,8 @@ class DeviceFeed:
         self._raise_if_refused()
 
     def _raise_if_refused(self) -> None:
+        if self.unsupported:
+            raise SharedSubscriptionsUnavailable(self.unsupported)
         if self.refused:
             raise BrokerUnavailable(
                 f"the broker refused the subscription to {self.refused}; "
@@ -203,6 +274,13 @@ class DeviceFeed:
             if item.kind == kind and (where is None or where(item.message)):
                 return item.message
         return None
+
+
+def _shared_available(client: mqtt.Client, properties: mqtt.Properties | None) -> bool:
+    """What an MQTT 5 CONNACK says; a 3.1.1 connection cannot tell (True: try)."""
+    if client.protocol != mqtt.MQTTv5:
+        return True
+    return BrokerCapabilities.from_properties(properties, "5").shared_subscription_available
 
 
 class IdleTimer:
