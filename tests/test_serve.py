@@ -24,6 +24,7 @@ from compiler.fleet.broker import MosquittoBroker
 from compiler.fleet.mqtt import BrokerAddress, Subscriber, connect, disconnect
 from compiler.fleet.serve import ServeOptions, Service
 from compiler.fleet.state import FleetState
+from compiler.fleet.view import FleetView
 
 TOPICS = Topics()
 CHUNK = 64 * 1024
@@ -198,24 +199,46 @@ def test_the_fleet_state_is_published_retained_and_decodes(service, mosquitto, c
     Subscriber(watcher).subscribe([(TOPICS.fleet_state(), 1)])
 
     def complete() -> bool:
-        rows = states[-1]["devices"] if states else []
-        return any(r["device"] == "cam-7" and r["fps"] == 12.5 for r in rows)  # type: ignore[union-attr, index]
+        devices = states[-1]["devices"] if states else {}
+        return _get(devices, "cam-7", "fps") == 12.5
 
     try:
         with cond:
             assert cond.wait_for(complete, 20), states
     finally:
         disconnect(watcher)
-    (row,) = states[-1]["devices"]  # type: ignore[misc]
-    assert row["state"] == "online" and row["model"] == "digits-cnn 1.0.0"
-    assert row["telemetry_at"] == 1700000000.5 and row["cpu_percent"] == 40.0
-    assert "age_s" not in row
+    assert states[-1]["devices"] == {
+        "cam-7": {
+            "state": "online",
+            "model": "digits-cnn 1.0.0",
+            "fps": 12.5,
+            "cpu_percent": 40.0,
+            "at": 1700000000.5,
+        }
+    }
+    # What `edgewise fleet` shows from the summary alone (a broker that lost the statuses).
+    view = FleetView(TOPICS, clock=lambda: 1700000010.5)
+    view.update(TOPICS.fleet_state(), _encoded(states[-1]))
+    (row,) = view.rows()
+    assert row["device"] == "cam-7" and row["model"] == "digits-cnn 1.0.0" and row["age_s"] == 10.0
+
+
+def _get(data: object, *path: str) -> object:
+    for key in path:
+        data = data.get(key) if isinstance(data, dict) else None
+    return data
+
+
+def _encoded(state: dict[str, object]) -> bytes:
+    import json
+
+    return json.dumps(state).encode()
 
 
 def test_fleet_state_decode_refuses_what_is_not_one() -> None:
     from agent.contract import PayloadError
 
-    for payload in (b"[]", b'{"schema": 1, "devices": [{"x": 1}]}', b'{"schema": 9}', b"\xff"):
+    for payload in (b"[]", b'{"devices": [{"x": 1}]}', b'{"devices": {"a": 1}}', b"\xff"):
         with pytest.raises(PayloadError):
             FleetState.decode(payload)
 

@@ -1,9 +1,12 @@
-"""The fleet summary ``edgewise serve`` keeps retained on ``{root}/v1/fleet/state``: one row per
-device folded from its retained status and telemetry (the same rows as ``edgewise fleet``).
+"""The fleet summary ``edgewise serve`` keeps retained on ``{root}/v1/fleet/state``, folded from
+every device's retained status and telemetry; ``edgewise fleet`` (``view.FleetView``) reads it
+where a broker does not deliver retained messages to wildcard subscriptions.
 
-The payload is JSON: ``{"schema": 1, "at": UNIX_SECONDS, "devices": [ROW, ...]}``, rows sorted
-by device id, each with the keys of ``FleetView.rows()`` but ``age_s`` (it would change every
-second); ``telemetry_at`` (the telemetry's own ``at``) is there instead.
+The payload (the format ``view.py`` documents): ``{"devices": {ID: {FIELD: value}},
+"updated_at": UNIX_SECONDS}``, a device's fields those of ``edgewise fleet``'s table (``state``,
+``model`` as "name version", ``source``, ``deployment``, ``fps``, ``p99_ms``, ``queued``,
+``dropped``, ``cpu_percent``, ``rss_mb``, ``temp_c``) and ``at`` (its last telemetry's time),
+each left out when unknown.
 """
 
 from __future__ import annotations
@@ -16,22 +19,22 @@ from typing import Any
 
 from agent.contract import PayloadError, Topics, parse_json
 
-from .view import FleetView
+from .view import _from_device
 
-SCHEMA = 1
+_PARTS = ("status", "telemetry")
 
 
 class FleetState:
-    """Status and telemetry messages in, a summary out; safe to feed from paho's thread while
+    """Status and telemetry messages in, the summary out; safe to feed from paho's thread while
     another thread reads it."""
 
     def __init__(self, topics: Topics | None = None, clock: Callable[[], float] = time.time):
-        self._view = FleetView(topics)
-        self._telemetry_at: dict[str, float | None] = {}
         self._topics = topics or Topics()
         self._clock = clock
+        self._parts: dict[str, dict[str, Any]] = {}  # device -> {"status": ..., "telemetry": ...}
+        self._entries: dict[str, dict[str, object]] = {}
         self._lock = threading.Lock()
-        self._version = 0  # bumped by every message that changes a row
+        self._version = 0  # bumped by every message that changes an entry
 
     @property
     def version(self) -> int:
@@ -41,19 +44,50 @@ class FleetState:
 
     def update(self, topic: str, payload: bytes) -> bool:
         """Takes one ``devices/{id}/status`` or ``/telemetry`` message (empty: that part is
-        forgotten); True when the summary changed."""
+        forgotten; not a JSON object: ignored); True when the summary changed."""
+        try:
+            device = self._topics.device_of(topic)
+        except ValueError:
+            return False
+        leaf = topic.rsplit("/", 1)[-1]
+        if leaf not in _PARTS:
+            return False
+        data = None
+        if payload:
+            try:
+                data = parse_json(payload)
+            except PayloadError:
+                return False
+            if not isinstance(data, dict):
+                return False
         with self._lock:
-            before = self._rows()
-            self._view.update(topic, payload)
-            self._note_at(topic, payload)
-            changed = self._rows() != before
-            if changed:
-                self._version += 1
-            return changed
+            return self._fold(device, leaf, data)
+
+    def _fold(self, device: str, leaf: str, data: dict[str, Any] | None) -> bool:
+        parts = self._parts.setdefault(device, {})
+        if data is None:
+            parts.pop(leaf, None)
+        else:
+            parts[leaf] = data
+        entry = None
+        if parts:
+            fields = _from_device(parts.get("status"), parts.get("telemetry"))
+            entry = {key: value for key, value in fields.items() if value is not None}
+        else:
+            del self._parts[device]
+        if entry == self._entries.get(device):
+            return False
+        if entry is None:
+            del self._entries[device]
+        else:
+            self._entries[device] = entry
+        self._version += 1
+        return True
 
     def as_dict(self) -> dict[str, Any]:
         with self._lock:
-            return {"schema": SCHEMA, "at": round(self._clock(), 3), "devices": self._rows()}
+            devices = {device: dict(entry) for device, entry in sorted(self._entries.items())}
+        return {"devices": devices, "updated_at": round(self._clock(), 3)}
 
     def encode(self) -> bytes:
         return json.dumps(self.as_dict(), separators=(",", ":")).encode()
@@ -62,30 +96,7 @@ class FleetState:
     def decode(payload: bytes) -> dict[str, Any]:
         """A published summary as a dict; PayloadError when it is not one."""
         data = parse_json(payload)
-        if not isinstance(data, dict) or data.get("schema") != SCHEMA:
-            raise PayloadError(f"not a fleet state of schema {SCHEMA}")
-        devices = data.get("devices")
-        if not isinstance(devices, list) or not all(
-            isinstance(row, dict) and isinstance(row.get("device"), str) for row in devices
-        ):
-            raise PayloadError("a fleet state's devices must be a list of rows with a device id")
+        devices = data.get("devices") if isinstance(data, dict) else None
+        if not isinstance(devices, dict) or not all(isinstance(v, dict) for v in devices.values()):
+            raise PayloadError("not a fleet state: devices must map each device id to its fields")
         return data
-
-    def _note_at(self, topic: str, payload: bytes) -> None:
-        if not topic.endswith("/telemetry"):
-            return
-        try:
-            device = self._topics.device_of(topic)
-            at = parse_json(payload).get("at") if payload else None
-        except (ValueError, AttributeError, PayloadError):
-            return
-        good = isinstance(at, (int, float)) and not isinstance(at, bool)
-        self._telemetry_at[device] = float(at) if good and at is not None else None
-
-    def _rows(self) -> list[dict[str, object]]:
-        rows = []
-        for row in self._view.rows():
-            row.pop("age_s", None)
-            row["telemetry_at"] = self._telemetry_at.get(str(row["device"]))
-            rows.append(row)
-        return rows
