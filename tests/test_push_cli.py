@@ -406,3 +406,36 @@ def test_a_broker_packet_cap_rechunks_a_signed_push_and_refuses_an_unsigned_one(
     assert plan_blobs(package, DeliveryChoice(), BrokerCapabilities(), TOPICS, False) == [
         b for b, _ in package.blobs()
     ]
+
+
+def test_a_broker_capping_packets_gets_a_signed_push_in_smaller_chunks(  # type: ignore[no-untyped-def]
+    compiled, signing_keys
+) -> None:
+    """Mosquitto's max_packet_size reaches the cloud client in CONNACK (MQTT 5): a chunk of
+    64 KiB would not pass, so the push re-chunks, and without --key refuses in one line."""
+    from compiler.fleet.delivery import packet_overhead
+
+    broker = MosquittoBroker(extra_config="max_packet_size 40000\n").start()
+    try:
+        package = str(compiled.package.root)
+        refused = edgewise(broker, "push", package, "--to", "all")
+        assert refused.returncode == 2, refused.stdout + refused.stderr
+        overhead = packet_overhead(TOPICS, "retained")
+        assert lines(refused.stderr) == [
+            "edgewise: the broker takes packets of at most 40000 bytes and this package's chunks "
+            f"are 65536 bytes (plus {overhead} for the topic); give --key to re-chunk it"
+        ]
+        run = edgewise(broker, "push", package, "--to", "all", "--key", str(signing_keys[0]))
+        assert run.returncode == 0, run.stdout + run.stderr
+        assert lines(run.stderr) == [
+            "edgewise: note: the broker takes packets of at most 40000 bytes; re-chunked to "
+            "32768-byte chunks for this push"
+        ]
+        manifest = _deployed(broker, signing_keys[1])
+        assert {b.chunk_size for b in manifest.blobs} == {32768}
+        chunks = _retained(broker).chunks
+        assert {sha: len(found) for sha, found in chunks.items()} == {
+            b.sha256: -(-b.size // 32768) for b in manifest.blobs
+        }
+    finally:
+        broker.close()
