@@ -138,10 +138,8 @@ def _end(proc: subprocess.Popen[bytes], timeout: float = 15) -> None:
     if proc.poll() is None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            pass
     # Whatever the group still holds (a child the leader left behind) goes too.
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
@@ -348,11 +346,10 @@ class _NatsNode:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
+        cluster = self._cluster(self.cluster_port) if self._cluster else ""
+        ports = (self.client_port, self.mqtt_port, self.http_port)
         self.config.write_text(
-            _nats_config(
-                self.name, self.client_port, self.mqtt_port, self.http_port, self.dir / "js",
-                self._cluster(self.cluster_port) if self._cluster else "", self._replicas,
-            )  # fmt: skip
+            _nats_config(self.name, *ports, self.dir / "js", cluster, self._replicas)
         )
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(
