@@ -83,7 +83,12 @@ def deliver_retained(broker: Any, device: Device, package: Package) -> dict[str,
     if run.returncode != 0:
         raise RuntimeError(f"push failed: {run.stdout}{run.stderr}")
     begin = device.deployment("downloading", timeout=120)
-    end = device.deployment("verifying", timeout=600)
+    end = device.feed.wait_for(
+        "events", 600,
+        lambda e: e.get("type") == "deployment" and e["state"] in ("verifying", "rejected"),
+    )  # fmt: skip
+    if end is None or end["state"] != "verifying":
+        raise RuntimeError(f"no transfer: {end}")
     device.deployment("active", timeout=300)
     return {"push_to_serving_s": time.monotonic() - started, "transfer_s": end["at"] - begin["at"]}
 
@@ -239,6 +244,7 @@ def main() -> int:
             work = root / make
             work.mkdir()
             figures[make] = bench_broker(make, ctx, work)
+            print(f"{make}: {json.dumps(figures[make])}", file=sys.stderr, flush=True)
     sizes = [label for label, _ in packages]
     print(f"{'broker':<14}{'start s':>9}" + "".join(
         f"{f'{s} →srv s':>12}{f'{s} MB/s':>11}" for s in sizes
