@@ -52,7 +52,7 @@ class _Handler(BaseHTTPRequestHandler):
         super().setup()
         self.server.connections += 1
 
-    def do_GET(self) -> None:  # noqa: N802 - the http.server spelling
+    def do_GET(self) -> None:
         path = self.path.lstrip("/")
         content = self.server.files.get(path)
         if self.server.refuse or content is None:

@@ -1,10 +1,10 @@
 """Delivery "request" (chunks asked for on devices/{id}/wants, answered on the device's inbox)
-and "http" (Range requests to the blob's URLs): in process against a scripted link and a real
-HTTP server, then end to end with the real agent on a private Mosquitto."""
+and "http" (Range requests to the blob's URLs) end to end: the real agent on a private Mosquitto,
+a responder standing in for `edgewise serve`, a Range server standing in for object storage.
+The transports in process: tests/device/test_chunk_transports.py."""
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections import Counter
@@ -17,243 +17,201 @@ import pytest
 from device_harness import DEPLOY, DEVICE, TOPICS, Device, install, send, start_device
 from range_server import RangeServer
 
-from agent.comms.guard import Boundary
-from agent.config import DeployConfig
 from agent.contract import (
-    BlobSpec,
     ChunkRequest,
     Package,
-    describe_blob,
+    PayloadError,
     iter_chunks,
     load_private_key,
     sign_manifest,
 )
-from agent.delivery.fetcher import ChunkFetcher
 from agent.delivery.store import ModelStore
-from agent.errors import DeployError
 from compiler.fleet.mqtt import BrokerAddress, connect, disconnect
 
-# --- in process: the request transport against a scripted link ---------------------------------
 
+class Responder:
+    """Answers every device's chunk requests from a package's files, as `edgewise serve` would;
+    the first answer for each (sha256, index) in ``drop`` is lost."""
 
-class AnsweringLink:
-    """Stands in for MqttLink: a chunk request published on ``wants`` is answered at once on the
-    inbox, except while ``mute`` and for the first request of an index in ``drop``."""
+    def __init__(self, broker: Any, package: Package, drop: set[tuple[str, int]] | None = None):
+        self.files = {blob.sha256: (blob, path) for blob, path in package.blobs()}
+        self.asked: Counter[tuple[str, int]] = Counter()
+        self.strays: list[bytes] = []  # wants messages that were not requests for these files
+        self._drop = drop or set()
+        subscribed = threading.Event()
+        self.client = connect(BrokerAddress(broker.host, broker.port))
+        self.client.on_message = self._answer
+        self.client.on_subscribe = lambda *_: subscribed.set()
+        self.client.subscribe(TOPICS.all_devices("wants"), qos=1)
+        assert subscribed.wait(5)
 
-    def __init__(self, blob: BlobSpec, chunks: list[bytes]):
-        self._blob, self._chunks = blob, chunks
-        self.connected = threading.Event()
-        self.connected.set()
-        self.epoch = 1
-        self.mute = False
-        self.drop: set[int] = set()
-        self.asked: list[tuple[int, ...]] = []
-        self.first_request = threading.Event()
-        self.handler: Callable[[str, bytes], None] | None = None
-        self.held: set[str] = set()
-
-    def route(self, _filter: str, handler: Callable[[str, bytes], None]) -> None:
-        self.handler = handler
-
-    def unroute(self, _filter: str) -> None:
-        self.handler = None
-
-    def hold(self, topics: list[str], qos: int = 1) -> None:
-        self.held.update(topics)
-
-    def release(self, topics: list[str]) -> None:
-        self.held.difference_update(topics)
-
-    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
-        assert topic == TOPICS.wants(DEVICE) and qos == 1 and not retain
-        request = ChunkRequest.decode(payload)
-        self.asked.append(request.chunks)
-        self.first_request.set()
-        if self.mute:
+    def _answer(self, client: mqtt.Client, _userdata: object, msg: mqtt.MQTTMessage) -> None:
+        try:
+            request = ChunkRequest.decode(msg.payload)
+            blob, path = self.files[request.sha256]
+        except (PayloadError, KeyError):
+            self.strays.append(msg.payload)
             return
-        for index in request.chunks:
-            if index in self.drop:
-                self.drop.discard(index)
-                continue
-            assert self.handler is not None
-            self.handler(TOPICS.inbox_chunk(DEVICE, request.sha256, index), self._chunks[index])
+        with open(path, "rb") as fh:
+            for index in request.chunks:
+                self.asked[blob.sha256, index] += 1
+                if self.asked[blob.sha256, index] == 1 and (blob.sha256, index) in self._drop:
+                    continue
+                fh.seek(index * blob.chunk_size)
+                topic = TOPICS.inbox_chunk(TOPICS.device_of(msg.topic), blob.sha256, index)
+                client.publish(topic, fh.read(blob.chunk_size), qos=1)
+
+    def close(self) -> None:
+        disconnect(self.client)
 
 
-def _blob(tmp_path: Path, size: int, chunk: int) -> tuple[BlobSpec, list[bytes]]:
-    data = os.urandom(size)
-    (tmp_path / "model.onnx").write_bytes(data)
-    return describe_blob(tmp_path / "model.onnx", chunk), [
-        data[i : i + chunk] for i in range(0, size, chunk)
-    ]
+def announced(package: Package, key: Path, **changes: Any) -> bytes:
+    """The package's manifest with ``changes``, bound to the device and signed again."""
+    manifest = package.manifest.model_copy(update={"target": f"device:{DEVICE}", **changes})
+    return sign_manifest(manifest, load_private_key(key))
 
 
-def _fetcher(link: Any, window: int = 4) -> ChunkFetcher:
-    return ChunkFetcher(link, TOPICS, window, Boundary("test", lambda *_: None), device=DEVICE)
-
-
-def test_request_mode_asks_for_a_window_and_refills_it(tmp_path: Path) -> None:
-    blob, chunks = _blob(tmp_path, 20 * 1024, 1024)
-    link = AnsweringLink(blob, chunks)
-    dest = tmp_path / "x.part"
-    deploy = DeployConfig(request_retry_s=60)
-    stats = _fetcher(link).fetch(
-        blob, dest, 5, threading.Event(), delivery="request", deploy=deploy
+def retained_blob_topics(broker: Any) -> list[str]:
+    """Topics under blobs/ the broker holds retained (a retained sentinel ends the replay)."""
+    client = connect(BrokerAddress(broker.host, broker.port))
+    sentinel, seen, done = "edgewise/v1/test/sentinel", [], threading.Event()
+    client.publish(sentinel, b"x", qos=1, retain=True).wait_for_publish(5)
+    client.on_message = lambda _c, _u, m: (
+        done.set() if m.topic == sentinel else seen.append(m.topic)
     )
-    assert dest.read_bytes() == b"".join(chunks)
-    assert (stats.fetched, stats.resumed, stats.duplicates) == (20, 0, 0)
-    assert link.asked[0] == (0, 1, 2, 3)  # the first window, then one more per chunk written
-    assert sorted(i for request in link.asked for i in request) == list(range(20))
-    assert not link.held  # the inbox subscription is dropped
+    client.subscribe([(TOPICS.all_blobs(), 1), (sentinel, 1)])
+    assert done.wait(5)
+    disconnect(client)
+    return seen
 
 
-def test_request_mode_asks_again_for_a_lost_answer(tmp_path: Path) -> None:
-    blob, chunks = _blob(tmp_path, 8 * 1024, 1024)
-    link = AnsweringLink(blob, chunks)
-    link.drop = {2, 5}
-    stats = _fetcher(link).fetch(
-        blob,
-        tmp_path / "x.part",
-        5,
-        threading.Event(),
-        delivery="request",
-        deploy=DeployConfig(request_retry_s=0.3),
-    )
-    asked = Counter(i for request in link.asked for i in request)
-    assert asked[2] == 2 and asked[5] == 2 and asked[0] == 1
-    assert (stats.fetched, stats.duplicates) == (8, 0)
-
-
-def test_request_mode_asks_again_after_a_reconnect(tmp_path: Path) -> None:
-    """Nothing comes on the first connection; after a reconnect (a failover to another node:
-    the epoch changes) the chunks in flight are asked for again there, long before the retry
-    interval."""
-    blob, chunks = _blob(tmp_path, 6 * 1024, 1024)
-    link = AnsweringLink(blob, chunks)
-    link.mute = True
-
-    def fail_over() -> None:
-        assert link.first_request.wait(5)
-        link.mute = False
-        link.epoch += 1
-
-    thread = threading.Thread(target=fail_over)
-    thread.start()
-    started = time.monotonic()
-    stats = _fetcher(link).fetch(
-        blob,
-        tmp_path / "x.part",
-        20,
-        threading.Event(),
-        delivery="request",
-        deploy=DeployConfig(request_retry_s=60),
-    )
-    thread.join()
-    assert stats.fetched == 6 and time.monotonic() - started < 10
-    assert link.asked[:2] == [(0, 1, 2, 3), (0, 1, 2, 3)]
-
-
-def test_request_mode_gives_up_after_the_fetch_timeout(tmp_path: Path) -> None:
-    blob, chunks = _blob(tmp_path, 4 * 1024, 1024)
-    link = AnsweringLink(blob, chunks)
-    link.mute = True
-    with pytest.raises(DeployError, match="no chunk for 1 s: 4 of 4 chunks missing"):
-        _fetcher(link).fetch(
-            blob,
-            tmp_path / "x.part",
-            1,
-            threading.Event(),
-            delivery="request",
-            deploy=DeployConfig(request_retry_s=0.2),
-        )
-    assert len(link.asked) >= 3  # asked again while waiting
-
-
-# --- in process: the http transport against a real server ---------------------------------------
+def serves(dev: Device, version: str) -> None:
+    dev.deployment("active")
+    deadline = time.monotonic() + 20
+    while version not in dev.serving(1) and time.monotonic() < deadline:
+        pass
+    assert dev.serving() == {version}
 
 
 @pytest.fixture
-def http_blob(tmp_path: Path) -> Iterator[tuple[RangeServer, BlobSpec, bytes]]:
-    data = os.urandom(300 * 1024 + 77)
-    (tmp_path / "model.onnx").write_bytes(data)
-    blob = describe_blob(tmp_path / "model.onnx", 16 * 1024)
-    server = RangeServer({"m": data}).start()
-    yield server, blob, data
+def start(
+    mosquitto, cloud, compiled, signing_keys, video, tmp_path
+) -> Iterator[Callable[..., Device]]:  # type: ignore[no-untyped-def]
+    """Starts the agent (serving 1.0.0 from disk) with ``[deploy]`` lines added; stops it after."""
+    started: list[Device] = []
+
+    def run(extra: str = "", serving: bool = True) -> Device:
+        if not (tmp_path / "state" / "current").exists():
+            install(compiled.package, tmp_path / "state")
+        dev = start_device(mosquitto, cloud, signing_keys, video, tmp_path, extra=DEPLOY + extra)
+        started.append(dev)
+        if serving:
+            assert dev.serving() == {"1.0.0"}
+        return dev
+
+    yield run
+    for dev in started:
+        assert dev.agent.stop() == 0, dev.agent.output()[-3000:]
+
+
+def test_request_mode_installs_from_answers_alone(
+    start, mosquitto, cloud, v2, signing_keys
+) -> None:  # type: ignore[no-untyped-def]
+    dev = start("request_retry_s = 5\n")
+    responder = Responder(mosquitto, v2)
+    try:
+        send(cloud, announced(v2, signing_keys[0], delivery="request"))
+        installed = dev.deployment("installed", timeout=60)
+        serves(dev, "1.1.0")
+    finally:
+        responder.close()
+    every = {(blob.sha256, i) for blob, _ in v2.blobs() for i in range(len(blob.chunks))}
+    assert set(responder.asked) == every and not responder.strays
+    assert sum(responder.asked.values()) == len(every)  # each chunk asked for once
+    assert installed["delivery"] == "request"
+    assert installed["chunks"] == {"fetched": len(every), "resumed": 0, "duplicates": 0}
+    assert retained_blob_topics(mosquitto) == []
+
+
+def test_request_mode_asks_again_for_lost_answers(
+    start, mosquitto, cloud, v2, signing_keys
+) -> None:  # type: ignore[no-untyped-def]
+    dev = start("request_retry_s = 0.5\n")
+    model = v2.manifest.model.sha256
+    responder = Responder(mosquitto, v2, drop={(model, 1), (model, 3)})
+    try:
+        send(cloud, announced(v2, signing_keys[0], delivery="request"))
+        serves(dev, "1.1.0")
+    finally:
+        responder.close()
+    assert responder.asked[model, 1] == 2 and responder.asked[model, 3] == 2
+    assert responder.asked[model, 0] == 1
+
+
+def test_request_mode_resumes_a_partial_download(
+    start, mosquitto, cloud, compiled, v2, signing_keys, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    model = v2.manifest.model
+    install(compiled.package, tmp_path / "state")
+    chunks = list(iter_chunks(v2.model_path, model.chunk_size))
+    keep = len(chunks) // 2
+    ModelStore(tmp_path / "state").partial_path(model).write_bytes(b"".join(chunks[:keep]))
+    responder = Responder(mosquitto, v2)
+    try:
+        send(cloud, announced(v2, signing_keys[0], delivery="request"))  # waiting, retained
+        dev = start("request_retry_s = 5\n", serving=False)
+        installed = dev.deployment("installed", timeout=60)
+        serves(dev, "1.1.0")
+    finally:
+        responder.close()
+    asked = {i for sha, i in responder.asked if sha == model.sha256}
+    assert asked == set(range(keep, len(chunks)))  # never the chunks already on disk
+    assert installed["chunks"]["resumed"] == keep
+
+
+def _http_manifest(v2: Package, server: RangeServer, model_urls: list[str]) -> dict[str, Any]:
+    golden = v2.manifest.golden
+    assert golden is not None
+    return {
+        "delivery": "http",
+        "model": v2.manifest.model.model_copy(update={"urls": tuple(model_urls)}),
+        "golden": golden.model_copy(update={"urls": (server.url(f"v2/{golden.path}"),)}),
+    }
+
+
+@pytest.fixture
+def files_server(v2: Package) -> Iterator[RangeServer]:
+    server = RangeServer({f"v2/{blob.path}": path.read_bytes() for blob, path in v2.blobs()})
+    yield server.start()
     server.close()
 
 
-def _fetch_http(blob: BlobSpec, dest: Path, urls: list[str], window: int = 4) -> Any:
-    spec = blob.model_copy(update={"urls": tuple(urls)})
-    return _fetcher(None, window).fetch(spec, dest, 5, threading.Event(), delivery="http")
+def test_http_mode_installs_from_the_next_url_after_a_404(
+    start, cloud, v2, signing_keys, files_server
+) -> None:  # type: ignore[no-untyped-def]
+    dev = start()
+    urls = [files_server.url("gone/model.onnx"), files_server.url("v2/model.onnx")]
+    send(cloud, announced(v2, signing_keys[0], **_http_manifest(v2, files_server, urls)))
+    installed = dev.deployment("installed", timeout=60)
+    serves(dev, "1.1.0")
+    assert installed["delivery"] == "http"
+    served = files_server.served("v2/model.onnx")
+    assert sum(last - first + 1 for first, last in served) == v2.manifest.model.size
 
 
-def test_http_reads_runs_of_chunks_on_one_connection(http_blob, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    server, blob, data = http_blob
-    stats = _fetch_http(blob, tmp_path / "x.part", [server.url("m")])
-    assert (tmp_path / "x.part").read_bytes() == data and stats.fetched == len(blob.chunks)
-    served = server.served("m")
-    assert len(served) == 5  # 19 chunks, 4 per request
-    assert served[0] == (0, 4 * 16 * 1024 - 1) and served[-1][1] == len(data) - 1
-    assert server.connections == 1  # kept alive
-
-
-def test_http_resumes_from_disk_and_asks_only_for_missing_runs(http_blob, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    server, blob, data = http_blob
-    dest = tmp_path / "x.part"
-    dest.write_bytes(data[: 10 * 16 * 1024])
-    stats = _fetch_http(blob, dest, [server.url("m")], window=32)
-    assert dest.read_bytes() == data and (stats.resumed, stats.fetched) == (10, 9)
-    assert server.served("m") == [(10 * 16 * 1024, len(data) - 1)]
-
-
-def test_http_a_corrupt_chunk_is_asked_for_again(http_blob, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    server, blob, data = http_blob
-    bad = 5 * 16 * 1024 + 3
-    server.corrupt["m"] = {bad}
-    ranges: list[tuple[int, int]] = []
-
-    def heal(path: str, first: int, last: int) -> None:  # sent corrupt once, then good
-        ranges.append((first, last))
-        if first <= bad <= last:
-            server.corrupt.clear()
-
-    server.record = heal  # type: ignore[method-assign]
-    _fetch_http(blob, tmp_path / "x.part", [server.url("m")])
-    assert (tmp_path / "x.part").read_bytes() == data
-    assert (5 * 16 * 1024, 6 * 16 * 1024 - 1) in ranges  # asked once more, from chunk 5
-
-
-def test_http_moves_to_the_next_url_and_names_each_failure(http_blob, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    server, blob, data = http_blob
-    server.files["bad"] = data
-    server.corrupt["bad"] = {3 * 16 * 1024}
-    urls = [server.url("gone"), server.url("bad"), server.url("m")]
-    _fetch_http(blob, tmp_path / "x.part", urls)
-    assert (tmp_path / "x.part").read_bytes() == data
-    with pytest.raises(DeployError) as failed:
-        _fetch_http(blob, tmp_path / "y.part", urls[:2])
-    assert str(failed.value) == (
-        f"no URL delivered model.onnx: {urls[0]}: HTTP 404 Not Found; "
-        f"{urls[1]}: chunk 3 failed its sha256 check twice"
-    )
-
-
-def test_http_a_server_ignoring_range_is_read_through(http_blob, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    server, blob, data = http_blob
-    dest = tmp_path / "x.part"
-    dest.write_bytes(data[: 2 * 16 * 1024])
-    import range_server
-
-    server.RequestHandlerClass = type(
-        "NoRange", (range_server._Handler,), {"do_GET": _whole_file(range_server._Handler.do_GET)}
-    )
-    stats = _fetch_http(blob, dest, [server.url("m")])
-    assert dest.read_bytes() == data and (stats.resumed, stats.fetched) == (2, 17)
-    assert server.served("m") == [(0, len(data) - 1)]
-
-
-def _whole_file(do_get: Callable[[Any], None]) -> Callable[[Any], None]:
-    def without_range(handler: Any) -> None:
-        del handler.headers["Range"]
-        do_get(handler)
-
-    return without_range
+def test_http_mode_corrupt_everywhere_is_rejected(
+    start, cloud, v2, signing_keys, files_server
+) -> None:  # type: ignore[no-untyped-def]
+    dev = start()
+    model = v2.manifest.model
+    urls = []
+    for name in ("a", "b"):
+        files_server.files[f"{name}/model.onnx"] = v2.model_path.read_bytes()
+        files_server.corrupt[f"{name}/model.onnx"] = {model.chunk_size + 7}
+        urls.append(files_server.url(f"{name}/model.onnx"))
+    send(cloud, announced(v2, signing_keys[0], **_http_manifest(v2, files_server, urls)))
+    reason = dev.rejected(timeout=60)
+    assert "\n" not in reason
+    for url in urls:
+        assert f"{url}: chunk 1 failed its sha256 check twice" in reason
+    assert dev.serving() == {"1.0.0"}
