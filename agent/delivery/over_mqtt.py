@@ -119,7 +119,6 @@ class Requests:
         self.route = topics.inbox_chunks(device, blob.sha256)
         self._epoch = -1  # the connection the chunks in flight were asked for on
         self._last = time.monotonic()  # when we last asked or something came
-        self.requests = 0  # wants messages published
 
     def open(self) -> None:
         self._link.hold([self.route])  # subscribed before the first request goes out
@@ -158,7 +157,6 @@ class Requests:
             batch = tuple(indices[start : start + REQUEST_BATCH])
             payload = ChunkRequest(sha256=self._sha256, chunks=batch).encode()
             self._link.publish(self._wants, payload, qos=1)
-            self.requests += 1
         self._last = time.monotonic()
 
 
