@@ -13,8 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from brokers import NatsServer
 from helpers import BIN
-from nats_broker import nats_mqtt
 
 from agent.contract import Topics
 from compiler.fleet.broker import MosquittoBroker
@@ -26,8 +26,8 @@ DEVICES = [f"cam-{i}" for i in range(12)]
 
 @pytest.fixture(scope="module")
 def nats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerAddress]:
-    with nats_mqtt(tmp_path_factory.mktemp("nats")) as address:
-        yield address
+    with NatsServer(tmp_path_factory.mktemp("nats")) as server:
+        yield BrokerAddress(server.host, server.mqtt_port)
 
 
 def result(device: str, seq: int) -> dict[str, object]:

@@ -10,8 +10,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from brokers import NatsServer
 from helpers import AgentProcess
-from nats_broker import nats_mqtt
 
 from agent.comms.link import MqttLink
 from agent.config import MqttConfig
@@ -165,7 +165,8 @@ def test_an_agent_asking_for_mqtt5_falls_back_to_311_on_a_311_only_broker(
         online = "online" in states
         return online and isinstance(broker, dict) and broker.get("protocol") == "3.1.1"
 
-    with nats_mqtt(tmp_path) as nats:
+    with NatsServer(tmp_path) as server:
+        nats = BrokerAddress(server.host, server.mqtt_port)
         cloud = connect(nats)
         cloud.on_message = on_message
         Subscriber(cloud).subscribe([(topics.device("cam-1", "+"), 1)])

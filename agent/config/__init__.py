@@ -165,6 +165,10 @@ class DeployConfig(_Section):
     max_manifest_bytes: int = Field(default=96 * 1024, ge=4096, le=16 * 2**20)
     fetch_timeout: float = Field(default=60.0, gt=0, description="seconds without a new chunk")
     chunk_window: int = Field(default=32, ge=1, le=1024, description="chunks asked for at once")
+    # delivery "request": ask again for the chunks in flight when none came for this long
+    request_retry_s: float = Field(default=2.0, gt=0, description="re-ask for missing chunks")
+    # delivery "http": CA certificates trusted for https:// model URLs besides the system store
+    http_ca_file: Path | None = Field(default=None, description="extra CA for https model URLs")
     max_model_bytes: int = Field(default=512 * 1024 * 1024, gt=0)
     probe_timeout: float = Field(default=60.0, gt=0, description="child load + golden check")
     probe_memory_mb: int = Field(default=1024, ge=128)
@@ -191,6 +195,8 @@ RELOADABLE = (
     "results.",
     "telemetry.interval_s",
     "deploy.fetch_timeout",
+    "deploy.request_retry_s",
+    "deploy.http_ca_file",
     "deploy.max_manifest_bytes",
     "deploy.max_model_bytes",
     "deploy.probe_timeout",
@@ -251,6 +257,12 @@ def _overlay(data: dict[str, Any], environ: Mapping[str, str]) -> dict[str, str]
     return origins
 
 
+def _resolve_deploy(deploy: DeployConfig, base: Path) -> DeployConfig:
+    if deploy.http_ca_file is None:
+        return deploy
+    return deploy.model_copy(update={"http_ca_file": base / deploy.http_ca_file})
+
+
 def _check_files(config: AgentConfig) -> list[str]:
     """What validation cannot see: files that must be readable and hold the right thing."""
     problems = []
@@ -275,6 +287,12 @@ def _check_files(config: AgentConfig) -> list[str]:
                 context.load_cert_chain(str(tls.cert_file), str(tls.key_file))
             except ssl.SSLError as exc:
                 problems.append(f"mqtt.tls: the CA, certificate and key do not load: {exc}")
+    ca_file = config.deploy.http_ca_file
+    if ca_file is not None:
+        try:
+            ssl.create_default_context().load_verify_locations(cafile=str(ca_file))
+        except (OSError, ssl.SSLError) as exc:
+            problems.append(f"deploy.http_ca_file: cannot load {ca_file}: {exc}")
     state = config.device.state_dir
     existing = next(p for p in (state, *state.parents) if p.exists())
     if not existing.is_dir():
@@ -330,6 +348,7 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None) -> AgentCo
                 update={"state_dir": base / config.device.state_dir}
             ),
             "mqtt": config.mqtt.model_copy(update={"tls": tls}),
+            "deploy": _resolve_deploy(config.deploy, base),
             "trust": TrustConfig(public_keys=tuple(base / p for p in config.trust.public_keys)),
             "source": resolve_paths(config.source, base),
         }

@@ -52,6 +52,7 @@ class Candidates:
             latency_p99_ms=round(report.latency_p99_ms, 3),
             peak_rss_mb=round(report.peak_rss_mb, 1),
             chunks=chunks,
+            delivery=manifest.delivery,
         )
         return slot
 
@@ -68,7 +69,14 @@ class Candidates:
             progress.next_blob(blob.size)
             files[blob.path] = self._store.partial_path(blob)
             stats = self._fetcher.fetch(
-                blob, files[blob.path], deploy.fetch_timeout, self._halt, progress, cancelled
+                blob,
+                files[blob.path],
+                deploy.fetch_timeout,
+                self._halt,
+                progress,
+                cancelled,
+                delivery=manifest.delivery,  # the transport: retained, request or http
+                deploy=deploy,
             )
             for key in chunks:
                 chunks[key] += getattr(stats, key)

@@ -75,7 +75,9 @@ class Deployer(threading.Thread):
         self._models, self._report, self._halt = models, report, stop
         self.boundary = Boundary("deployer", self._publish_rejection)
         topics = Topics(config.mqtt.topic_root)
-        fetcher = ChunkFetcher(link, topics, config.deploy.chunk_window, self.boundary)
+        fetcher = ChunkFetcher(
+            link, topics, config.deploy.chunk_window, self.boundary, device=config.device.id
+        )
         self._candidates = Candidates(store, fetcher, self._status, stop)
         self._serving = Serving(
             store=store,
