@@ -7,6 +7,7 @@
 {root}/v1/devices/{device_id}/wants   the chunks a device lacks (delivery "request"; ChunkRequest)
 {root}/v1/devices/{device_id}/inbox/{sha256}/{index}  a chunk answered to one device, not retained
 {root}/v1/fleet/state                 retained fleet summary kept by `edgewise serve`
+{root}/v1/markers/{token}             a cloud tool's own end-of-retained marker (never retained)
 {root}/v1/commands/device/{device_id} commands for one device (likewise group/{group}, all)
 {root}/v1/devices/{device_id}/status  retained online/offline (birth and last will)
 {root}/v1/devices/{device_id}/results inference results
@@ -75,6 +76,15 @@ class Topics:
         if target == "all":
             return self.deploy_all()
         raise ValueError(f"not a deploy target: {target!r} (device:ID, group:NAME or all)")
+
+    def all_deploys(self) -> str:
+        """Filter matching every deploy topic (device, group and fleet-wide)."""
+        return f"{self._base}/deploy/#"
+
+    def marker(self, token: str) -> str:
+        """A topic only one cloud client subscribes to: what it publishes there comes back after
+        the retained messages of the subscriptions it made before (delivery is in order)."""
+        return f"{self._base}/markers/{_segment(token, 'marker')}"
 
     def commands_device(self, device_id: str) -> str:
         return f"{self._base}/commands/device/{_segment(device_id, 'device id')}"

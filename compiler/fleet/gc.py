@@ -58,16 +58,11 @@ class GcResult:
         )
 
 
-def marker_topic(topics: Topics, token: str) -> str:
-    """A private topic for the end-of-retained marker (only this client subscribes to it)."""
-    return f"{topics.deploy_all().rsplit('/', 2)[0]}/gc/{token}"
-
-
 def collect(client: mqtt.Client, topics: Topics, timeout: float = 30.0) -> Inventory:
     """Every retained deploy manifest and chunk topic under ``topics.root``."""
     inventory, done = Inventory(), threading.Event()
-    deploy_filter = topics.deploy_all().rsplit("/", 1)[0] + "/#"
-    marker = marker_topic(topics, uuid.uuid4().hex)
+    deploy_filter = topics.all_deploys()
+    marker = topics.marker(uuid.uuid4().hex)
 
     def on_deploy(_c: mqtt.Client, _u: object, message: mqtt.MQTTMessage) -> None:
         payload = bytes(message.payload)

@@ -19,7 +19,7 @@ from typing import Any
 
 from agent.contract import PayloadError, Topics, parse_json
 
-from .view import _from_device
+from .view import device_fields
 
 _PARTS = ("status", "telemetry")
 
@@ -71,7 +71,7 @@ class FleetState:
             parts[leaf] = data
         entry = None
         if parts:
-            fields = _from_device(parts.get("status"), parts.get("telemetry"))
+            fields = device_fields(parts.get("status"), parts.get("telemetry"))
             entry = {key: value for key, value in fields.items() if value is not None}
         else:
             del self._parts[device]

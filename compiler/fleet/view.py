@@ -68,7 +68,7 @@ def _model_text(model: Any) -> str | None:
     return " ".join(p for p in (name, version) if p) or None
 
 
-def _from_device(status: Any, telemetry: Any) -> dict[str, object]:
+def device_fields(status: Any, telemetry: Any) -> dict[str, object]:
     """A row's fields from a device's own status and telemetry (telemetry re-announces the
     status' state, source state and deployment, for brokers that lose the retained status)."""
     return {
@@ -152,7 +152,7 @@ class FleetView:
         rows: list[dict[str, object]] = []
         for device in sorted(self._devices.keys() | self._summary.keys()):
             parts = self._devices.get(device, {})
-            own = _from_device(parts.get("status"), parts.get("telemetry"))
+            own = device_fields(parts.get("status"), parts.get("telemetry"))
             summary = _from_summary(self._summary.get(device))
             fields = {k: v if v is not None else summary[k] for k, v in own.items()}
             at = fields.pop("at")
