@@ -165,8 +165,12 @@ class DeployConfig(_Section):
     max_manifest_bytes: int = Field(default=96 * 1024, ge=4096, le=16 * 2**20)
     fetch_timeout: float = Field(default=60.0, gt=0, description="seconds without a new chunk")
     chunk_window: int = Field(default=32, ge=1, le=1024, description="chunks asked for at once")
-    # delivery "request": ask again for the chunks in flight when none came for this long
-    request_retry_s: float = Field(default=2.0, gt=0, description="re-ask for missing chunks")
+    # delivery "request" and "retained": ask again for the chunks in flight when none came for
+    # this long — a new request, or (retained) unsubscribe and subscribe again to their topics.
+    # The name is kept from when only "request" used it.
+    request_retry_s: float = Field(
+        default=2.0, gt=0, description="seconds without a chunk before asking again (MQTT)"
+    )
     # delivery "http": CA certificates trusted for https:// model URLs besides the system store
     http_ca_file: Path | None = Field(default=None, description="extra CA for https model URLs")
     max_model_bytes: int = Field(default=512 * 1024 * 1024, gt=0)

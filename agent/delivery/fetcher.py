@@ -100,7 +100,7 @@ class ChunkFetcher:
                 raise DeployError('delivery "request" needs this device\'s id')
             asker = Requests(self._link, self._topics, blob, self._device, deploy.request_retry_s)
         else:
-            asker = Subscriptions(self._link, self._topics, blob)
+            asker = Subscriptions(self._link, self._topics, blob, deploy.request_retry_s)
         transfer = MqttTransfer(blob, asker, pending=pending, stats=stats, size=self._window)
         self._link.route(asker.route, self._boundary.wrap(transfer.window.offer))
         asker.open()

@@ -7,13 +7,21 @@ restart only the missing chunks are asked for again.
 
 "request": nothing is retained. The fetcher subscribes to its own inbox for the blob
 (``devices/{id}/inbox/{sha256}/+``) and publishes a :class:`ChunkRequest` for the window's
-chunks on ``devices/{id}/wants``; ``edgewise serve`` answers each on the inbox. It asks again for
-the chunks in flight after a reconnect (the link's epoch changed: another node may have taken
-over, and the transfer resumes there) and when nothing arrived for ``request_retry_s``.
+chunks on ``devices/{id}/wants``; ``edgewise serve`` answers each on the inbox.
+
+Both ask again for the chunks in flight that have not arrived when nothing arrived for ``[deploy]
+request_retry_s`` — "request" with a new request, "retained" by unsubscribing and subscribing
+again, which makes the broker deliver the retained message again (a NATS cluster that lost a
+node drops the retained message of some fresh subscriptions; any broker can lose one in a
+reconnect race). After a reconnect (the link's epoch changed: another node may have taken over)
+"request" asks again at once; "retained" does not, since the link has already subscribed afresh
+to every topic it holds — asking again would only bring each chunk twice — and gives the new
+connection ``request_retry_s`` before it subscribes again.
 
 Bounded on every side: paho's callback keeps only chunks of topics in the open window, at most
 one per topic, and none longer than the manifest's chunk size (those are dropped before anything
-is queued), so memory holds at most a window of chunks.
+is queued), so memory holds at most a window of chunks. A chunk asked for again that then comes
+twice is written once; a copy after it is written is counted in ``duplicates``.
 """
 
 from __future__ import annotations
@@ -75,15 +83,57 @@ class Asker(Protocol):
     def ask(self, indices: list[int]) -> None: ...
     def again(self, index: int) -> None: ...
     def written(self, index: int) -> None: ...
-    def tick(self, in_flight: list[int]) -> None: ...
+    def tick(self, stalled: list[int]) -> None: ...  # ask again for these if they stalled
     def close(self, in_flight: list[int]) -> None: ...
 
 
-class Subscriptions:
-    """Delivery "retained": one subscription per chunk in the window."""
+class _Reasking:
+    """The one path that asks again for stalled chunks — those in flight that have not arrived:
+    after a reconnect, and when nothing arrived for ``retry_s``. How to ask again is the
+    asker's (``_reask``); ``REASK_ON_RECONNECT`` says whether a reconnect alone calls for it."""
 
-    def __init__(self, link: MqttLink, topics: Topics, blob: BlobSpec):
-        self._link, self._topics, self._sha256 = link, topics, blob.sha256
+    REASK_ON_RECONNECT = True
+
+    def __init__(self, link: MqttLink, retry_s: float):
+        self._link, self._retry_s = link, retry_s
+        self._epoch = -1  # the connection the chunks in flight were asked for on
+        self._last = time.monotonic()  # when we last asked or something came
+
+    def written(self, index: int) -> None:
+        self._last = time.monotonic()
+
+    def tick(self, stalled: list[int]) -> None:
+        if not stalled or not self._link.connected.is_set():
+            return
+        if self._link.epoch != self._epoch:
+            reconnected, self._epoch = self._epoch >= 0, self._link.epoch
+            if not self.REASK_ON_RECONNECT:
+                self._last = time.monotonic()  # the new connection gets retry_s to deliver
+                return
+            if reconnected:
+                log.info("reconnected: asking again for %d chunks", len(stalled))
+        elif time.monotonic() - self._last > self._retry_s:
+            log.info("no chunk for %.1f s: asking again for %d", self._retry_s, len(stalled))
+        else:
+            return
+        self._reask(stalled)
+        self._last = time.monotonic()
+
+    def _reask(self, indices: list[int]) -> None:
+        raise NotImplementedError
+
+
+class Subscriptions(_Reasking):
+    """Delivery "retained": one subscription per chunk in the window, made again for a chunk
+    that did not come."""
+
+    # The link subscribes again to every held topic on connecting: a fresh subscription, which
+    # brings the retained message. Subscribing once more would bring each chunk twice.
+    REASK_ON_RECONNECT = False
+
+    def __init__(self, link: MqttLink, topics: Topics, blob: BlobSpec, retry_s: float):
+        super().__init__(link, retry_s)
+        self._topics, self._sha256 = topics, blob.sha256
         self.route = topics.blob_chunks(blob.sha256)
 
     def open(self) -> None:
@@ -94,31 +144,34 @@ class Subscriptions:
 
     def ask(self, indices: list[int]) -> None:
         self._link.hold([self.topic(i) for i in indices])
+        self._last = time.monotonic()
 
     def again(self, index: int) -> None:
-        self._link.release([self.topic(index)])
-        self._link.hold([self.topic(index)])
+        self._reask([index])
 
     def written(self, index: int) -> None:
         self._link.release([self.topic(index)])
-
-    def tick(self, in_flight: list[int]) -> None:
-        """Nothing to do: the link subscribes again after a reconnect."""
+        super().written(index)
 
     def close(self, in_flight: list[int]) -> None:
         self._link.release([self.topic(i) for i in in_flight])
 
+    def _reask(self, indices: list[int]) -> None:
+        """Unsubscribe and subscribe again (a packet each): the broker sends the retained
+        message again."""
+        topics = [self.topic(i) for i in indices]
+        self._link.release(topics)
+        self._link.hold(topics)
 
-class Requests:
+
+class Requests(_Reasking):
     """Delivery "request": one inbox subscription, and ChunkRequests on ``wants``."""
 
     def __init__(self, link: MqttLink, topics: Topics, blob: BlobSpec, device: str, retry_s: float):
-        self._link, self._topics, self._sha256 = link, topics, blob.sha256
-        self._device, self._retry_s = device, retry_s
+        super().__init__(link, retry_s)
+        self._topics, self._sha256, self._device = topics, blob.sha256, device
         self._wants = topics.wants(device)
         self.route = topics.inbox_chunks(device, blob.sha256)
-        self._epoch = -1  # the connection the chunks in flight were asked for on
-        self._last = time.monotonic()  # when we last asked or something came
 
     def open(self) -> None:
         self._link.hold([self.route])  # subscribed before the first request goes out
@@ -133,24 +186,11 @@ class Requests:
     def again(self, index: int) -> None:
         self.ask([index])
 
-    def written(self, index: int) -> None:
-        self._last = time.monotonic()
-
-    def tick(self, in_flight: list[int]) -> None:
-        if not in_flight or not self._link.connected.is_set():
-            return
-        if self._link.epoch != self._epoch:
-            if self._epoch >= 0:
-                log.info("reconnected: asking again for %d chunks", len(in_flight))
-        elif time.monotonic() - self._last > self._retry_s:
-            log.info("no chunk for %.1f s: asking again for %d", self._retry_s, len(in_flight))
-        else:
-            return
-        self._epoch = self._link.epoch
-        self._publish(in_flight)
-
     def close(self, in_flight: list[int]) -> None:
         self._link.release([self.route])
+
+    def _reask(self, indices: list[int]) -> None:
+        self._publish(indices)
 
     def _publish(self, indices: list[int]) -> None:
         for start in range(0, len(indices), REQUEST_BATCH):
@@ -177,7 +217,8 @@ class MqttTransfer:
         total, remaining = len(self._blob.chunks), len(self._pending) + len(self.in_flight)
         while remaining:
             watch.check(remaining, total)
-            self._asker.tick(self.in_flight)
+            if not len(self.window.arrived):  # none in flight has arrived unwritten
+                self._asker.tick(self.in_flight)
             item = self.window.arrived.get(timeout=POLL_S)
             if item is not None and self._write(file, *item):
                 remaining -= 1
