@@ -1,5 +1,7 @@
 """Chunk transports in process: delivery "request" against a scripted link that answers (or
-not) like `edgewise serve`, delivery "http" against a real HTTP server honouring Range."""
+not) like `edgewise serve`, delivery "retained" against a scripted link that delivers (or not)
+the retained message of each topic subscribed, delivery "http" against a real HTTP server
+honouring Range."""
 
 from __future__ import annotations
 
@@ -155,6 +157,129 @@ def test_request_mode_gives_up_after_the_fetch_timeout(tmp_path: Path) -> None:
             deploy=DeployConfig(request_retry_s=0.2),
         )
     assert len(link.asked) >= 3  # asked again while waiting
+
+
+# --- in process: the retained transport against a scripted link -------------------------------
+
+
+class RetainingLink:
+    """Stands in for MqttLink over a broker holding every chunk retained: subscribing to a chunk
+    topic delivers its chunk at once, except while ``mute`` and for the first subscription of an
+    index in ``drop`` (the retained message a NATS node did not deliver, or one lost in a
+    reconnect race). ``subscribed`` lists the indices of every subscription the fetcher made."""
+
+    def __init__(self, blob: BlobSpec, chunks: list[bytes]):
+        self._blob, self._chunks = blob, chunks
+        self.connected = threading.Event()
+        self.connected.set()
+        self.epoch = 1
+        self.mute = False
+        self.drop: set[int] = set()
+        self.subscribed: list[int] = []
+        self.released: list[int] = []
+        self.first_hold = threading.Event()
+        self.handler: Callable[[str, bytes], None] | None = None
+        self.held: set[str] = set()
+        self._lock = threading.Lock()
+
+    def route(self, _filter: str, handler: Callable[[str, bytes], None]) -> None:
+        self.handler = handler
+
+    def unroute(self, _filter: str) -> None:
+        self.handler = None
+
+    def hold(self, topics: list[str], qos: int = 1) -> None:
+        with self._lock:
+            self.held.update(topics)
+            self.subscribed.extend(self._index(t) for t in topics)
+        self.first_hold.set()
+        self._deliver(topics)
+
+    def release(self, topics: list[str]) -> None:
+        with self._lock:
+            self.held.difference_update(topics)
+            self.released.extend(self._index(t) for t in topics)
+
+    def reconnect(self, lost: set[int]) -> None:
+        """A new connection (the epoch changes), on which the link subscribes again to every
+        topic it holds, as MqttLink does; the retained messages of ``lost`` do not come."""
+        with self._lock:
+            topics = sorted(self.held)
+        self.mute, self.drop = False, set(lost)
+        self.epoch += 1
+        self._deliver(topics)
+
+    def _deliver(self, topics: list[str]) -> None:
+        if self.mute:
+            return
+        for topic in topics:
+            index = self._index(topic)
+            if index in self.drop:
+                self.drop.discard(index)
+                continue
+            assert self.handler is not None
+            self.handler(topic, self._chunks[index])
+
+    def _index(self, topic: str) -> int:
+        assert topic.startswith(TOPICS.blob_chunks(self._blob.sha256).rstrip("+"))
+        return int(topic.rsplit("/", 1)[1])
+
+
+def test_retained_mode_subscribes_again_to_a_chunk_that_did_not_come(tmp_path: Path) -> None:
+    blob, chunks = _blob(tmp_path, 8 * 1024, 1024)
+    link = RetainingLink(blob, chunks)
+    link.drop = {2, 5}
+    dest = tmp_path / "x.part"
+    stats = _fetcher(link).fetch(
+        blob, dest, 5, threading.Event(), deploy=DeployConfig(request_retry_s=0.3)
+    )
+    assert dest.read_bytes() == b"".join(chunks)
+    subscribed = Counter(link.subscribed)
+    assert subscribed[2] == 2 and subscribed[5] == 2  # unsubscribed and subscribed again
+    assert all(subscribed[i] == 1 for i in (0, 1, 3, 4, 6, 7))  # only the stalled ones
+    assert Counter(link.released)[2] == 2  # once to subscribe again, once when written
+    assert (stats.fetched, stats.duplicates) == (8, 0)
+    assert not link.held
+
+
+def test_retained_mode_without_a_retry_in_time_gives_up(tmp_path: Path) -> None:
+    """The same lost retained message, with the retry interval past the fetch timeout: the
+    fetch fails — it is the subscription made again that completes the transfer above."""
+    blob, chunks = _blob(tmp_path, 4 * 1024, 1024)
+    link = RetainingLink(blob, chunks)
+    link.drop = {1}
+    with pytest.raises(DeployError, match="no chunk for 1 s: 1 of 4 chunks missing"):
+        _fetcher(link).fetch(
+            blob, tmp_path / "x.part", 1, threading.Event(), deploy=DeployConfig(request_retry_s=60)
+        )
+    assert Counter(link.subscribed)[1] == 1
+
+
+def test_retained_mode_subscribes_again_after_a_reconnect(tmp_path: Path) -> None:
+    """Nothing comes on the first connection. After a reconnect (a failover: the epoch
+    changes) the link subscribes afresh to every held topic, and the new node delivers all but
+    chunk 1's retained message; the fetcher subscribes again to chunk 1 only — not to the chunks
+    the reconnect brought, which would come twice."""
+    blob, chunks = _blob(tmp_path, 6 * 1024, 1024)
+    link = RetainingLink(blob, chunks)
+    link.mute = True
+
+    def fail_over() -> None:
+        assert link.first_hold.wait(5)
+        link.reconnect(lost={1})
+
+    thread = threading.Thread(target=fail_over)
+    thread.start()
+    started = time.monotonic()
+    stats = _fetcher(link).fetch(
+        blob, tmp_path / "x.part", 20, threading.Event(), deploy=DeployConfig(request_retry_s=0.5)
+    )
+    thread.join()
+    assert (tmp_path / "x.part").read_bytes() == b"".join(chunks)
+    assert stats.fetched == 6 and time.monotonic() - started < 10
+    assert link.subscribed[:4] == [0, 1, 2, 3]  # the first window
+    assert Counter(link.subscribed) == {0: 1, 1: 2, 2: 1, 3: 1, 4: 1, 5: 1}
+    assert stats.duplicates == 0 and not link.held
 
 
 # --- in process: the http transport against a real server ---------------------------------------
