@@ -60,3 +60,23 @@ public_keys = ["keys/a.pub"]
 kind = "video"
 uri = "clip.avi"
 """
+
+
+def stored_result(device: str, seq: int) -> dict[str, object]:
+    """A result as a device publishes it, with every field a results store keeps."""
+    return {
+        "id": f"{device}:boot1:{seq}", "device": device, "seq": seq, "frame": seq,
+        "captured_at": 1795894879.25 + seq, "published_at": 1795894879.5 + seq,
+        "model": {"name": "digits-cnn", "version": "1.0.0"}, "label": str(seq % 10),
+        "score": 0.9, "latency_ms": {"inference": 0.31, "total": 0.52},
+    }  # fmt: skip
+
+
+def run_edgewise(
+    host: str, port: int, *args: str, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """``edgewise ARGS --host HOST --port PORT`` to the end, its output captured."""
+    return subprocess.run(
+        [str(BIN / "edgewise"), *args, "--host", host, "--port", str(port)],
+        capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip

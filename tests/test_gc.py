@@ -8,7 +8,7 @@ import os
 import subprocess
 
 from device_harness import DEVICE, TOPICS
-from helpers import BIN
+from helpers import run_edgewise
 
 from agent.contract import Package
 from compiler.fleet.broker import MosquittoBroker
@@ -20,10 +20,7 @@ from compiler.fleet.push import push_package
 def edgewise(
     broker: MosquittoBroker, *args: str, timeout: float = 120
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(BIN / "edgewise"), *args, "--host", broker.host, "--port", str(broker.port)],
-        capture_output=True, text=True, timeout=timeout,
-    )  # fmt: skip
+    return run_edgewise(broker.host, broker.port, *args, timeout=timeout)
 
 
 def inventory(broker: MosquittoBroker) -> Inventory:

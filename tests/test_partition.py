@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import psycopg
 import pytest
-from helpers import BIN
+from helpers import BIN, stored_result
 from postgres_server import database, server
 
 from agent.contract import Topics
@@ -25,15 +25,6 @@ PER_DEVICE = 4
 def pg() -> Iterator[str]:
     with server() as admin, database(admin) as dsn:
         yield dsn
-
-
-def result(device: str, seq: int) -> dict[str, object]:
-    return {
-        "id": f"{device}:boot1:{seq}", "device": device, "seq": seq, "frame": seq,
-        "captured_at": 1795894879.25 + seq, "published_at": 1795894879.5 + seq,
-        "model": {"name": "digits-cnn", "version": "1.0.0"}, "label": str(seq % 10),
-        "score": 0.9, "latency_ms": {"inference": 0.31, "total": 0.52},
-    }  # fmt: skip
 
 
 def consumer(broker: MosquittoBroker, dsn: str, index: int, count: int) -> subprocess.Popen[str]:
@@ -55,7 +46,7 @@ def test_three_partitions_store_every_result_once(mosquitto: MosquittoBroker, pg
     client = connect(BrokerAddress(mosquitto.host, mosquitto.port))
     try:
         for device in DEVICES:
-            batch = json.dumps([result(device, s) for s in range(PER_DEVICE)]).encode()
+            batch = json.dumps([stored_result(device, s) for s in range(PER_DEVICE)]).encode()
             client.publish(Topics().results(device), batch, qos=1).wait_for_publish(10)
     finally:
         disconnect(client)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from helpers import BIN
+from helpers import BIN, stored_result
 from postgres_server import database, server
 
 from agent.contract import Topics
@@ -36,20 +36,11 @@ def pg(pg_server: str) -> Iterator[str]:
         yield dsn
 
 
-def result(device: str, seq: int) -> dict[str, object]:
-    return {
-        "id": f"{device}:boot1:{seq}", "device": device, "seq": seq, "frame": seq,
-        "captured_at": 1795894879.25 + seq, "published_at": 1795894879.5 + seq,
-        "model": {"name": "digits-cnn", "version": "1.0.0"}, "label": str(seq % 10),
-        "score": 0.9, "latency_ms": {"inference": 0.31, "total": 0.52},
-    }  # fmt: skip
-
-
 def publish(broker: MosquittoBroker, device: str, batches: list[list[int]]) -> None:
     client = connect(BrokerAddress(broker.host, broker.port))
     try:
         for seqs in batches:
-            payload = json.dumps([result(device, s) for s in seqs]).encode()
+            payload = json.dumps([stored_result(device, s) for s in seqs]).encode()
             client.publish(Topics().results(device), payload, qos=1).wait_for_publish(10)
     finally:
         disconnect(client)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from device_harness import DEPLOY, DEVICE, TOPICS, Device, install
 from forge import package_from
-from helpers import BIN, AgentProcess
+from helpers import BIN, AgentProcess, run_edgewise
 
 from agent.contract import generate_keypair
 from compiler.fleet.broker import MosquittoBroker, free_port
@@ -40,10 +40,7 @@ PROGRESS = re.compile(r"chunk (\d+)/(\d+) \(\d+%\), [\d.]+/[\d.]+ MB, [\d.]+ MB/
 def edgewise(
     broker: MosquittoBroker, *args: str, timeout: float = 120
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(BIN / "edgewise"), *args, "--host", broker.host, "--port", str(broker.port)],
-        capture_output=True, text=True, timeout=timeout,
-    )  # fmt: skip
+    return run_edgewise(broker.host, broker.port, *args, timeout=timeout)
 
 
 def lines(text: str) -> list[str]:
