@@ -1,9 +1,11 @@
 """The product on other brokers than Mosquitto: RabbitMQ 3.10 (its MQTT plugin) and NATS 2.9 (its
 MQTT listener), each a private instance (tests/brokers.py). The real agent gets a package pushed
-with ``edgewise push`` (retained chunks), installs and serves it, and its results go through
+with ``edgewise push --chunks request`` from a running ``edgewise serve`` (retained chunks on
+Mosquitto too, with ``push --wait``'s clean-up), installs and serves it, and its results go through
 ``edgewise results --postgres`` into PostgreSQL: every result the agent says it produced is a
-row, once. On a three-node NATS cluster the node the agent is on is SIGKILLed mid-transfer: the
-agent fails over, finishes the install and nothing is lost."""
+row, once. On a three-node NATS cluster the node the agent is on is SIGKILLed mid-transfer (a
+request push): the agent fails over, asks again on the node it reaches, finishes the install and
+nothing is lost."""
 
 from __future__ import annotations
 
@@ -17,13 +19,14 @@ import numpy as np
 import onnxruntime as ort
 import psycopg
 import pytest
+from broker_flow import ServeProcess, push, retained_blob_topics, start_agent
 from brokers import NatsCluster, running
 from device_harness import DEPLOY, DEVICE, TOPICS, Device
 from forge import package_from
 from helpers import BIN
 from onnx_models import wide_model
 from postgres_server import database, server
-from upstream_harness import start_agent, wait_until
+from upstream_harness import wait_until
 
 from agent.contract import Package
 from agent.delivery.fetcher import chunks_on_disk
@@ -71,15 +74,10 @@ class ResultsConsumer:
         assert self.proc.returncode == 130, err
         return err
 
-
-def push(broker_host: str, port: int, package: Package) -> None:
-    run = subprocess.run(
-        [str(BIN / "edgewise"), "push", str(package.root), "--to", f"device:{DEVICE}",
-         "--host", broker_host, "--port", str(port)],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert run.returncode == 0, run.stdout + run.stderr
-    assert run.stdout.startswith(f"pushed {package.manifest.name} {package.manifest.version}")
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
 
 
 def stop_and_account(device: Device, consumer: ResultsConsumer, versions: set[str]) -> int:
@@ -106,39 +104,96 @@ def stop_and_account(device: Device, consumer: ResultsConsumer, versions: set[st
     return produced
 
 
-def agent_on(broker, compiled, signing_keys, video, tmp_path, feed_port: int, extra: str, urls):  # type: ignore[no-untyped-def]
-    mqtt = "urls = [{}]\n".format(", ".join(f'"{u}"' for u in urls)) if len(urls) > 1 else ""
-    agent = start_agent(broker, compiled, signing_keys, video, tmp_path, extra=extra, mqtt=mqtt)
-    cloud = connect(BrokerAddress(broker.host, feed_port))
-    feed = DeviceFeed(cloud, TOPICS, DEVICE)
-    device = Device(agent, feed, tmp_path / "agent.toml", tmp_path / "state")
-    return device, cloud
+class Cloud:
+    """Everything on the cloud's side of one broker node: ``edgewise serve`` (request mode), the
+    PostgreSQL consumer, and a client watching the device's results and events."""
+
+    def __init__(self, host: str, port: int, dsn: str, store: Path, serve: bool):
+        self.host, self.port, self.store = host, port, store
+        self.serve = ServeProcess(host, port, store) if serve else None
+        self.consumer = ResultsConsumer(host, port, dsn)
+        self.client = connect(BrokerAddress(host, port))
+        self.feed = DeviceFeed(self.client, TOPICS, DEVICE)
+
+    def close(self) -> None:
+        if self.serve is not None:
+            self.serve.kill()
+        self.consumer.kill()
+        disconnect(self.client)
 
 
-@pytest.mark.parametrize("make", ["mosquitto", "rabbitmq", "nats"])
+def device_on(broker, cloud: Cloud, compiled, signing_keys, video, tmp_path, deploy: str) -> Device:  # type: ignore[no-untyped-def]
+    agent = start_agent(broker, compiled.package, signing_keys[1], video, tmp_path, deploy)
+    return Device(agent, cloud.feed, tmp_path / "agent.toml", tmp_path / "state")
+
+
+def switched_to(device: Device, version: str) -> None:
+    """Results of ``version`` come, and only those from then on."""
+    wait_until(lambda: version in device.serving(1), 30, device.agent.output)
+    assert device.serving() == {version}
+
+
+def chunk_topics(package: Package) -> dict[str, int]:
+    return {blob.sha256: len(blob.chunks) for blob in package.manifest.blobs}
+
+
+def cleaned_up(mode: str, v1: Package, v2: Package) -> str:
+    """push --wait's gc line: retained, v1's chunks go and v2's (in use) stay; request, none
+    was ever retained."""
+    if mode != "retained":
+        return "removed 0 chunk topics of 0 blobs; kept 0 blobs in use"
+    old = {sha: n for sha, n in chunk_topics(v1).items() if sha not in chunk_topics(v2)}
+    assert old, "v1 and v2 share every blob: nothing for gc to clear"
+    return (
+        f"removed {sum(old.values())} chunk topics of {len(old)} blobs; "
+        f"kept {len(chunk_topics(v2))} blobs in use"
+    )
+
+
+@pytest.mark.parametrize(
+    ("make", "mode"),
+    [("mosquitto", "request"), ("rabbitmq", "request"), ("nats", "request"),
+     ("mosquitto", "retained")],
+)  # fmt: skip
 def test_push_install_serve_and_every_result_into_postgres_once(  # type: ignore[no-untyped-def]
-    make, compiled, v2, signing_keys, video, tmp_path, pg
+    make, mode, compiled, v2, signing_keys, video, tmp_path, pg
 ) -> None:
     with running(make, tmp_path) as broker:
-        consumer = ResultsConsumer(broker.host, broker.mqtt_port, pg)
-        device, cloud = agent_on(
-            broker, compiled, signing_keys, video, tmp_path, broker.mqtt_port, DEPLOY, broker.urls
-        )
+        cloud = Cloud(broker.host, broker.mqtt_port, pg, tmp_path / "blobs", mode == "request")
+        device = device_on(broker, cloud, compiled, signing_keys, video, tmp_path, DEPLOY)
         try:
             assert device.serving() == {"1.0.0"}
-            push(broker.host, broker.mqtt_port, v2)
-            installed = device.deployment("installed", timeout=60)
-            assert installed["model"]["version"] == "1.1.0"
-            device.deployment("active", timeout=30)
-            wait_until(lambda: "1.1.0" in device.serving(1), 30)
-            assert device.serving() == {"1.1.0"}
-            stop_and_account(device, consumer, {"1.0.0", "1.1.0"})
+            if mode == "retained":  # v1's chunks on the broker: what the clean-up must clear
+                push(compiled.package, broker.host, broker.mqtt_port)
+            run = push(
+                v2, broker.host, broker.mqtt_port, mode, wait=90,
+                key=signing_keys[0] if mode == "request" else None,
+                store=cloud.store if mode == "request" else None,
+            )  # fmt: skip
+            assert run.returncode == 0, run.stdout + run.stderr + device.agent.output()[-3000:]
+            lines = run.stdout.splitlines()
+            assert f"{DEVICE}: active" in lines, run.stdout
+            gc_line = (
+                f"gc after digits-cnn 1.1.0 went active: {cleaned_up(mode, compiled.package, v2)}"
+            )
+            assert lines[-1] == gc_line, run.stdout
+            installed = device.deployment("installed", timeout=10)
+            assert installed["delivery"] == mode
+            assert installed["chunks"]["fetched"] == sum(chunk_topics(v2).values())
+            switched_to(device, "1.1.0")
+            stop_and_account(device, cloud.consumer, {"1.0.0", "1.1.0"})
+            if mode == "request":
+                assert cloud.serve is not None
+                cloud.serve.stop()
+                assert cloud.serve.served is not None
+                assert cloud.serve.served >= sum(chunk_topics(v2).values())
+            left = retained_blob_topics(broker.host, broker.mqtt_port)
+            if make != "rabbitmq":  # RabbitMQ gives no retained messages to wildcards: no count
+                expected = chunk_topics(v2) if mode == "retained" else {}
+                assert {sha: len(t) for sha, t in left.items()} == expected
         finally:
             device.agent.stop()
-            if consumer.proc.poll() is None:
-                consumer.proc.kill()
-                consumer.proc.wait(10)
-            disconnect(cloud)
+            cloud.close()
 
 
 @pytest.fixture(scope="module")
@@ -159,65 +214,53 @@ def wide(compiled, signing_keys, tmp_path_factory) -> Package:  # type: ignore[n
 SLOW_DEPLOY = DEPLOY.replace("fetch_timeout = 4", "fetch_timeout = 30") + "chunk_window = 1\n"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="NATS 2.9.10: after the node leading $MQTT_rmsgs is SIGKILLed, the survivors deliver "
-    "a retained message to a new exact-topic subscription only some of the time (12 of 20 in a "
-    "probe; 20 of 20 before the kill), so the agent, asking for a chunk once, waits for it until "
-    "fetch_timeout and rejects the deployment ('no chunk for 30 s'). Strict: passes once NATS or "
-    "the agent (asking again for a chunk that does not come) copes.",
-)
 def test_nats_cluster_node_killed_mid_transfer_agent_fails_over_and_loses_nothing(  # type: ignore[no-untyped-def]
     compiled, wide, signing_keys, video, tmp_path, pg
 ) -> None:
-    cluster = NatsCluster(tmp_path, nodes=3)
-    try:
-        last = cluster.nodes[-1]  # the cloud's side: push, feed and consumer
-        consumer = ResultsConsumer(cluster.host, last.mqtt_port, pg)
-        device, cloud = agent_on(
-            cluster, compiled, signing_keys, video, tmp_path, last.mqtt_port, SLOW_DEPLOY,
-            cluster.urls,
-        )  # fmt: skip
+    with NatsCluster(tmp_path, nodes=3) as cluster:
+        last = len(cluster.nodes) - 1  # the cloud's node: serve, push, consumer, feed
+        port = cluster.nodes[last].mqtt_port
+        cloud = Cloud(cluster.host, port, pg, tmp_path / "blobs", serve=True)
+        device = device_on(cluster, cloud, compiled, signing_keys, video, tmp_path, SLOW_DEPLOY)
         try:
             assert device.serving() == {"1.0.0"}
             wait_until(lambda: cluster.node_of(AGENT_CLIENT_ID) != [], 10)
             (on,) = cluster.node_of(AGENT_CLIENT_ID)
-            assert on != len(cluster.nodes) - 1, "the agent is on the cloud's node"
-            push(cluster.host, last.mqtt_port, wide)
+            assert on != last, "the agent is on the cloud's node"
+            run = push(wide, cluster.host, port, "request", key=signing_keys[0], store=cloud.store)
+            assert run.returncode == 0, run.stdout + run.stderr
             blob = wide.manifest.model
-            partial = ModelStore(device.state).partial_path(blob)
-            total = len(blob.chunks)
+            partial, total = ModelStore(device.state).partial_path(blob), len(blob.chunks)
 
             def on_disk() -> int:
                 return len(chunks_on_disk(partial, blob)) if partial.exists() else 0
 
             wait_until(lambda: on_disk() >= total // 5, 60, lambda: f"{on_disk()}/{total}")
             cluster.kill(on)
-            at_kill = on_disk()
+            killed, at_kill = time.time(), on_disk()
             assert at_kill < total, "the transfer ended before the node was killed"
             verdict = device.feed.wait_for(
-                "events", 90,
+                "events", 45,
                 lambda e: e.get("type") == "deployment" and e["state"] in ("installed", "rejected"),
             )  # fmt: skip
             assert verdict is not None, device.agent.output()[-3000:]
-            assert verdict["state"] == "installed", verdict
+            assert verdict["state"] == "installed", (verdict, device.agent.output()[-3000:])
+            assert verdict["delivery"] == "request"
+            assert verdict["chunks"]["fetched"] + verdict["chunks"]["resumed"] == total
             device.deployment("active", timeout=30)
             now = cluster.node_of(AGENT_CLIENT_ID)
             assert now and on not in now, now
-            assert f"connected to 127.0.0.1:{cluster.nodes[now[0]].mqtt_port}" in (
-                device.agent.output()
-            )
-            wait_until(lambda: "3.0.0" in device.serving(1), 30)
-            assert device.serving() == {"3.0.0"}
-            stop_and_account(device, consumer, {"1.0.0", "3.0.0"})
+            log = device.agent.output()
+            assert f"connected to 127.0.0.1:{cluster.nodes[now[0]].mqtt_port}" in log
+            switched_to(device, "3.0.0")
+            stop_and_account(device, cloud.consumer, {"1.0.0", "3.0.0"})
+            assert cloud.serve is not None
+            cloud.serve.stop()
+            assert cloud.serve.served is not None and cloud.serve.served >= total
+            print(f"killed at {at_kill}/{total}; installed {verdict['at'] - killed:.1f} s after")
         finally:
             device.agent.stop()
-            if consumer.proc.poll() is None:
-                consumer.proc.kill()
-                consumer.proc.wait(10)
-            disconnect(cloud)
-    finally:
-        cluster.close()
+            cloud.close()
 
 
 def test_harness_brokers_come_up_on_free_ports_and_go_away(tmp_path: Path) -> None:
