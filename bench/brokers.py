@@ -80,6 +80,7 @@ def packaged(
     base: Package, key: Path, root: Path, hidden: int, major: int, chunk_size: int | None = None
 ) -> dict[str, Package]:
     """One random-weight model packaged once per mode (``{major}.{n}.0``: each push is newer)."""
+    root.mkdir(parents=True, exist_ok=True)
     model = wide_model(root / f"wide-{hidden}.onnx", hidden=hidden)
     inputs = np.load(base.root / "golden.npz")["inputs"]
     session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
