@@ -214,14 +214,6 @@ def wide(compiled, signing_keys, tmp_path_factory) -> Package:  # type: ignore[n
 SLOW_DEPLOY = DEPLOY.replace("fetch_timeout = 4", "fetch_timeout = 30") + "chunk_window = 1\n"
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="NATS 2.9.10, after a node is SIGKILLed: a QoS 1 subscription made on a survivor "
-    "sometimes never gets a message (a probe: 1 fresh subscription in 6 got 0 of 20; QoS 0 ones "
-    "got 20 of 20). The agent's inbox is such a subscription and asking again does not make it "
-    "anew, so the transfer stalls until fetch_timeout (passed 1 of 2 runs). With the inbox at "
-    "QoS 0 it installed 2 of 3 (the third: no chunk for 30 s at 155/194, cause not found yet).",
-)
 def test_nats_cluster_node_killed_mid_transfer_agent_fails_over_and_loses_nothing(  # type: ignore[no-untyped-def]
     compiled, wide, signing_keys, video, tmp_path, pg
 ) -> None:

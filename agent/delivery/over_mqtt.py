@@ -7,7 +7,10 @@ restart only the missing chunks are asked for again.
 
 "request": nothing is retained. The fetcher subscribes to its own inbox for the blob
 (``devices/{id}/inbox/{sha256}/+``) and publishes a :class:`ChunkRequest` for the window's
-chunks on ``devices/{id}/wants``; ``edgewise serve`` answers each on the inbox.
+chunks on ``devices/{id}/wants``; ``edgewise serve`` answers each on the inbox. The inbox is
+subscribed at QoS 0: asking again is what makes the transfer reliable, and a QoS 1 subscription
+is state the broker must keep — on a NATS cluster that lost a node, some QoS 1 subscriptions made
+on the survivors receive nothing at all, where QoS 0 ones do.
 
 Both ask again for the chunks in flight that have not arrived when nothing arrived for ``[deploy]
 request_retry_s`` — "request" with a new request, "retained" by unsubscribing and subscribing
@@ -174,7 +177,7 @@ class Requests(_Reasking):
         self.route = topics.inbox_chunks(device, blob.sha256)
 
     def open(self) -> None:
-        self._link.hold([self.route])  # subscribed before the first request goes out
+        self._link.hold([self.route], qos=0)  # subscribed before the first request goes out
 
     def topic(self, index: int) -> str:
         return self._topics.inbox_chunk(self._device, self._sha256, index)
@@ -190,6 +193,11 @@ class Requests(_Reasking):
         self._link.release([self.route])
 
     def _reask(self, indices: list[int]) -> None:
+        # Subscribe afresh too: a subscription the broker lost (a cluster node gone) stays
+        # silent however often we ask. One client's packets are handled in order, so the new
+        # subscription is in place before the request it precedes is answered.
+        self._link.release([self.route])
+        self._link.hold([self.route], qos=0)
         self._publish(indices)
 
     def _publish(self, indices: list[int]) -> None:

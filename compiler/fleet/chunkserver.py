@@ -25,6 +25,10 @@ from .mqtt import Subscriber, capabilities
 
 log = logging.getLogger(__name__)
 
+# Requests are read at QoS 0: a device asks again for what does not come, and a QoS 1
+# subscription is broker state that a NATS cluster losing a node can leave silent.
+WANTS_QOS = 0
+
 WINDOW = 64  # chunks awaiting PUBACK at once
 PER_DEVICE = 1024  # chunks queued for one device (the agent's largest chunk window)
 QUANTUM = 8  # chunks sent to one device before the next device's turn
@@ -86,7 +90,7 @@ class ChunkServer:
         self._client.message_callback_add(self._topics.all_devices("wants"), self._on_wants)
         self._client.on_publish = self._on_publish
         self._client.on_connect = self._on_reconnect
-        Subscriber(self._client).subscribe([(self._filter, 1)])
+        Subscriber(self._client).subscribe([(self._filter, WANTS_QOS)])
         self._thread.start()
         return self
 
@@ -107,7 +111,7 @@ class ChunkServer:
         self, client: mqtt.Client, _u: object, _f: object, reason: mqtt.ReasonCode, _p: object
     ) -> None:
         if not reason.is_failure:
-            client.subscribe([(self._filter, 1)])
+            client.subscribe([(self._filter, WANTS_QOS)])
 
     def _on_publish(self, _c: mqtt.Client, _u: object, _mid: int, _r: object, _p: object) -> None:
         self._window.release()

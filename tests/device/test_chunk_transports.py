@@ -42,6 +42,8 @@ class AnsweringLink:
         self.first_request = threading.Event()
         self.handler: Callable[[str, bytes], None] | None = None
         self.held: set[str] = set()
+        self.holds: list[int] = []  # the QoS of each inbox subscription made
+        self.silent_holds = 0  # this many first subscriptions receive nothing (a lost node's)
 
     def route(self, _filter: str, handler: Callable[[str, bytes], None]) -> None:
         self.handler = handler
@@ -51,6 +53,7 @@ class AnsweringLink:
 
     def hold(self, topics: list[str], qos: int = 1) -> None:
         self.held.update(topics)
+        self.holds.extend(qos for _ in topics)
 
     def release(self, topics: list[str]) -> None:
         self.held.difference_update(topics)
@@ -60,7 +63,7 @@ class AnsweringLink:
         request = ChunkRequest.decode(payload)
         self.asked.append(request.chunks)
         self.first_request.set()
-        if self.mute:
+        if self.mute or len(self.holds) <= self.silent_holds:
             return
         for index in request.chunks:
             if index in self.drop:
@@ -112,6 +115,25 @@ def test_request_mode_asks_again_for_a_lost_answer(tmp_path: Path) -> None:
     asked = Counter(i for request in link.asked for i in request)
     assert asked[2] == 2 and asked[5] == 2 and asked[0] == 1
     assert (stats.fetched, stats.duplicates) == (8, 0)
+
+
+def test_request_mode_subscribes_its_inbox_afresh_when_it_asks_again(tmp_path: Path) -> None:
+    """A subscription the broker keeps but never delivers to (a NATS cluster node lost) stays
+    silent however often the device asks: asking again subscribes the inbox anew, at QoS 0."""
+    blob, chunks = _blob(tmp_path, 6 * 1024, 1024)
+    link = AnsweringLink(blob, chunks)
+    link.silent_holds = 1
+    stats = _fetcher(link).fetch(
+        blob,
+        tmp_path / "x.part",
+        5,
+        threading.Event(),
+        delivery="request",
+        deploy=DeployConfig(request_retry_s=0.3),
+    )
+    assert stats.fetched == 6
+    assert len(link.holds) >= 2 and set(link.holds) == {0}
+    assert not link.held
 
 
 def test_request_mode_asks_again_after_a_reconnect(tmp_path: Path) -> None:
