@@ -35,7 +35,16 @@ from compiler.fleet.broker import MosquittoBroker, free_port
 HOST = "127.0.0.1"
 START_TIMEOUT_S = 60.0
 # An MQTT 3.1.1 CONNECT: clean session, keepalive 10 s, client id "ew-probe".
-_CONNECT = bytes([0x10, 20]) + b"\x00\x04MQTT\x04\x02\x00\x0a\x00\x08ew-probe"
+
+
+def _connect_packet() -> bytes:
+    """A clean-session MQTT 3.1.1 CONNECT with a client id of its own: a NATS cluster refuses a
+    client id whose earlier session another node is still closing."""
+    client_id = f"ew-probe-{secrets.token_hex(4)}".encode()
+    body = b"\x00\x04MQTT\x04\x02\x00\x0a" + len(client_id).to_bytes(2, "big") + client_id
+    return bytes([0x10, len(body)]) + body
+
+
 _DISCONNECT = bytes([0xE0, 0x00])
 
 
@@ -48,7 +57,7 @@ def connack(host: str, port: int, timeout: float = 2.0) -> int | None:
     (not listening yet, or listening but not serving MQTT yet)."""
     try:
         with socket.create_connection((host, port), timeout=timeout) as sock:
-            sock.sendall(_CONNECT)
+            sock.sendall(_connect_packet())
             reply = b""
             while len(reply) < 4:
                 more = sock.recv(4 - len(reply))
