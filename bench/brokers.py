@@ -229,9 +229,15 @@ def missing(dsn: str, produced: int) -> int:
 def failover(cluster: NatsCluster, device: Device, ctx: SimpleNamespace, dsn: str) -> dict:
     """A request push (8 KiB chunks) to the agent; once 20% is on disk its node is SIGKILLed;
     then: did it install and serve, and is every result it produced in PostgreSQL, once?"""
+    (on,) = cluster.node_of(AGENT_CLIENT_ID)
+    if on == len(cluster.nodes) - 1:
+        return {"ok": False, "error": "the agent is on the cloud's node; nothing to fail over"}
     cloud = port_of(cluster.urls[-1])
+    # A persistent session (--client-id), as a consumer that must not miss results runs: NATS
+    # keeps QoS 1 messages for it in JetStream, replicated, before it acknowledges the device.
     consumer = subprocess.Popen(
-        [str(EDGEWISE), "results", "--port", str(cloud), "--postgres", dsn, "--timeout", "600"],
+        [str(EDGEWISE), "results", "--port", str(cloud), "--postgres", dsn, "--timeout", "600",
+         "--client-id", "bench-failover"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     assert consumer.stderr is not None
@@ -240,7 +246,6 @@ def failover(cluster: NatsCluster, device: Device, ctx: SimpleNamespace, dsn: st
     serve = ServeProcess(cluster.host, cloud, store)
     out: dict[str, Any] = {"ok": False}
     try:
-        (on,) = cluster.node_of(AGENT_CLIENT_ID)
         blob = ctx.failover.manifest.model
         partial, total = ModelStore(device.state).partial_path(blob), len(blob.chunks)
 
@@ -264,7 +269,7 @@ def failover(cluster: NatsCluster, device: Device, ctx: SimpleNamespace, dsn: st
         serve.kill()
         device.agent.stop()
     produced = device.agent.results_produced()
-    poll(lambda: rows_in(dsn) >= produced, 60, every=0.2)
+    poll(lambda: missing(dsn, produced) == 0, 60, every=0.2)
     consumer.send_signal(signal.SIGINT)
     consumer.communicate(timeout=30)
     lost = missing(dsn, produced)

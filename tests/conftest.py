@@ -122,3 +122,21 @@ def v2(compiled, trained_model, digits, signing_keys, tmp_path_factory) -> Packa
         out_dir=tmp_path_factory.mktemp("v2"),
         html=False,
     ).package
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[str]:
+    """The admin DSN of a PostgreSQL: the machine's at 127.0.0.1:5432, else one started here."""
+    from postgres_server import server
+
+    with server() as dsn:
+        yield dsn
+
+
+@pytest.fixture
+def pg(pg_server: str) -> Iterator[str]:
+    """The DSN of a database of the test's own."""
+    from postgres_server import database
+
+    with database(pg_server) as dsn:
+        yield dsn

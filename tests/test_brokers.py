@@ -12,7 +12,6 @@ from __future__ import annotations
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +24,6 @@ from device_harness import DEPLOY, DEVICE, TOPICS, Device
 from forge import package_from
 from helpers import BIN
 from onnx_models import wide_model
-from postgres_server import database, server
 from upstream_harness import wait_until
 
 from agent.contract import Package
@@ -35,18 +33,6 @@ from compiler.fleet.mqtt import BrokerAddress, connect, disconnect
 from compiler.fleet.results import DeviceFeed
 
 AGENT_CLIENT_ID = f"edgewise-agent-{DEVICE}"
-
-
-@pytest.fixture(scope="module")
-def pg_server() -> Iterator[str]:
-    with server() as dsn:
-        yield dsn
-
-
-@pytest.fixture
-def pg(pg_server: str) -> Iterator[str]:
-    with database(pg_server) as dsn:
-        yield dsn
 
 
 class ResultsConsumer:

@@ -5,12 +5,9 @@ from __future__ import annotations
 
 import json
 import subprocess
-from collections.abc import Iterator
 
 import psycopg
-import pytest
 from helpers import BIN, stored_result
-from postgres_server import database, server
 
 from agent.contract import Topics
 from compiler.fleet.broker import MosquittoBroker
@@ -19,12 +16,6 @@ from compiler.fleet.results import Partition
 
 DEVICES = [f"cam-{i}" for i in range(9)]
 PER_DEVICE = 4
-
-
-@pytest.fixture
-def pg() -> Iterator[str]:
-    with server() as admin, database(admin) as dsn:
-        yield dsn
 
 
 def consumer(broker: MosquittoBroker, dsn: str, index: int, count: int) -> subprocess.Popen[str]:

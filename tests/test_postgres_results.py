@@ -9,31 +9,16 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
 from helpers import BIN, stored_result
-from postgres_server import database, server
 
 from agent.contract import Topics
 from compiler.cli import main
 from compiler.fleet.broker import MosquittoBroker
 from compiler.fleet.mqtt import BrokerAddress, connect, disconnect
-
-
-@pytest.fixture(scope="module")
-def pg_server() -> Iterator[str]:
-    with server() as dsn:
-        yield dsn
-
-
-@pytest.fixture
-def pg(pg_server: str) -> Iterator[str]:
-    """The DSN of a database of the test's own."""
-    with database(pg_server) as dsn:
-        yield dsn
 
 
 def publish(broker: MosquittoBroker, device: str, batches: list[list[int]]) -> None:
