@@ -4,10 +4,12 @@ asked for. The schema bounds what any manifest may say; these bound what this de
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 from agent import __version__
+from agent.comms.sizing import payload_budget
 from agent.config import DeployConfig
-from agent.contract import Manifest, parse_semver
+from agent.contract import BlobSpec, Manifest, parse_semver
 from agent.delivery.outcomes import Rejected
 from agent.delivery.store import blobs_of
 from agent.errors import DeployError
@@ -38,3 +40,19 @@ def check_admission(manifest: Manifest, deploy: DeployConfig, serving: Manifest 
             f"version {manifest.version} is not newer than serving {serving.version}: "
             "refused as a replay (a signed rollback can name an older version)"
         )
+
+
+def check_packets(manifest: Manifest, max_packet: int, topic_of: Callable[[BlobSpec], str]) -> None:
+    """DeployError when a chunk cannot reach this device over MQTT: the broker drops a packet over
+    the cap this device announced (``[mqtt] max_packet_bytes``) or its own, so the transfer would
+    only stall until ``fetch_timeout``. ``topic_of(blob)``: the longest topic a chunk comes on."""
+    if manifest.delivery == "http":
+        return
+    for blob in blobs_of(manifest):
+        budget = payload_budget(topic_of(blob), max_packet)
+        if blob.chunk_size > budget:
+            raise DeployError(
+                f"{blob.path} comes in {blob.chunk_size}-byte chunks, over the {budget} bytes a "
+                f"packet to this device can carry ({max_packet}-byte cap, [mqtt] max_packet_bytes "
+                "or the broker's); push it in smaller chunks or raise the cap"
+            )

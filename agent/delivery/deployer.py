@@ -27,8 +27,16 @@ from agent.comms.bounded import Mailbox, RecentSet
 from agent.comms.guard import Boundary, Oversize
 from agent.comms.link import MqttLink
 from agent.config import AgentConfig
-from agent.contract import ContractError, Manifest, Package, Topics, TrustStore, summarise
-from agent.delivery.admission import check_admission
+from agent.contract import (
+    BlobSpec,
+    ContractError,
+    Manifest,
+    Package,
+    Topics,
+    TrustStore,
+    summarise,
+)
+from agent.delivery.admission import check_admission, check_packets
 from agent.delivery.candidate import Candidates
 from agent.delivery.fetcher import ChunkFetcher
 from agent.delivery.outcomes import (
@@ -74,7 +82,7 @@ class Deployer(threading.Thread):
         self._config, self._link, self._trust, self._store = config, link, trust, store
         self._models, self._report, self._halt = models, report, stop
         self.boundary = Boundary("deployer", self._publish_rejection)
-        topics = Topics(config.mqtt.topic_root)
+        self._topics = topics = Topics(config.mqtt.topic_root)
         fetcher = ChunkFetcher(
             link, topics, config.deploy.chunk_window, self.boundary, device=config.device.id
         )
@@ -283,7 +291,15 @@ class Deployer(threading.Thread):
             log.info("%s %s is quarantined (%s); not retried", manifest.name, manifest.version, why)
             return
         check_admission(manifest, self._config.deploy, serving.manifest if serving else None)
+        check_packets(manifest, self._link.max_packet, self._chunk_topic(manifest))
         self._deploy(manifest, envelope, rank)
+
+    def _chunk_topic(self, manifest: Manifest) -> Callable[[BlobSpec], str]:
+        """The topic of a blob's last chunk (the longest index) in the manifest's delivery."""
+        if manifest.delivery == "request":
+            device = self._config.device.id
+            return lambda b: self._topics.inbox_chunk(device, b.sha256, len(b.chunks) - 1)
+        return lambda b: self._topics.blob_chunk(b.sha256, len(b.chunks) - 1)
 
     def _superseded(self, rank: int) -> bool:
         """A message waits that changes this or a more specific scope's deployment."""

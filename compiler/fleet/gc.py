@@ -84,7 +84,13 @@ def collect(client: mqtt.Client, topics: Topics, timeout: float = 30.0) -> Inven
     client.message_callback_add(topics.all_blobs(), on_chunk)
     client.message_callback_add(marker, lambda _c, _u, _m: done.set())
     try:
-        Subscriber(client).subscribe(filters, timeout)  # NATS reads every retained chunk first
+        try:
+            Subscriber(client).subscribe(filters, timeout)
+        except BrokerUnavailable as exc:
+            raise BrokerUnavailable(
+                f"{exc}; NATS 2.9 never confirms a subscription whose retained messages pass "
+                "~64 MB, so gc cannot read a larger retained set there: use --chunks request"
+            ) from exc
         client.publish(marker, b"end of retained", qos=1)
         if not done.wait(timeout):
             raise BrokerUnavailable(f"the broker did not return gc's marker within {timeout:g} s")

@@ -167,3 +167,27 @@ def test_topics_are_built_in_one_place() -> None:
         "rename the device (e.g. 'cam-1')"
     )
     assert dot_problem("cam-1", "device") is None
+
+
+@pytest.mark.parametrize(("delivery", "cap", "refused"), [
+    ("retained", 64 * 1024, True), ("request", 64 * 1024, True), ("http", 64 * 1024, False),
+    ("retained", 128 * 1024, False), ("request", 128 * 1024, False),
+])  # fmt: skip
+def test_chunks_over_the_devices_packet_cap_are_refused_before_any_is_asked_for(
+    manifest: Manifest, delivery: str, cap: int, refused: bool
+) -> None:
+    from agent.delivery.admission import check_packets
+    from agent.errors import DeployError
+
+    topics = Topics()
+    topic = (
+        (lambda b: topics.inbox_chunk("cam-1", b.sha256, len(b.chunks) - 1))
+        if delivery == "request"
+        else (lambda b: topics.blob_chunk(b.sha256, len(b.chunks) - 1))
+    )
+    over = manifest.model_copy(update={"delivery": delivery})  # 64 KiB chunks
+    if not refused:
+        check_packets(over, cap, topic)
+        return
+    with pytest.raises(DeployError, match=r"65536-byte chunks, over the .* push it in smaller"):
+        check_packets(over, cap, topic)
