@@ -218,12 +218,28 @@ def rows_in(dsn: str) -> int:
     return int(found[0]) if found else 0
 
 
-def missing(dsn: str, produced: int) -> int:
+def missing_seqs(dsn: str, produced: int) -> list[int]:
     """Results of seq first..produced not in PostgreSQL, first being the first the consumer (which
     starts after the agent) stored."""
     with psycopg.connect(dsn) as conn:
         seqs = {int(r[0]) for r in conn.execute("SELECT DISTINCT seq FROM results")}
-    return len(set(range(min(seqs), produced + 1)) - seqs) if seqs else produced
+    return sorted(set(range(min(seqs), produced + 1)) - seqs) if seqs else list(range(produced))
+
+
+def missing(dsn: str, produced: int) -> int:
+    return len(missing_seqs(dsn, produced))
+
+
+def first_seq(dsn: str) -> int | None:
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute("SELECT min(seq) FROM results").fetchone()
+    return None if row is None or row[0] is None else int(row[0])
+
+
+def newest_seq(dsn: str) -> int | None:
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute("SELECT max(seq) FROM results").fetchone()
+    return None if row is None or row[0] is None else int(row[0])
 
 
 def failover(cluster: NatsCluster, device: Device, ctx: SimpleNamespace, dsn: str) -> dict:
@@ -254,8 +270,10 @@ def failover(cluster: NatsCluster, device: Device, ctx: SimpleNamespace, dsn: st
 
         push(ctx.failover, cluster.host, cloud, "request", key=ctx.key, store=store)
         poll(lambda: on_disk() >= total // 5, 60)
+        out["first_seq"] = first_seq(dsn)
         cluster.kill(on)
         killed, out["chunks_at_kill"] = time.time(), f"{on_disk()}/{total}"
+        out["seq_stored_at_kill"] = newest_seq(dsn)
         verdict = device.feed.wait_for(
             "events", 60,
             lambda e: e.get("type") == "deployment" and e["state"] in ("active", "rejected"),
@@ -272,7 +290,8 @@ def failover(cluster: NatsCluster, device: Device, ctx: SimpleNamespace, dsn: st
     poll(lambda: missing(dsn, produced) == 0, 60, every=0.2)
     consumer.send_signal(signal.SIGINT)
     consumer.communicate(timeout=30)
-    lost = missing(dsn, produced)
+    gaps = missing_seqs(dsn, produced)
+    lost, out["lost_seqs"] = len(gaps), gaps[:10]
     out.update(ok=served_after and lost == 0, lost=lost, produced=produced, stored=rows_in(dsn))
     return out
 
@@ -334,8 +353,11 @@ def bench_broker(make: str, ctx: SimpleNamespace, root: Path) -> dict[str, Any]:
             out["rss_after_mb"] = round(broker.rss_bytes() / MB, 1)
             if make == "mosquitto":
                 out.update(gc_figures(broker, ctx))
-            else:
-                gc(broker.host, cloud_port(broker))
+            else:  # a refusal is a finding about the broker (NATS: ~64 MB of retained at most)
+                try:
+                    out["gc"] = gc(broker.host, cloud_port(broker)).strip()
+                except RuntimeError as exc:
+                    out["gc"] = f"failed: {str(exc).strip().splitlines()[-1][:160]}"
             out["rss_after_gc_mb"] = round(broker.rss_bytes() / MB, 1)
             if isinstance(broker, NatsCluster):
                 with scratch_database(ctx.dsn) as dsn:
