@@ -44,6 +44,8 @@ from agent.upstream.uplink import ResultsUplink
 
 log = logging.getLogger(__name__)
 
+SETTLE_S = 3.0  # see ResultsUplink: longer than a SIGKILLed node takes to be noticed
+
 # SIGTERM to exit: the frame in flight, then the outbox, then goodbye; systemd's stop timeout
 # and the issue ask for 5 s in all.
 JOIN_S, FLUSH_S, GOODBYE_S = 2.0, 1.5, 1.0
@@ -158,6 +160,9 @@ class Agent:
             batch_max=config.outbox.batch_max,
             window=config.outbox.window,
             housekeeping=self.outbox.retry,
+            # Several nodes: a node that dies right after acknowledging may not have passed the
+            # batch on; keep it for a few seconds to send again from the next node.
+            settle_s=SETTLE_S if len(config.mqtt.endpoints) > 1 else 0.0,
         )
         self._capture = CaptureWorker(
             self._source,

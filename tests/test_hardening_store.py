@@ -63,6 +63,9 @@ class FakeLink:
         self.handler: Callable[[str, bytes], None] | None = None
         self.held: set[str] = set()
         self.holds = 0
+        self.connected = threading.Event()  # always connected, on one connection
+        self.connected.set()
+        self.epoch = 1
 
     def route(self, _filter: str, handler: Callable[[str, bytes], None]) -> None:
         self.handler = handler

@@ -291,7 +291,8 @@ class Deployer(threading.Thread):
             log.info("%s %s is quarantined (%s); not retried", manifest.name, manifest.version, why)
             return
         check_admission(manifest, self._config.deploy, serving.manifest if serving else None)
-        check_packets(manifest, self._link.max_packet, self._chunk_topic(manifest))
+        if self._link.capabilities.protocol == "5":  # only MQTT 5 announces the device's cap
+            check_packets(manifest, self._link.max_packet, self._chunk_topic(manifest))
         self._deploy(manifest, envelope, rank)
 
     def _chunk_topic(self, manifest: Manifest) -> Callable[[BlobSpec], str]:

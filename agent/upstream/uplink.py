@@ -17,6 +17,7 @@ import logging
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Protocol
 
@@ -49,13 +50,21 @@ class ResultsUplink(threading.Thread):
         batch_max: int = 500,
         window: int = 8,
         housekeeping: Callable[[], None] = lambda: None,
+        settle_s: float = 0.0,
     ):
-        """``housekeeping`` runs on every pass of the loop (the spool's retry of writes)."""
+        """``housekeeping`` runs on every pass of the loop (the spool's retry of writes).
+
+        ``settle_s``: how long an acknowledged batch stays in the outbox before it is deleted. A
+        cluster node can acknowledge a QoS 1 message and die before the rest of the cluster has
+        it; a batch acknowledged within ``settle_s`` of a lost connection is sent again on the
+        next one (consumers drop the copy by id). 0 (one broker): deleted on acknowledgement."""
         super().__init__(name="uplink", daemon=True)
         self._outbox, self._link, self._topic, self._halt = outbox, link, topic, stop
         self._batch_max, self._window, self._housekeeping = batch_max, window, housekeeping
         self._acks: queue.Queue[int] = queue.Queue()
         self._in_flight: dict[int, tuple[int, int]] = {}  # mid → (first seq, last seq)
+        self._settle_s = settle_s
+        self._settling: deque[tuple[float, int, int]] = deque()  # (acked at, first, last)
         self._sent_up_to = 0
         self._epoch = -1
         self.batches = 0
@@ -69,6 +78,7 @@ class ResultsUplink(threading.Thread):
     def flush(self, timeout: float) -> bool:
         """Send until the outbox is empty (used at shutdown); True when it is."""
         deadline = time.monotonic() + timeout
+        self._settle_s = 0.0  # stopping: an acknowledgement is final
         while self._outbox.queued and time.monotonic() < deadline and self._link.connected.is_set():
             self._step()
         return self._outbox.queued == 0
@@ -78,10 +88,13 @@ class ResultsUplink(threading.Thread):
         if not self._link.connected.wait(0.2):
             return
         if self._link.epoch != self._epoch:
-            # A new connection: whatever was in flight may be lost; send it again from the outbox.
+            # A new connection: whatever was in flight may be lost, and so may what was settling;
+            # send it all again from the outbox.
             self._epoch, self._sent_up_to = self._link.epoch, 0
             self._in_flight.clear()
+            self._settling.clear()
         self._drain_acks(wait=len(self._in_flight) >= self._window)
+        self._settle()
         if len(self._in_flight) >= self._window:
             return
         budget = payload_budget(self._topic, self._link.max_packet) - 2  # the brackets
@@ -112,7 +125,14 @@ class ResultsUplink(threading.Thread):
             while True:
                 span = self._in_flight.pop(mid, None)
                 if span is not None:
-                    self._outbox.acknowledge(*span)
+                    self._settling.append((time.monotonic(), *span))
                 mid = self._acks.get_nowait()
         except queue.Empty:
             pass
+
+    def _settle(self) -> None:
+        """Delete the batches acknowledged at least ``settle_s`` ago on this connection."""
+        now = time.monotonic()
+        while self._settling and now - self._settling[0][0] >= self._settle_s:
+            _, first, last = self._settling.popleft()
+            self._outbox.acknowledge(first, last)
