@@ -33,6 +33,7 @@ from agent.contract.errors import ManifestError, PayloadError
 from agent.contract.strictjson import parse_json
 
 PAYLOAD_TYPE = "application/vnd.edgewise.manifest+json"
+COMMAND_TYPE = "application/vnd.edgewise.command+json"  # a signed device command (same DSSE)
 MAX_SIGNATURES = 8  # a few keys during a rotation; more is noise to make the device work
 _DSSE_FIELDS = ("payloadType", "payload", "signatures")
 _NOT_ENVELOPE = "not a signed manifest envelope"
@@ -62,11 +63,13 @@ def unb64(text: str) -> bytes:
         raise ValueError("not base64") from exc
 
 
-def dsse_envelope(payload: bytes, signatures: list[tuple[str, bytes]]) -> bytes:
+def dsse_envelope(
+    payload: bytes, signatures: list[tuple[str, bytes]], payload_type: str = PAYLOAD_TYPE
+) -> bytes:
     """A v2 envelope of ``payload`` with (key id, signature over PAE) pairs, as UTF-8 JSON."""
     return canonical_json(
         {
-            "payloadType": PAYLOAD_TYPE,
+            "payloadType": payload_type,
             "payload": b64(payload),
             "signatures": [{"keyid": kid, "sig": b64(sig)} for kid, sig in signatures],
         }
@@ -95,23 +98,23 @@ class Opened:
         return data
 
 
-def open_envelope(envelope: bytes) -> Opened:
+def open_envelope(envelope: bytes, payload_type: str = PAYLOAD_TYPE) -> Opened:
     """Parse an envelope strictly and check its shape and types; ManifestError (one line, never
-    quoting the envelope) when it is not one."""
+    quoting the envelope) when it is not one. Only manifests have a version 1."""
     try:
         data = parse_json(envelope)
     except PayloadError as exc:
         raise ManifestError(f"{_NOT_ENVELOPE}: {exc}") from exc
-    if isinstance(data, dict) and "manifest" in data:
+    if isinstance(data, dict) and "manifest" in data and payload_type == PAYLOAD_TYPE:
         return _open_v1(data)
     if not isinstance(data, dict) or not any(k in data for k in _DSSE_FIELDS):
         raise ManifestError(
             f"{_NOT_ENVELOPE}: expected a DSSE object with payloadType, payload and signatures"
         )
-    return _open_dsse(data)
+    return _open_dsse(data, payload_type)
 
 
-def _open_dsse(data: dict[str, Any]) -> Opened:
+def _open_dsse(data: dict[str, Any], payload_type: str) -> Opened:
     missing = [k for k in _DSSE_FIELDS if k not in data]
     if missing:
         raise ManifestError(f"{_NOT_ENVELOPE}: DSSE envelope without {', '.join(missing)}")
@@ -120,8 +123,8 @@ def _open_dsse(data: dict[str, Any]) -> Opened:
     kind, payload = data["payloadType"], data["payload"]
     if not isinstance(kind, str) or not isinstance(payload, str):
         raise ManifestError(f"{_NOT_ENVELOPE}: payloadType and payload must be strings")
-    if kind != PAYLOAD_TYPE:
-        raise ManifestError(f"{_NOT_ENVELOPE}: payloadType is not {PAYLOAD_TYPE}")
+    if kind != payload_type:
+        raise ManifestError(f"{_NOT_ENVELOPE}: payloadType is not {payload_type}")
     try:
         body = unb64(payload)
     except ValueError:

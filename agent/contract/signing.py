@@ -104,6 +104,10 @@ class TrustStore:
     def key_ids(self) -> list[str]:
         return sorted(self._keys)
 
+    def key(self, kid: str) -> Ed25519PublicKey | None:
+        """The trusted key of that id, or None."""
+        return self._keys.get(kid)
+
     def verify(self, envelope: bytes) -> Manifest:
         """Check an envelope's signature, then parse and check its manifest; returns the
         manifest or raises a ContractError whose message never quotes the envelope. A DSSE

@@ -13,6 +13,7 @@
 {root}/v1/devices/{device_id}/results inference results
 {root}/v1/devices/{device_id}/events  deploy outcomes and errors
 {root}/v1/devices/{device_id}/telemetry retained health figures, every telemetry interval
+{root}/v1/devices/{device_id}/replies  replies to signed commands (agent.contract.commands)
 """
 
 from __future__ import annotations
@@ -120,6 +121,10 @@ class Topics:
 
     def telemetry(self, device_id: str) -> str:
         return self.device(device_id, "telemetry")
+
+    def replies(self, device_id: str) -> str:
+        """Where a device answers signed commands (accepted/rejected, then done/failed)."""
+        return self.device(device_id, "replies")
 
     def all_devices(self, leaf: str) -> str:
         """Filter matching one leaf of every device, e.g. all results."""
