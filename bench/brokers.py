@@ -22,26 +22,22 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Callable
-from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-import numpy as np
-import onnxruntime as ort
 import psycopg
 from postgres import postgres_figures  # bench/postgres.py: the consumer CLI against a broker
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from broker_flow import ServeProcess, gc, port_of, push, retained_blob_topics, start_agent
 from brokers import MAKES, NatsCluster, running
 from device_harness import DEPLOY, DEVICE, TOPICS, Device
-from forge import package_from
+from forge import golden_of, package_from
 from onnx_models import wide_model
+from postgres_server import database
 from range_server import RangeServer
 
 from agent.contract import Package, generate_keypair
@@ -82,9 +78,7 @@ def packaged(
     """One random-weight model packaged once per mode (``{major}.{n}.0``: each push is newer)."""
     root.mkdir(parents=True, exist_ok=True)
     model = wide_model(root / f"wide-{hidden}.onnx", hidden=hidden)
-    inputs = np.load(base.root / "golden.npz")["inputs"]
-    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
-    golden = (inputs, session.run(None, {"input": inputs})[0])
+    golden = golden_of(base, model)
     return {
         mode: package_from(
             base,
@@ -181,18 +175,6 @@ MODES: dict[str, Callable[[Any, Device, Package, Any], dict[str, float]]] = {
 
 
 # --- the bench ----------------------------------------------------------------------------------
-
-
-@contextmanager
-def scratch_database(admin: str):  # type: ignore[no-untyped-def]
-    name = f"edgewise_bench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield make_conninfo(**{**conninfo_to_dict(admin), "dbname": name})
-    finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def device_on(broker: Any, ctx: SimpleNamespace, root: Path):  # type: ignore[no-untyped-def]
@@ -360,7 +342,7 @@ def bench_broker(make: str, ctx: SimpleNamespace, root: Path) -> dict[str, Any]:
                     out["gc"] = f"failed: {str(exc).strip().splitlines()[-1][:160]}"
             out["rss_after_gc_mb"] = round(broker.rss_bytes() / MB, 1)
             if isinstance(broker, NatsCluster):
-                with scratch_database(ctx.dsn) as dsn:
+                with database(ctx.dsn) as dsn:
                     out["failover"] = failover(broker, device, ctx, dsn)
             failed_over = out.get("failover", {}).get("ok", True)
             out["ok"] = failed_over and not any(k.endswith("_error") for k in out)

@@ -17,13 +17,10 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
-import onnxruntime as ort
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from device_harness import DEPLOY, DEVICE, TOPICS, install, start_device
-from forge import package_from
+from forge import golden_of, package_from
 from onnx_models import wide_model
 
 from agent.contract import generate_keypair
@@ -60,9 +57,7 @@ class RssWatch(threading.Thread):
 
 def packaged(base, key: Path, root: Path, hidden: int, version: str):  # type: ignore[no-untyped-def]
     model = wide_model(root / f"wide-{hidden}.onnx", hidden=hidden)
-    inputs = np.load(base.root / "golden.npz")["inputs"]
-    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
-    golden = (inputs, session.run(None, {"input": inputs})[0])
+    golden = golden_of(base, model)
     return package_from(base, root / version, key, version=version, model=model, golden=golden)
 
 

@@ -52,6 +52,16 @@ def package_from(
     )  # fmt: skip
 
 
+def golden_of(base: Package, model: Path) -> tuple[np.ndarray, np.ndarray]:
+    """``base``'s golden inputs and what ``model`` answers to them: a golden set for a package
+    of another model on the same inputs (e.g. a random-weight one of some size)."""
+    import onnxruntime as ort
+
+    inputs = np.load(base.root / "golden.npz")["inputs"]
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    return inputs, session.run(None, {"input": inputs})[0]
+
+
 def resign(package: Package, key: Path, **changes: Any) -> Package:
     """The same files under a manifest with ``changes``, signed again (so the signature is good)."""
     manifest = package.manifest.model_copy(update=changes)

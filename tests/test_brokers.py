@@ -14,14 +14,12 @@ import subprocess
 import time
 from pathlib import Path
 
-import numpy as np
-import onnxruntime as ort
 import psycopg
 import pytest
 from broker_flow import ServeProcess, push, retained_blob_topics, start_agent
 from brokers import NatsCluster, running
 from device_harness import DEPLOY, DEVICE, TOPICS, Device
-from forge import package_from
+from forge import golden_of, package_from
 from helpers import BIN
 from onnx_models import wide_model
 from upstream_harness import wait_until
@@ -187,9 +185,7 @@ def wide(compiled, signing_keys, tmp_path_factory) -> Package:  # type: ignore[n
     """digits-cnn 3.0.0: a 3 MB random-weight model in 16 KiB chunks (190 of them)."""
     root = tmp_path_factory.mktemp("wide")
     model = wide_model(root / "wide.onnx", hidden=1000)
-    inputs = np.load(compiled.package.root / "golden.npz")["inputs"]
-    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
-    golden = (inputs, session.run(None, {"input": inputs})[0])
+    golden = golden_of(compiled.package, model)
     return package_from(
         compiled.package, root / "p", signing_keys[0], version="3.0.0", model=model,
         golden=golden, chunk_size=16 * 1024,
