@@ -81,6 +81,7 @@ AGENT_LAYERS = [
     {"agent.sources"},
     {"agent.inference"},
     {"agent.delivery", "agent.upstream"},
+    {"agent.control"},
     {"agent.daemon", "agent.bench", "agent.preflight"},
     {"agent.cli"},
 ]

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
@@ -31,6 +32,26 @@ from agent.contract.broker import BrokerCapabilities, unsupported_protocol
 log = logging.getLogger(__name__)
 
 MessageHandler = Callable[[str, bytes], None]
+
+
+@dataclass(frozen=True)
+class Request:
+    """An MQTT 5 request's reply fields (PUBLISH properties); empty over 3.1.1."""
+
+    response_topic: str | None = None
+    correlation_data: bytes | None = None
+
+
+RequestHandler = Callable[[str, bytes, Request], None]
+
+
+def request_of(msg: mqtt.MQTTMessage) -> Request:
+    props = getattr(msg, "properties", None)
+    if props is None:
+        return Request()
+    topic = getattr(props, "ResponseTopic", None)
+    data = getattr(props, "CorrelationData", None)
+    return Request(topic if isinstance(topic, str) else None, bytes(data) if data else None)
 
 
 def configure_client(client: mqtt.Client, config: MqttConfig) -> None:
@@ -79,6 +100,7 @@ class MqttLink:
         self.connected = threading.Event()
         self.epoch = 0  # counts connections, so a sender can tell a reconnect happened
         self._ack_handlers: list[Callable[[int], None]] = []
+        self._connect_handlers: list[Callable[[], None]] = []
         self._protocol = config.protocol  # "5" until a broker refuses it
         self.capabilities = BrokerCapabilities(protocol=self._protocol)  # from the last CONNACK
         self.failover = Failover(config.endpoints, config.reconnect_max_delay)
@@ -140,6 +162,15 @@ class MqttLink:
 
         self._client.message_callback_add(topic_filter, on_message)
 
+    def subscribe_requests(self, topic_filter: str, handler: RequestHandler, qos: int = 1) -> None:
+        """As :meth:`subscribe`, the handler also getting the MQTT 5 reply fields."""
+
+        def on_message(_client: mqtt.Client, _userdata: object, msg: mqtt.MQTTMessage) -> None:
+            handler(msg.topic, bytes(msg.payload), request_of(msg))
+
+        self._client.message_callback_add(topic_filter, on_message)
+        self.hold([topic_filter], qos)
+
     def unroute(self, topic_filter: str) -> None:
         self._client.message_callback_remove(topic_filter)
 
@@ -158,7 +189,12 @@ class MqttLink:
             self._client.unsubscribe(topics)
 
     def publish(
-        self, topic: str, payload: bytes, qos: int = 1, retain: bool = False
+        self,
+        topic: str,
+        payload: bytes,
+        qos: int = 1,
+        retain: bool = False,
+        correlation: bytes | None = None,
     ) -> mqtt.MQTTMessageInfo:
         """An event, status or telemetry message: one over ``SMALL_MESSAGE_BYTES`` (or the
         packet cap) goes out shortened (:func:`agent.comms.sizing.shorten`), never oversize."""
@@ -173,7 +209,22 @@ class MqttLink:
             )
             payload = shorten(payload, limit)
         retain = retain and self.capabilities.retain_available
-        return self._client.publish(topic, payload, qos=self._qos(qos), retain=retain)
+        properties = None
+        if correlation is not None and self._protocol == "5":  # a reply to an MQTT 5 request
+            properties = Properties(PacketTypes.PUBLISH)
+            properties.CorrelationData = correlation
+        return self._client.publish(
+            topic, payload, qos=self._qos(qos), retain=retain, properties=properties
+        )
+
+    def publish_bytes(self, topic: str, payload: bytes, retain: bool = False) -> bool:
+        """Data that must not be shortened (a snapshot's chunk) at QoS 1; False when it is over
+        the packet cap or the link is down (nothing sent)."""
+        if len(payload) > payload_budget(topic, self.max_packet) or not self.connected.is_set():
+            return False
+        retain = retain and self.capabilities.retain_available
+        self._client.publish(topic, payload, qos=self._qos(1), retain=retain)
+        return True
 
     def publish_batch(self, topic: str, payload: bytes) -> mqtt.MQTTMessageInfo | None:
         """A results batch at QoS 1, or None when it is over the packet cap (which an MQTT 5
@@ -185,6 +236,10 @@ class MqttLink:
     def on_ack(self, handler: Callable[[int], None]) -> None:
         """Call ``handler(mid)`` on paho's thread when the broker acknowledges a QoS 1 publish."""
         self._ack_handlers.append(handler)
+
+    def on_connected(self, handler: Callable[[], None]) -> None:
+        """Call ``handler()`` on paho's thread after every connect (subscriptions renewed)."""
+        self._connect_handlers.append(handler)
 
     def _on_publish(self, _client, _userdata, mid, reason_code, _properties) -> None:
         if reason_code.is_failure:  # MQTT 5 only: the broker took the message but refused it
@@ -220,6 +275,8 @@ class MqttLink:
         self.epoch += 1
         self.connected.set()
         self.announce()
+        for handler in self._connect_handlers:
+            handler()
 
     def _fall_back_to_311(self, client: mqtt.Client) -> None:
         """The broker does not speak MQTT 5: reconnect in 3.1.1 (paho keeps the rest)."""

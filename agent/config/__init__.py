@@ -35,6 +35,7 @@ else:  # JetPack 6 ships Python 3.10
 
 from pydantic_core import PydanticCustomError
 
+from agent.config.control import CommandsConfig, HomeAssistantConfig, ShadowConfig
 from agent.config.sources import CameraConfig as CameraConfig
 from agent.config.sources import CommandConfig as CommandConfig
 from agent.config.sources import ImagesConfig as ImagesConfig
@@ -156,6 +157,8 @@ class RuntimeConfig(_Section):
     # resort. Jetson: ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
     warmup_runs: int = Field(default=3, ge=0)
+    # Frames inferred per second at most (the `rate` command sets it live); None: every frame.
+    max_fps: float | None = Field(default=None, gt=0)
 
 
 class DeployConfig(_Section):
@@ -192,12 +195,16 @@ class AgentConfig(_Section):
     results: ResultsConfig = ResultsConfig()
     outbox: OutboxConfig = OutboxConfig()
     telemetry: TelemetryConfig = TelemetryConfig()
+    commands: CommandsConfig = CommandsConfig()
+    shadow: ShadowConfig = ShadowConfig()
+    homeassistant: HomeAssistantConfig = HomeAssistantConfig()
 
 
 # What SIGHUP can change without a restart: read at use time by whoever needs them.
 RELOADABLE = (
     "results.",
     "telemetry.interval_s",
+    "runtime.max_fps",
     "deploy.fetch_timeout",
     "deploy.request_retry_s",
     "deploy.http_ca_file",
@@ -270,11 +277,13 @@ def _resolve_deploy(deploy: DeployConfig, base: Path) -> DeployConfig:
 def _check_files(config: AgentConfig) -> list[str]:
     """What validation cannot see: files that must be readable and hold the right thing."""
     problems = []
-    for i, key_path in enumerate(config.trust.public_keys):
-        try:
-            TrustStore.from_files([key_path])
-        except (ContractError, OSError) as exc:
-            problems.append(f"trust.public_keys.{i}: {exc}")
+    keys = [("trust", config.trust.public_keys), ("commands", config.commands.public_keys)]
+    for section, paths in keys:
+        for i, key_path in enumerate(paths):
+            try:
+                TrustStore.from_files([key_path])
+            except (ContractError, OSError) as exc:
+                problems.append(f"{section}.public_keys.{i}: {exc}")
     tls = config.mqtt.tls
     if tls is not None:
         unreadable = False
@@ -354,6 +363,9 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None) -> AgentCo
             "mqtt": config.mqtt.model_copy(update={"tls": tls}),
             "deploy": _resolve_deploy(config.deploy, base),
             "trust": TrustConfig(public_keys=tuple(base / p for p in config.trust.public_keys)),
+            "commands": CommandsConfig(
+                public_keys=tuple(base / p for p in config.commands.public_keys)
+            ),
             "source": resolve_paths(config.source, base),
         }
     )

@@ -20,6 +20,9 @@ class ResultsConfig(_Section):
     mode: Literal["every", "on_change", "interval", "threshold"] = "every"
     interval_s: float = Field(default=1.0, gt=0)
     min_score: float = Field(default=0.5, ge=0)
+    # Per label: a result whose top label is listed is published only from this score on, in
+    # every mode (Frigate's per-object min_score); in "threshold" mode the rest use min_score.
+    thresholds: dict[str, float] = Field(default_factory=dict, max_length=256)
 
 
 class OutboxConfig(_Section):

@@ -191,6 +191,9 @@ class Manifest(_Strict):
     max_latency_ms: float | None = Field(default=None, gt=0, le=3_600_000)
     # How the chunks travel (set when pushing; signed, so a broker cannot redirect a device).
     delivery: Delivery = "retained"
+    # "shadow": install and run beside the serving model on sampled frames, never serving nor
+    # publishing, until promoted (by command, or by agreement); "serve": go live.
+    mode: Literal["serve", "shadow"] = "serve"
 
     @model_validator(mode="after")
     def _distinct_files(self) -> Manifest:

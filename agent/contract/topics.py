@@ -14,6 +14,9 @@
 {root}/v1/devices/{device_id}/events  deploy outcomes and errors
 {root}/v1/devices/{device_id}/telemetry retained health figures, every telemetry interval
 {root}/v1/devices/{device_id}/replies  replies to signed commands (agent.contract.commands)
+{root}/v1/devices/{device_id}/snapshots/{command_id}/{index}  a snapshot's JPEG chunks
+{root}/v1/devices/{device_id}/snapshot the latest snapshot, one retained JPEG (for Home Assistant)
+{root}/v1/devices/{device_id}/ha/{leaf} Home Assistant's state topics; it writes ha/set/{button}
 """
 
 from __future__ import annotations
@@ -96,6 +99,17 @@ class Topics:
     def commands_all(self) -> str:
         return f"{self._base}/commands/all"
 
+    def commands(self, target: str) -> str:
+        """The command topic of ``device:ID``, ``group:NAME`` or ``all``."""
+        kind, _, name = target.partition(":")
+        if kind == "device" and name:
+            return self.commands_device(name)
+        if kind == "group" and name:
+            return self.commands_group(name)
+        if target == "all":
+            return self.commands_all()
+        raise ValueError(f"not a command target: {target!r} (device:ID, group:NAME or all)")
+
     def all_blobs(self) -> str:
         """Filter matching every chunk of every blob."""
         return f"{self._base}/blobs/#"
@@ -125,6 +139,22 @@ class Topics:
     def replies(self, device_id: str) -> str:
         """Where a device answers signed commands (accepted/rejected, then done/failed)."""
         return self.device(device_id, "replies")
+
+    def snapshot_chunk(self, device_id: str, command_id: str, index: int) -> str:
+        """Chunk ``index`` of the JPEG a ``snapshot`` command took (QoS 1, not retained)."""
+        return f"{self.device(device_id, 'snapshots')}/{_segment(command_id, 'command id')}/{index}"
+
+    def snapshot_chunks(self, command_id: str) -> str:
+        """Filter matching every chunk of one snapshot command's JPEGs, from every device."""
+        return f"{self._base}/devices/+/snapshots/{_segment(command_id, 'command id')}/+"
+
+    def snapshot(self, device_id: str) -> str:
+        """The latest snapshot as one retained JPEG (what Home Assistant's image entity shows)."""
+        return self.device(device_id, "snapshot")
+
+    def ha(self, device_id: str, leaf: str) -> str:
+        """A Home Assistant topic of one device: ``state``, ``label/{label}``, ``set/{button}``."""
+        return self.device(device_id, f"ha/{leaf}")
 
     def all_devices(self, leaf: str) -> str:
         """Filter matching one leaf of every device, e.g. all results."""

@@ -77,8 +77,12 @@ class Deployer(threading.Thread):
         health: HealthStats,
         report: Report,
         stop: threading.Event,
+        stage: Callable[[Package], None] | None = None,
     ):
+        """``stage``: takes a verified, probed, installed package whose manifest says
+        ``mode: shadow`` (the shadow runner); without it such packages are refused."""
         super().__init__(name="deployer", daemon=True)
+        self._stage = stage
         self._config, self._link, self._trust, self._store = config, link, trust, store
         self._models, self._report, self._halt = models, report, stop
         self.boundary = Boundary("deployer", self._publish_rejection)
@@ -144,6 +148,11 @@ class Deployer(threading.Thread):
         ActivationError when there is no previous or it cannot serve; DeployerBusy as for
         :meth:`activate`."""
         return self._call(lambda: self._serving.roll_back(reason, quarantine=quarantine), timeout)
+
+    def installed(self, version: str) -> Package:
+        """The installed ``version`` of the serving model's name, re-verified and not
+        quarantined (for shadowing it); NotInstalled or ActivationError naming why not."""
+        return self._serving.package(version)
 
     def status(self) -> dict[str, Any]:
         """``serving``, ``current``, ``previous`` (name and version, or None), ``installed`` (every
@@ -341,6 +350,9 @@ class Deployer(threading.Thread):
                 manifest, envelope, self._config, lambda: self._superseded(rank)
             )
         package = Package(slot, envelope, manifest)
+        if manifest.mode == "shadow":
+            self._shadow(package)
+            return
         try:
             session = self._serving.open(package)
         except ModelLoadError as exc:
@@ -356,3 +368,11 @@ class Deployer(threading.Thread):
             self._probation.watch(manifest, deploy)
         finally:
             self._serving.displaced = None
+
+    def _shadow(self, package: Package) -> None:
+        """Hand an installed ``mode: shadow`` package to the shadow runner; it never serves
+        until promoted (``activate``)."""
+        if self._stage is None:
+            raise DeployError("this agent runs no shadow evaluation; push it without --shadow")
+        self._stage(package)
+        self._status("staged", package.manifest)

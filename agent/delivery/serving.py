@@ -132,6 +132,10 @@ class Serving:
         self._announce()
         return event
 
+    def package(self, version: str) -> Package:
+        """The installed ``version`` of the serving model's name, re-verified."""
+        return self._usable(self._find(self._name(), version))
+
     def describe(self) -> dict[str, Any]:
         """What serves, what ``current`` and ``previous`` hold, every installed slot, and the
         quarantined packages (names from the folders: nothing is hashed)."""

@@ -202,6 +202,34 @@ class CaptureWorker(threading.Thread):
 
 
 ResultSink = Callable[[Frame, ModelSession, Inference], None]
+# Sees every inferred frame after the sink (shadow evaluation, Home Assistant's state); runs on
+# the inference thread, so it only hands work on.
+Observer = Callable[[Frame, ModelSession, Inference], None]
+
+
+class RateGate:
+    """At most ``max_fps`` frames a second are inferred (None: all); the rest are skipped and
+    counted. Set from any thread (the ``rate`` command, a reload)."""
+
+    def __init__(self, max_fps: float | None = None):
+        self.max_fps = max_fps
+        self.skipped = 0
+        self._next = 0.0
+
+    def admit(self, now: float) -> bool:
+        fps = self.max_fps
+        if fps is None:
+            return True
+        if now < self._next:
+            self.skipped += 1
+            return False
+        period = 1.0 / fps
+        # Due one period after the last slot, so frames arriving unevenly still make max_fps;
+        # a pause earns at most one frame of catching up, not a burst.
+        self._next = max(self._next, now - period) + period
+        return True
+
+
 SourceState = Callable[[str, str], None]  # (state, detail): "open", "failed", "ended"
 
 
@@ -217,13 +245,17 @@ class InferenceWorker(threading.Thread):
         health: HealthStats,
         stages: StageStats,
         heartbeat: Callable[[], None] = lambda: None,
+        gate: RateGate | None = None,
     ):
         """``heartbeat`` runs on every pass of the loop, a frame or not (the systemd watchdog):
-        if the loop hangs, it stops."""
+        if the loop hangs, it stops. ``gate``: skips frames over a maximum rate."""
         super().__init__(name="inference", daemon=True)
         self._slot, self._models, self._sink, self._halt = slot, models, sink, stop
         self.frames_without_model = 0
         self._health, self._stages, self._heartbeat = health, stages, heartbeat
+        self.gate = gate or RateGate()
+        self.observers: list[Observer] = []  # add before start()
+        self.last_frame: Frame | None = None  # the latest frame inferred (a snapshot's)
 
     def run(self) -> None:
         while not self._halt.is_set() and not self._slot.exhausted:
@@ -232,6 +264,8 @@ class InferenceWorker(threading.Thread):
             if frame is None:
                 continue
             taken = time.perf_counter()
+            if not self.gate.admit(taken):
+                continue
             waited_ms = max(0.0, (time.time() - frame.captured_at) * 1e3)
             session = self._models.current
             if session is None:
@@ -253,6 +287,9 @@ class InferenceWorker(threading.Thread):
             self._health.record(inference.inference_ms)
             reported = time.perf_counter()
             self._sink(frame, session, inference)
+            self.last_frame = frame
+            for observer in self.observers:
+                observer(frame, session, inference)
             done = time.perf_counter()
             self._stages.record(
                 queue=waited_ms,

@@ -64,7 +64,7 @@ class RateFilter:
     """Decides per inference whether its result is published (``[results] mode``)."""
 
     def __init__(self, config: ResultsConfig):
-        self._config = config
+        self.config = self._config = config
         self._last_label: str | None = None
         self._last_sent = float("-inf")
         self.suppressed = 0
@@ -73,12 +73,17 @@ class RateFilter:
         top = inference.top
         label = top.label if top else None
         mode = self._config.mode
+        floor = self._config.thresholds.get(label) if label is not None else None
+        if floor is not None and top is not None and top.score < floor:
+            self.suppressed += 1  # below its label's own threshold, whatever the mode
+            return False
         if mode == "on_change":
             send = label != self._last_label
         elif mode == "interval":
             send = now - self._last_sent >= self._config.interval_s
         elif mode == "threshold":
-            send = top is not None and top.score >= self._config.min_score
+            least = self._config.min_score if floor is None else floor
+            send = top is not None and top.score >= least
         else:
             send = True
         self._last_label = label
@@ -117,6 +122,10 @@ class ResultSink:
     @property
     def suppressed(self) -> int:
         return self._suppressed_before + self._rate.suppressed
+
+    @property
+    def config(self) -> ResultsConfig:
+        return self._rate.config
 
     def reconfigure(self, config: ResultsConfig) -> None:
         """A new ``[results]`` section (SIGHUP): a fresh filter, the count carried on."""
