@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from device_harness import DEVICE, TOPICS
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from agent.contract.commands import Command, sign_command
 from agent.contract.envelope import COMMAND_TYPE, canonical_json, dsse_envelope, pae
@@ -51,6 +53,7 @@ class Operator:
         self._key = load_private_key(key)
         self._replies: queue.Queue[dict[str, Any]] = queue.Queue()
         self.chunks: dict[str, dict[int, bytes]] = {}
+        self.correlations: dict[str, bytes] = {}  # reply id -> MQTT 5 Correlation Data
         self.client = connect(BrokerAddress("127.0.0.1", port), f"operator-{uuid.uuid4().hex[:6]}")
         self.client.on_message = self._on_message
         Subscriber(self.client).subscribe(
@@ -59,7 +62,11 @@ class Operator:
 
     def _on_message(self, _client: Any, _userdata: Any, msg: Any) -> None:
         if msg.topic.endswith("/replies"):
-            self._replies.put(json.loads(msg.payload))
+            reply = json.loads(msg.payload)
+            correlation = getattr(msg.properties, "CorrelationData", None)
+            if correlation:
+                self.correlations[reply["id"]] = bytes(correlation)
+            self._replies.put(reply)
         else:
             *_, command_id, index = msg.topic.split("/")
             self.chunks.setdefault(command_id, {})[int(index)] = bytes(msg.payload)
@@ -75,12 +82,20 @@ class Operator:
         return dsse_envelope(payload, [(kid, signature)], COMMAND_TYPE)
 
     def send(self, cmd: Command, topic: str | None = None) -> str:
-        self.publish(self.sign(cmd), topic)
+        self.publish(self.sign(cmd), topic, correlation=cmd.id.encode())
         return cmd.id
 
-    def publish(self, payload: bytes, topic: str | None = None) -> None:
+    def publish(
+        self, payload: bytes, topic: str | None = None, correlation: bytes | None = None
+    ) -> None:
+        """Over MQTT 5 with a Response Topic and Correlation Data, as `edgewise command` does."""
         topic = topic or TOPICS.commands_device(DEVICE)
-        self.client.publish(topic, payload, qos=1).wait_for_publish(5)
+        properties = Properties(PacketTypes.PUBLISH)
+        properties.ResponseTopic = TOPICS.replies(DEVICE)
+        if correlation:
+            properties.CorrelationData = correlation
+        info = self.client.publish(topic, payload, qos=1, properties=properties)
+        info.wait_for_publish(5)
 
     def final(self, command_id: str | None = None, timeout: float = 15) -> dict[str, Any]:
         """The final reply (rejected, done, failed) to ``command_id`` (or to anything)."""

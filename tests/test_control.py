@@ -26,16 +26,22 @@ def keys(tmp_path: Path) -> tuple[Path, Path]:
 
 
 @pytest.fixture
-def commanded(
+def commanded(  # type: ignore[no-untyped-def]
     mosquitto, cloud, compiled, signing_keys, video, tmp_path, keys
-) -> Iterator[tuple[Device, Operator]]:  # type: ignore[no-untyped-def]
-    """An agent serving digits-cnn 1.0.0 that trusts ``keys`` for commands, and its operator."""
+) -> Iterator[tuple[Device, Operator]]:
+    """An agent serving digits-cnn 1.0.0 that trusts ``keys`` for commands, and its operator;
+    it speaks MQTT 5, so replies carry the command's Correlation Data back."""
     install(compiled.package, tmp_path / "state")
     extra = DEPLOY + commands_section(keys[1])
-    env = {**os.environ, "EDGEWISE_MQTT__PASSWORD": "hunter2", "EDGEWISE_MQTT__USERNAME": "cam"}
+    env = {
+        **os.environ,
+        "EDGEWISE_MQTT__PASSWORD": "hunter2",
+        "EDGEWISE_MQTT__USERNAME": "cam",
+        "EDGEWISE_MQTT__PROTOCOL": "5",
+    }
     device = start_device(mosquitto, cloud, signing_keys, video, tmp_path, extra=extra)
     device.agent.stop()  # started again with a password in its environment (redaction)
-    device.agent = AgentProcess(device.config, env=env)
+    device.agent = AgentProcess(device.config, env=env, log=tmp_path / "agent-5.log")
     assert device.serving() == {"1.0.0"}
     operator = Operator(mosquitto.port, keys[0])
     yield device, operator
@@ -44,9 +50,10 @@ def commanded(
 
 
 def test_ping_status_and_config(commanded) -> None:  # type: ignore[no-untyped-def]
-    device, operator = commanded
+    _device, operator = commanded
     pong = operator.run("ping")
     assert pong["state"] == "done" and pong["device"] == DEVICE and pong["result"]["pong"] > 0
+    assert operator.correlations[pong["id"]] == pong["id"].encode()  # MQTT 5 request/response
     status = operator.run("status")["result"]
     assert status["serving"] == {"name": "digits-cnn", "version": "1.0.0"}
     assert status["results_published"] > 0
