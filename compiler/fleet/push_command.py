@@ -142,7 +142,8 @@ def _send(
     try:
         push_package(
             client, topics, package, args.to, signing_key=args.key, rollback=args.rollback,
-            on_acked=progress.chunk, delivery=choice.mode, specs=specs, shadow=getattr(args, "shadow", False),
+            on_acked=progress.chunk, delivery=choice.mode, specs=specs,
+            shadow=getattr(args, "shadow", False),
         )  # fmt: skip
     finally:
         progress.close()
