@@ -187,7 +187,7 @@ class HomeAssistant:
                 "name": name,
                 "state_topic": telemetry,
                 "value_template": template,
-                "unit_of_measurement": unit,
+                **({"unit_of_measurement": unit} if unit else {}),  # a count has none
                 "state_class": "measurement",
                 "suggested_display_precision": precision,
                 "entity_category": "diagnostic",
