@@ -143,3 +143,23 @@ def test_disabled_removes_the_device_from_home_assistant(ha_device: Device, mosq
         assert ha_device.serving() == {"1.0.0"}
     finally:
         ha.close()
+
+
+def test_a_press_the_broker_retained_does_not_run_again_at_connect(  # type: ignore[no-untyped-def]
+    ha_device: Device, mosquitto
+) -> None:
+    ha = HomeAssistantSide(mosquitto.port, [TOPICS.replies(DEVICE)])
+    press = TOPICS.ha(DEVICE, "set/snapshot")
+    try:
+        ha.client.publish(press, b"PRESS", qos=1, retain=True).wait_for_publish(5)
+        assert ha.reply()["state"] == "done"  # live when it was sent: it runs once
+        _log_after_stop(ha_device)  # started again: the broker hands it the retained press
+        assert ha_device.serving() == {"1.0.0"}
+        ha.press("snapshot")
+        assert ha.reply()["state"] == "done"
+        again = _log_after_stop(ha_device)
+        assert "ignored a retained message" in again
+        assert again.count("(snapshot) done") == 1, again  # the live press only
+    finally:
+        ha.client.publish(press, b"", qos=1, retain=True).wait_for_publish(5)
+        ha.close()

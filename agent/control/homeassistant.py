@@ -98,7 +98,8 @@ class HomeAssistant:
         if not self._config.enabled:
             return  # nothing to hear: the device is being removed from Home Assistant
         self._link.subscribe(f"{self._config.prefix}/status", self._on_birth)
-        self._link.subscribe(self._topics.ha(self._device, "set/+"), self._on_press)
+        # A press is an act, never a state: one retained by the broker must not run on connect.
+        self._link.subscribe(self._topics.ha(self._device, "set/+"), self._on_press, live_only=True)
 
     def _on_connected(self) -> None:
         try:
