@@ -3,7 +3,7 @@ pushed a signed ``mode: shadow`` package and reports how far it agrees, serving 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 import onnx
 import pytest
+from control_harness import Operator, command_keys, commands_section
 from device_harness import DEPLOY, Device, install, publish, start_device
 from forge import golden_of, package_from, resign
 from onnx import helper, numpy_helper
@@ -24,13 +25,28 @@ SWAP = (3, 8)  # one label in five, on digits spread evenly
 
 
 @pytest.fixture
-def shadowing(mosquitto, cloud, compiled, signing_keys, video, tmp_path) -> Iterator[Device]:  # type: ignore[no-untyped-def]
+def agent_with(
+    mosquitto, cloud, compiled, signing_keys, video, tmp_path
+) -> Iterator[Callable[[str], Device]]:  # type: ignore[no-untyped-def]
+    """Starts an agent serving digits-cnn 1.0.0 with this extra config; stopped at the end."""
+    started: list[Device] = []
+
+    def start(extra: str) -> Device:
+        install(compiled.package, tmp_path / "state")
+        dev = start_device(mosquitto, cloud, signing_keys, video, tmp_path, extra=DEPLOY + extra)
+        started.append(dev)
+        assert dev.serving() == {"1.0.0"}
+        return dev
+
+    yield start
+    for dev in started:
+        assert dev.agent.stop() == 0, dev.agent.output()[-3000:]
+
+
+@pytest.fixture
+def shadowing(agent_with: Callable[[str], Device]) -> Device:
     """An agent serving digits-cnn 1.0.0 that shadows every frame and reports every second."""
-    install(compiled.package, tmp_path / "state")
-    dev = start_device(mosquitto, cloud, signing_keys, video, tmp_path, extra=DEPLOY + SHADOW)
-    assert dev.serving() == {"1.0.0"}
-    yield dev
-    assert dev.agent.stop() == 0, dev.agent.output()[-3000:]
+    return agent_with(SHADOW)
 
 
 def swapped(model: Path, out: Path, a: int, b: int) -> Path:
@@ -73,6 +89,20 @@ def report(dev: Device, version: str, frames: int, timeout: float = 60) -> dict[
     )
     assert event is not None, f"no shadow report\n{dev.agent.output()[-3000:]}"
     return event
+
+
+def shadow_event(dev: Device, state: str, timeout: float = 60) -> dict[str, Any]:
+    where = lambda e: e.get("type") == "shadow" and e.get("state") == state  # noqa: E731
+    event = dev.feed.wait_for("events", timeout, where)
+    assert event is not None, f"no shadow {state} event\n{dev.agent.output()[-3000:]}"
+    return event
+
+
+def serves(dev: Device, version: str, timeout: float = 30) -> None:
+    """Results come from ``version`` (after those published before the switch)."""
+    first = dev.feed.wait_for("results", timeout, lambda r: r["model"]["version"] == version)
+    assert first is not None, f"no result from {version}\n{dev.agent.output()[-3000:]}"
+    assert dev.serving(count=10) == {version}
 
 
 def top_labels(package: Package, video: Path) -> list[tuple[str | None, float | None]]:
@@ -144,3 +174,43 @@ def test_the_swapped_model_swaps_exactly_two_labels(
         tie = ours in exchange and theirs == ours
         assert theirs == exchange.get(ours, ours) or tie
     assert sum(ours in exchange for (ours, _), _ in pairs) > 10
+
+
+def test_promoted_by_itself_once_agreement_is_certain_enough(
+    agent_with, cloud, compiled, signing_keys, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    dev = agent_with(SHADOW + "promote_at = 0.9\npromote_after = 60\n")
+    candidate = shadow_package(compiled.package, tmp_path / "p", signing_keys[0], "1.1.0", None)
+    publish(cloud, candidate)
+    promoted = shadow_event(dev, "promoted")
+    assert promoted["by"] == "agreement" and promoted["frames"] >= 60
+    assert promoted["agreement_lower"] >= 0.9
+    assert promoted["active"]["model"] == {"name": "digits-cnn", "version": "1.1.0"}
+    serves(dev, "1.1.0")
+
+
+def test_shadow_commands_status_stop_start_promote(
+    agent_with, mosquitto, cloud, compiled, signing_keys, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    keys = command_keys(tmp_path / "command-keys")
+    dev = agent_with(SHADOW + commands_section(keys[1]))
+    publish(cloud, shadow_package(compiled.package, tmp_path / "p", signing_keys[0], "1.1.0", None))
+    shadow_event(dev, "started")
+    operator = Operator(mosquitto.port, keys[0])
+    try:
+        status = operator.run("shadow", {"action": "status"})
+        assert status["state"] == "done", status
+        assert status["result"]["shadow"]["candidate"]["version"] == "1.1.0"
+        stopped = operator.run("shadow", {"action": "stop"})
+        assert stopped["state"] == "done" and stopped["result"]["state"] == "stopped", stopped
+        again = operator.run("shadow", {"action": "stop"})
+        assert again["state"] == "failed" and "no shadow candidate" in again["reason"], again
+        started = operator.run("shadow", {"action": "start", "version": "1.1.0"})
+        assert started["state"] == "done", started
+        assert started["result"]["candidate"]["version"] == "1.1.0"
+        promoted = operator.run("shadow", {"action": "promote"})
+        assert promoted["state"] == "done" and promoted["result"]["by"] == "command", promoted
+        serves(dev, "1.1.0")
+        assert operator.run("shadow", {"action": "status"})["result"] == {"shadow": None}
+    finally:
+        operator.close()
