@@ -43,8 +43,8 @@ class ShadowError(AgentError):
 
 
 class CpuBudget:
-    """CPU seconds spent on the candidate over the last ``window_s``: over budget once they
-    reach ``percent`` of one core over that window (so a burst cannot borrow ahead)."""
+    """CPU seconds spent on the candidate over the last ``window_s``, as a share of one core;
+    frames are skipped while it is at ``max_cpu_percent`` (a burst cannot borrow ahead)."""
 
     def __init__(self, window_s: float = CPU_WINDOW_S):
         self._window = window_s
