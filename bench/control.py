@@ -169,9 +169,8 @@ def main() -> int:
     keys = (root / "signing.key", root / "signing.pub")
     generate_keypair(*keys)
     package, candidate, digits = model_package(root, keys)
-    video = write_digits_video(
-        root / "digits.avi", digits.test, count=60, frames_per_digit=3, seed=1
-    )
+    video = root / "digits.avi"
+    write_digits_video(video, digits.test, count=60, frames_per_digit=3, seed=1)
     frames = []
     reader = cv2.VideoCapture(str(video))
     while (read := reader.read())[0]:

@@ -61,7 +61,7 @@ def claimed_id(envelope: bytes) -> str:
     operator's tool can match it); a digest of the bytes when there is none."""
     try:
         body = parse_json(envelope[:MAX_COMMAND_BYTES])
-        claimed = parse_json(unb64(body["payload"])).get("id")  # type: ignore[index,union-attr]
+        claimed = parse_json(unb64(body["payload"])).get("id")
         if isinstance(claimed, str) and _ID.match(claimed):
             return claimed
     except Exception:  # anything at all: this is only a label for the rejection

@@ -51,7 +51,7 @@ from agent.delivery.probation import Probation
 from agent.delivery.requests import Request
 from agent.delivery.serving import Serving, same_package
 from agent.delivery.store import ModelStore
-from agent.errors import DeployerBusy, DeployError, ModelLoadError
+from agent.errors import AgentError, DeployerBusy, DeployError, ModelLoadError
 from agent.inference.pipeline import HealthStats, ModelSlot
 
 log = logging.getLogger(__name__)
@@ -77,7 +77,7 @@ class Deployer(threading.Thread):
         health: HealthStats,
         report: Report,
         stop: threading.Event,
-        stage: Callable[[Package], None] | None = None,
+        stage: Callable[[Package], object] | None = None,
     ):
         """``stage``: takes a verified, probed, installed package whose manifest says
         ``mode: shadow`` (the shadow runner); without it such packages are refused."""
@@ -374,5 +374,8 @@ class Deployer(threading.Thread):
         until promoted (``activate``)."""
         if self._stage is None:
             raise DeployError("this agent runs no shadow evaluation; push it without --shadow")
-        self._stage(package)
+        try:
+            self._stage(package)
+        except AgentError as exc:  # the runner cannot load it (ShadowError): refused, not a bug
+            raise Rejected(str(exc)) from exc
         self._status("staged", package.manifest)
