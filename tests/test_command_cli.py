@@ -1,0 +1,244 @@
+"""``edgewise command`` as a user runs it: ARGS and usage refused before any work (exit 2);
+against a scripted device on a real Mosquitto, a snapshot's chunks put together whichever comes
+first and a lost chunk named; against the real agent, every command end to end, and a command
+signed by a key the device does not trust rejected (exit 1)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import numpy as np
+import paho.mqtt.client as mqtt
+import pytest
+from device_harness import TOPICS
+from helpers import run_edgewise
+
+from agent.contract import TrustStore, generate_keypair, load_public_key
+from agent.contract.commands import open_command
+from agent.contract.snapshot import describe, split
+from compiler.cli import main
+from compiler.cli.control import command_args
+from compiler.errors import InputError
+from compiler.fleet.broker import MosquittoBroker
+from compiler.fleet.mqtt import BrokerAddress, Subscriber, connect, disconnect
+
+
+@pytest.fixture
+def command_keys(tmp_path: Path) -> tuple[Path, Path]:
+    root = tmp_path / "command-keys"
+    root.mkdir()
+    generate_keypair(root / "command.key", root / "command.pub")
+    return root / "command.key", root / "command.pub"
+
+
+def edgewise(broker: MosquittoBroker, key: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return run_edgewise(broker.host, broker.port, "command", *args, "--key", str(key), timeout=60)
+
+
+def lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.strip()]
+
+
+# --- ARGS and usage: refused before connecting ---------------------------------------------------
+
+
+def test_args_read_json_values_else_strings_and_a_bare_word_is_the_action() -> None:
+    got = command_args(
+        ["start", "version=1.1.0", "max_fps=2.5", "n=3", "x=null", "on=true", "name=",
+         'thresholds={"person":0.7}', "word=NaN", "q=\"quoted\""]
+    )  # fmt: skip
+    assert got == {
+        "action": "start", "version": "1.1.0", "max_fps": 2.5, "n": 3, "x": None, "on": True,
+        "name": "", "thresholds": {"person": 0.7}, "word": "NaN", "q": "quoted",
+    }  # fmt: skip
+    assert command_args([]) == {}
+
+
+@pytest.mark.parametrize(
+    ("items", "says"),
+    [
+        (["a=1", "a=2"], "'a' given twice"),
+        (["start", "action=stop"], "'action' given twice"),
+        (["start", "stop"], "one bare word only"),
+        (["=1"], "the key must be"),
+        (["bad-key=1"], "the key must be"),
+    ],
+)
+def test_bad_args_are_input_errors(items: list[str], says: str) -> None:
+    with pytest.raises(InputError, match=says):
+        command_args(items)
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["cam-1", "ping"], "argument device:ID|group:NAME|all"),
+        (["device:", "ping"], "argument device:ID|group:NAME|all"),
+        (["device:a/b", "ping"], "argument device:ID|group:NAME|all"),
+        (["all", "Ping"], "is not a command"),
+        (["all", "ping", "--ttl", "0"], "--ttl"),
+        (["all", "ping", "--ttl", "90000"], "at most 86400 s"),
+        (["all", "ping", "--timeout", "-1"], "--timeout"),
+        (["all", "ping", "--expect", "0"], "--expect"),
+    ],
+)
+def test_usage_errors_are_one_line_and_exit_2(
+    argv: list[str], says: str, command_keys: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["command", *argv, "--key", str(command_keys[0])])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert says in err and len(lines(err)) == 1, err
+
+
+def test_missing_or_wrong_key_is_exit_2(
+    command_keys: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["command", "all", "ping"])
+    assert exited.value.code == 2 and "--key" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exited:
+        main(["command", "all", "ping", "--key", str(tmp_path / "none.key")])
+    assert exited.value.code == 2 and "no such file" in capsys.readouterr().err
+    # A public key where the private one belongs: refused before the broker is tried.
+    assert main(["command", "all", "ping", "--key", str(command_keys[1]), "--port", "1"]) == 2
+    assert "not a PEM Ed25519 private key" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["device:cam-1", "ping", "--expect", "2"], "--expect is for group:NAME or all"),
+        (["all", "rate", "max_fps=1", "max_fps=2"], "'max_fps' given twice"),
+        (["all", "results", *(f"k{i}=1" for i in range(40))], "not a command this CLI can send"),
+        (["all", "config", f"pad={'x' * 20000}"], "devices take at most 16384"),
+    ],
+)
+def test_input_errors_are_exit_2_without_a_broker(
+    args: list[str], says: str, command_keys: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["command", *args, "--key", str(command_keys[0]), "--port", "1"]) == 2
+    err = capsys.readouterr().err
+    assert says in err and len(lines(err)) == 1 and "Traceback" not in err, err
+
+
+def test_an_unreachable_broker_is_exit_1(
+    command_keys: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["command", "all", "ping", "--key", str(command_keys[0]), "--port", "1"]) == 1
+    assert "cannot reach the broker" in capsys.readouterr().err
+
+
+# --- a scripted device: replies and chunks as the test orders them ------------------------------
+
+
+class ScriptedDevice:
+    """Opens each command as a device would, then answers as ``script`` says."""
+
+    def __init__(self, broker: MosquittoBroker, pub: Path, name: str, script: str):
+        self.name, self.script, self.trust = name, script, TrustStore([load_public_key(pub)])
+        self.client = connect(BrokerAddress(broker.host, broker.port))
+        self.client.on_message = self._on_command
+        topics = [TOPICS.commands_all(), TOPICS.commands_device(name)]
+        Subscriber(self.client).subscribe([(t, 1) for t in topics])
+        jpeg = cv2.imencode(".jpg", np.full((48, 64, 3), 90, np.uint8))[1].tobytes()
+        self.jpeg, self.shot = jpeg, describe(jpeg, 200, 64, 48)
+
+    def _on_command(self, _c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
+        scopes = {"all", f"device:{self.name}"}
+        command = open_command(bytes(msg.payload), self.trust, scopes, time.time())
+        # Out of paho's callback: publishing from it and waiting would stall the network loop.
+        threading.Thread(target=self._answer, args=(command.id,), daemon=True).start()
+
+    def _reply(self, cmd_id: str, state: str, result: dict | None = None) -> None:
+        reply = {"id": cmd_id, "state": state, "at": time.time(), "device": self.name}
+        if result is not None:
+            reply["result"] = result
+        self.client.publish(TOPICS.replies(self.name), json.dumps(reply), qos=1)
+
+    def _chunks(self, cmd_id: str, skip: int | None = None) -> None:
+        for i, chunk in enumerate(split(self.jpeg, self.shot.chunk_bytes)):
+            if i != skip:
+                self.client.publish(TOPICS.snapshot_chunk(self.name, cmd_id, i), chunk, qos=1)
+
+    def _answer(self, cmd_id: str) -> None:
+        self._reply(cmd_id, "accepted")
+        done = {"snapshot": self.shot.model_dump()}
+        if self.script == "chunks first":
+            self._chunks(cmd_id)
+            self._reply(cmd_id, "done", done)
+        elif self.script == "reply first":
+            self._reply(cmd_id, "done", done)
+            self._chunks(cmd_id)
+        elif self.script == "lose a chunk":
+            self._chunks(cmd_id, skip=1)
+            self._reply(cmd_id, "done", done)
+        elif self.script == "ping":
+            self._reply(cmd_id, "done", {"pong": time.time()})
+
+    def close(self) -> None:
+        disconnect(self.client)
+
+
+@pytest.fixture
+def scripted(mosquitto: MosquittoBroker, command_keys: tuple[Path, Path]) -> Iterator:
+    made: list[ScriptedDevice] = []
+
+    def make(name: str, script: str) -> ScriptedDevice:
+        made.append(ScriptedDevice(mosquitto, command_keys[1], name, script))
+        return made[-1]
+
+    yield make
+    for device in made:
+        device.close()
+
+
+@pytest.mark.parametrize("script", ["chunks first", "reply first"])
+def test_a_snapshot_is_put_together_whichever_comes_first(
+    mosquitto, command_keys, scripted, tmp_path: Path, script: str
+) -> None:  # type: ignore[no-untyped-def]
+    device = scripted("cam-9", script)
+    out = tmp_path / "shots"
+    done = edgewise(mosquitto, command_keys[0], "device:cam-9", "snapshot", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    [path] = out.glob("cam-9-*.jpg")
+    assert path.read_bytes() == device.jpeg
+    assert lines(done.stdout) == ["cam-9  accepted", f"cam-9  done  saved {path} (64x48, "
+                                  f"{len(device.jpeg)} bytes)"]  # fmt: skip
+
+
+def test_a_lost_chunk_fails_that_device_with_the_reason(
+    mosquitto, command_keys, scripted, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    scripted("cam-9", "lose a chunk")
+    args = ["device:cam-9", "snapshot", "--out", str(tmp_path), "--timeout", "2"]
+    done = edgewise(mosquitto, command_keys[0], *args)
+    assert done.returncode == 1
+    assert lines(done.stdout)[-1] == "cam-9  failed  snapshot incomplete: 1 of 4 chunks missing (1)"
+    assert not list(tmp_path.glob("*.jpg")) and "Traceback" not in done.stderr
+
+
+def test_all_gathers_every_device_until_expect(mosquitto, command_keys, scripted) -> None:  # type: ignore[no-untyped-def]
+    scripted("cam-8", "ping")
+    scripted("cam-9", "ping")
+    done = edgewise(mosquitto, command_keys[0], "all", "ping", "--expect", "2", "--json")
+    assert done.returncode == 0, done.stderr
+    replies = [json.loads(line) for line in lines(done.stdout)]
+    assert sorted((r["device"], r["state"]) for r in replies) == [
+        ("cam-8", "accepted"), ("cam-8", "done"), ("cam-9", "accepted"), ("cam-9", "done"),
+    ]  # fmt: skip
+    assert len({r["id"] for r in replies}) == 1 and "pong" in replies[-1]["result"]
+
+
+def test_silence_is_exit_1_saying_what_to_check(mosquitto, command_keys) -> None:  # type: ignore[no-untyped-def]
+    done = edgewise(mosquitto, command_keys[0], "device:cam-1", "ping", "--timeout", "0.5")
+    assert done.returncode == 1 and done.stdout == ""
+    assert "no reply to ping from device:cam-1 within 0.5 s" in done.stderr
+    assert "[commands] public_keys" in done.stderr and len(lines(done.stderr)) == 1
