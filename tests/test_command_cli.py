@@ -10,14 +10,15 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from itertools import pairwise
 from pathlib import Path
 
 import cv2
 import numpy as np
 import paho.mqtt.client as mqtt
 import pytest
-from device_harness import TOPICS
-from helpers import run_edgewise
+from device_harness import DEPLOY, DEVICE, TOPICS, Device, install, publish
+from helpers import AgentProcess, run_edgewise
 
 from agent.contract import TrustStore, generate_keypair, load_public_key
 from agent.contract.commands import open_command
@@ -27,6 +28,9 @@ from compiler.cli.control import command_args
 from compiler.errors import InputError
 from compiler.fleet.broker import MosquittoBroker
 from compiler.fleet.mqtt import BrokerAddress, Subscriber, connect, disconnect
+from compiler.fleet.results import DeviceFeed
+from compiler.recipe.demo import write_agent_config
+from compiler.recipe.video import FRAME_SIZE
 
 
 @pytest.fixture
@@ -242,3 +246,123 @@ def test_silence_is_exit_1_saying_what_to_check(mosquitto, command_keys) -> None
     assert done.returncode == 1 and done.stdout == ""
     assert "no reply to ping from device:cam-1 within 0.5 s" in done.stderr
     assert "[commands] public_keys" in done.stderr and len(lines(done.stderr)) == 1
+
+
+# --- the real agent ------------------------------------------------------------------------------
+
+PASSWORD = "s3cret-pw"
+
+
+@pytest.fixture
+def commanded(
+    mosquitto, cloud, compiled, signing_keys, video, tmp_path, command_keys
+) -> Iterator[Device]:  # type: ignore[no-untyped-def]
+    """The agent serving digits-cnn 1.0.0, trusting the command key, with a broker password."""
+    install(compiled.package, tmp_path / "state")
+    extra = f'{DEPLOY}\n[commands]\npublic_keys = ["{command_keys[1].resolve()}"]\n'
+    config = write_agent_config(
+        tmp_path / "agent.toml", port=mosquitto.port, public_keys=[signing_keys[1]], video=video,
+        state=tmp_path / "state", device=DEVICE, extra=extra,
+    )  # fmt: skip
+    text = config.read_text().replace(
+        "[mqtt]\n", f'[mqtt]\nusername = "u"\npassword = "{PASSWORD}"\n'
+    )
+    config.write_text(text)
+    dev = Device(
+        AgentProcess(config), DeviceFeed(cloud, TOPICS, DEVICE), config, tmp_path / "state"
+    )
+    assert dev.serving() == {"1.0.0"}, dev.agent.output()[-3000:]
+    yield dev
+    running = dev.agent.proc.poll() is None
+    code = dev.agent.stop()
+    assert not running or code == 0, dev.agent.output()[-3000:]
+    assert "Traceback" not in dev.agent.output()
+
+
+def ran(broker: MosquittoBroker, key: Path, *args: str, code: int = 0) -> list[str]:
+    done = edgewise(broker, key, *args)
+    assert done.returncode == code, (done.stdout, done.stderr)
+    assert "Traceback" not in done.stderr
+    return lines(done.stdout)
+
+
+def done_at(broker: MosquittoBroker, key: Path, *args: str) -> float:
+    """Runs a command to ``done`` (JSON lines); when the device said it was done."""
+    replies = [json.loads(line) for line in ran(broker, key, *args, "--json")]
+    assert [r["state"] for r in replies] == ["accepted", "done"], replies
+    return float(replies[-1]["at"])
+
+
+def results_after(dev: Device, at: float, count: int) -> list[dict]:
+    found = [
+        dev.feed.wait_for("results", 20, lambda r: r["captured_at"] > at) for _ in range(count)
+    ]
+    assert all(r is not None for r in found), dev.agent.output()[-3000:]
+    return found  # type: ignore[return-value]
+
+
+def test_ping_status_config_and_shadow_status(mosquitto, command_keys, commanded) -> None:  # type: ignore[no-untyped-def]
+    key = command_keys[0]
+    accepted, done = ran(mosquitto, key, "device:cam-1", "ping")
+    assert accepted == "cam-1  accepted" and done.startswith("cam-1  done  {")
+    assert "pong" in json.loads(done.split("  ", 2)[2])
+    [_, pong] = ran(mosquitto, key, "all", "ping", "--expect", "1", "--json")
+    assert json.loads(pong)["device"] == "cam-1" and json.loads(pong)["state"] == "done"
+    [_, status] = ran(mosquitto, key, "device:cam-1", "status")
+    assert status.startswith("cam-1  done  {") and '"1.0.0"' in status
+    [_, config] = ran(mosquitto, key, "device:cam-1", "config")
+    assert config.startswith("cam-1  done  {") and "password" in config
+    assert PASSWORD not in config
+    [_, shadow] = ran(mosquitto, key, "device:cam-1", "shadow", "status")
+    assert shadow.startswith("cam-1  done")
+
+
+def test_results_mode_change_shows_in_the_results(mosquitto, command_keys, commanded) -> None:  # type: ignore[no-untyped-def]
+    # Every frame first: each digit stays on screen for 3 frames, so labels repeat.
+    before = results_after(commanded, 0, 12)
+    assert any(a["label"] == b["label"] for a, b in pairwise(before))
+    at = done_at(mosquitto, command_keys[0], "device:cam-1", "results", "mode=on_change")
+    after = results_after(commanded, at, 12)
+    assert all(a["label"] != b["label"] for a, b in pairwise(after)), after
+
+
+def test_rate_caps_the_frames_inferred(mosquitto, command_keys, commanded) -> None:  # type: ignore[no-untyped-def]
+    at = done_at(mosquitto, command_keys[0], "device:cam-1", "rate", "max_fps=2")
+    after = results_after(commanded, at, 6)
+    # 2 fps: five periods of 0.5 s, less the one frame a pause may catch up.
+    assert after[-1]["captured_at"] - after[0]["captured_at"] >= 1.5, after
+    done_at(mosquitto, command_keys[0], "device:cam-1", "rate", "max_fps=null")
+
+
+def test_snapshot_is_written_and_decodes(mosquitto, command_keys, commanded, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    out = tmp_path / "shots"
+    [_, done] = ran(mosquitto, command_keys[0], "device:cam-1", "snapshot", "--out", str(out))
+    [path] = out.glob("cam-1-*.jpg")
+    assert done.startswith(f"cam-1  done  saved {path} ({FRAME_SIZE}x{FRAME_SIZE}, ")
+    image = cv2.imread(str(path))
+    assert image is not None and image.shape[:2] == (FRAME_SIZE, FRAME_SIZE)
+
+
+def test_rollback_returns_to_the_previous_install(
+    mosquitto, cloud, command_keys, commanded, v2
+) -> None:  # type: ignore[no-untyped-def]
+    publish(cloud, v2)
+    commanded.deployment("active")
+    assert commanded.feed.wait_for("results", 30, lambda r: r["model"]["version"] == "1.1.0")
+    at = done_at(mosquitto, command_keys[0], "device:cam-1", "rollback")
+    [back] = results_after(commanded, at, 1)
+    assert commanded.feed.wait_for("results", 30, lambda r: r["model"]["version"] == "1.0.0")
+    assert back is not None
+
+
+def test_restart_answers_done_then_the_agent_exits_75(mosquitto, command_keys, commanded) -> None:  # type: ignore[no-untyped-def]
+    lines_ = ran(mosquitto, command_keys[0], "device:cam-1", "restart")
+    assert lines_[0] == "cam-1  accepted" and lines_[1].startswith("cam-1  done")
+    assert commanded.agent.proc.wait(30) == 75, commanded.agent.output()[-3000:]
+
+
+def test_an_untrusted_key_is_rejected_and_exit_1(mosquitto, commanded, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    generate_keypair(tmp_path / "other.key", tmp_path / "other.pub")
+    [rejected] = ran(mosquitto, tmp_path / "other.key", "device:cam-1", "ping", code=1)
+    assert rejected.startswith("cam-1  rejected  ") and "trusted" in rejected, rejected
+    assert commanded.serving() == {"1.0.0"}
