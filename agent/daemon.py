@@ -21,6 +21,8 @@ from agent.comms.sizing import payload_budget
 from agent.config import AgentConfig, load_config
 from agent.config.reload import merge
 from agent.contract import Topics, TrustStore
+from agent.control.actions import Controls
+from agent.control.plane import ControlPlane, shadow_runner
 from agent.delivery.deployer import Deployer
 from agent.delivery.store import ModelStore
 from agent.errors import AgentError, ConfigError
@@ -30,6 +32,7 @@ from agent.inference.pipeline import (
     HealthStats,
     InferenceWorker,
     ModelSlot,
+    RateGate,
 )
 from agent.inference.stats import StageStats
 from agent.notify import SystemdNotifier, Watchdog
@@ -45,6 +48,8 @@ from agent.upstream.uplink import ResultsUplink
 log = logging.getLogger(__name__)
 
 SETTLE_S = 3.0  # see ResultsUplink: longer than a SIGKILLed node takes to be noticed
+
+RESTART_EXIT = 75  # the `restart` command: systemd's Restart=on-failure starts the agent again
 
 # SIGTERM to exit: the frame in flight, then the outbox, then goodbye; systemd's stop timeout
 # and the issue ask for 5 s in all.
@@ -94,6 +99,7 @@ class Agent:
         self.stop_event = threading.Event()
         self._reload = threading.Event()
         self._crashed: str | None = None
+        self._restart = False
         self.notifier = SystemdNotifier()
         self._watchdog = Watchdog(self.notifier)
         self.boot_id = uuid.uuid4().hex[:12]
@@ -117,6 +123,12 @@ class Agent:
         self.status.link = self.link
         store = ModelStore(config.device.state_dir)  # creates the state folder's layout
         self.outbox = _open_outbox(config, self.status, self)
+        self.shadow = shadow_runner(
+            lambda: self.config,
+            self.status.event,
+            lambda version: self.deployer.activate(version),
+            self.stop_event,
+        )
         self.deployer = Deployer(
             config=config,
             link=self.link,
@@ -126,8 +138,12 @@ class Agent:
             health=self.health,
             report=self.status.event,
             stop=self.stop_event,
+            stage=self.shadow.start_candidate,
         )
         self._build_frame_path(max_results)
+        self.control = ControlPlane(
+            controls=self._controls(), status=self.status, stop=self.stop_event
+        )
         self._telemetry = TelemetryReporter(
             config.telemetry.interval_s,
             collect=self._collector(),
@@ -179,7 +195,35 @@ class Agent:
             health=self.health,
             stages=self.stages,
             heartbeat=self._watchdog.beat,
+            gate=RateGate(config.runtime.max_fps),
         )
+
+    def _controls(self) -> Controls:
+        return Controls(
+            device=self.config.device.id,
+            boot_id=self.boot_id,
+            config=lambda: self.config,
+            apply=self._apply,
+            deployer=self.deployer,
+            results=self.results,
+            inference=self._inference,
+            shadow=self.shadow,
+            link=self.link,
+            topics=self._topics,
+            restart=self.restart,
+            started_at=time.time(),
+        )
+
+    def _apply(self, section: str, values: dict[str, object]) -> None:
+        """A command changed the running config (until the next restart or reload)."""
+        updated = getattr(self.config, section).model_copy(update=values)
+        self.config = self.config.model_copy(update={section: updated})
+
+    def restart(self) -> None:
+        """The `restart` command: stop as on SIGTERM, exit 75 so that systemd starts again."""
+        log.info("restart requested by command; exiting %d", RESTART_EXIT)
+        self._restart = True
+        self.stop_event.set()
 
     def _collector(self) -> TelemetryCollector:
         return TelemetryCollector(
@@ -222,6 +266,7 @@ class Agent:
         reload = merge(self.config, new)
         self.config = reload.config
         self.results.reconfigure(self.config.results)
+        self._inference.gate.max_fps = self.config.runtime.max_fps
         self._telemetry.interval_s = self.config.telemetry.interval_s
         self.deployer.reconfigure(self.config)
         if reload.needs_restart:
@@ -245,8 +290,11 @@ class Agent:
         previous, threading.excepthook = threading.excepthook, self._thread_crashed
         self.deployer.boot()
         self.deployer.subscribe()
+        self.control.subscribe()
         self.link.start()
         self.deployer.start()
+        for thread in self.control.threads:
+            thread.start()
         self.uplink.start()
         self._telemetry.start()
         self._capture.start()
@@ -262,7 +310,7 @@ class Agent:
         finally:
             self._shut_down()
             threading.excepthook = previous
-        return 1 if self._crashed else 0
+        return 1 if self._crashed else RESTART_EXIT if self._restart else 0
 
     def _deployer_alive(self) -> bool:
         """The deployer ends only when the agent stops; gone before that (however it went), the
@@ -298,12 +346,20 @@ class Agent:
         self.stop_event.set()
         deadline = time.monotonic() + JOIN_S
         # Inference first: it finishes the frame in flight and appends its result.
-        workers = (self._inference, self._capture, self.uplink, self._telemetry, self.deployer)
+        workers = (
+            self._inference,
+            *self.control.threads,
+            self._capture,
+            self.uplink,
+            self._telemetry,
+            self.deployer,
+        )
         for worker in workers:
             worker.join(timeout=max(0.0, deadline - time.monotonic()))
         if not self.uplink.flush(timeout=FLUSH_S):
             log.warning("%d results stay in the outbox for next time", self.outbox.queued)
         self.outbox.close()
+        self.control.close()
         self.link.stop(
             goodbye=(self.status.topic, self.status.payload("offline")),
             timeout=GOODBYE_S,

@@ -195,10 +195,12 @@ class MqttLink:
         qos: int = 1,
         retain: bool = False,
         correlation: bytes | None = None,
+        small: bool = True,
     ) -> mqtt.MQTTMessageInfo:
         """An event, status or telemetry message: one over ``SMALL_MESSAGE_BYTES`` (or the
         packet cap) goes out shortened (:func:`agent.comms.sizing.shorten`), never oversize."""
-        limit = min(SMALL_MESSAGE_BYTES, payload_budget(topic, self.max_packet))
+        limit = payload_budget(topic, self.max_packet)  # small=False: a reply, up to the cap
+        limit = min(SMALL_MESSAGE_BYTES, limit) if small else limit
         if len(payload) > limit:
             self.shortened += 1
             log.warning(
