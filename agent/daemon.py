@@ -121,25 +121,8 @@ class Agent:
             birth=lambda: (self.status.topic, self.status.payload("online")),
         )
         self.status.link = self.link
-        store = ModelStore(config.device.state_dir)  # creates the state folder's layout
+        self.deployer = self._build_deployer()  # its store makes the state folder's layout
         self.outbox = _open_outbox(config, self.status, self)
-        self.shadow = shadow_runner(
-            lambda: self.config,
-            self.status.event,
-            lambda version: self.deployer.activate(version),
-            self.stop_event,
-        )
-        self.deployer = Deployer(
-            config=config,
-            link=self.link,
-            trust=TrustStore.from_files(config.trust.public_keys),
-            store=store,
-            models=self.models,
-            health=self.health,
-            report=self.status.event,
-            stop=self.stop_event,
-            stage=self.shadow.start_candidate,
-        )
         self._build_frame_path(max_results)
         self.control = ControlPlane(
             controls=self._controls(), status=self.status, stop=self.stop_event
@@ -150,6 +133,27 @@ class Agent:
             publish=self._publish_telemetry,
             stop=self.stop_event,
             exporter=_exporter(config),
+        )
+
+    def _build_deployer(self) -> Deployer:
+        """The deployer, and the shadow runner it hands ``mode: shadow`` packages to."""
+        config = self.config
+        self.shadow = shadow_runner(
+            lambda: self.config,
+            self.status.event,
+            lambda version: self.deployer.activate(version),
+            self.stop_event,
+        )
+        return Deployer(
+            config=config,
+            link=self.link,
+            trust=TrustStore.from_files(config.trust.public_keys),
+            store=ModelStore(config.device.state_dir),  # creates the state folder's layout
+            models=self.models,
+            health=self.health,
+            report=self.status.event,
+            stop=self.stop_event,
+            stage=self.shadow.start_candidate,
         )
 
     def _build_frame_path(self, max_results: int | None) -> None:

@@ -145,19 +145,26 @@ class MqttLink:
         self._client.disconnect()
         self._client.loop_stop()
 
-    def subscribe(self, topic_filter: str, handler: MessageHandler, qos: int = 1) -> None:
-        """Route matching messages to ``handler`` and hold the subscription across reconnects."""
-        self.route(topic_filter, handler)
+    def subscribe(
+        self, topic_filter: str, handler: MessageHandler, qos: int = 1, live_only: bool = False
+    ) -> None:
+        """Route matching messages to ``handler`` and hold the subscription across reconnects.
+        ``live_only``: retained messages are dropped (a button press kept by the broker would
+        run again at every connect: a restart loop)."""
+        self.route(topic_filter, handler, live_only)
         self.hold([topic_filter], qos)
 
     def unsubscribe(self, topic_filter: str) -> None:
         self.release([topic_filter])
         self.unroute(topic_filter)
 
-    def route(self, topic_filter: str, handler: MessageHandler) -> None:
+    def route(self, topic_filter: str, handler: MessageHandler, live_only: bool = False) -> None:
         """Deliver messages matching ``topic_filter`` to ``handler`` (no broker subscription)."""
 
         def on_message(_client: mqtt.Client, _userdata: object, msg: mqtt.MQTTMessage) -> None:
+            if live_only and msg.retain:
+                log.warning("ignored a retained message on %s (only live ones count)", msg.topic)
+                return
             handler(msg.topic, bytes(msg.payload))
 
         self._client.message_callback_add(topic_filter, on_message)

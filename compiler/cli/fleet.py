@@ -63,6 +63,12 @@ def add_push(sub: Subparsers) -> None:
         "--rollback", action="store_true", help="signed rollback: may replace a newer version"
     )
     push.add_argument(
+        "--shadow",
+        action="store_true",
+        help="install it beside the serving model and compare on live frames, not serve it "
+        "(needs --key; promote with `edgewise command TARGET shadow promote`)",
+    )
+    push.add_argument(
         "--wait",
         type=arg.positive_float,
         metavar="SECONDS",

@@ -45,18 +45,23 @@ def deployment_envelope(
     *,
     delivery: Delivery = "retained",
     specs: list[BlobSpec] | None = None,
+    shadow: bool = False,
 ) -> bytes:
     """The package's envelope as compiled (valid for any target), or re-signed so that it is
     bound to ``target`` — and, with ``rollback``, allowed to replace a newer version; with
-    ``delivery`` and ``specs`` (the blobs re-chunked, or with URLs) the chunks' way and size."""
+    ``delivery`` and ``specs`` (the blobs re-chunked, or with URLs) the chunks' way and size;
+    with ``shadow``, installed beside the serving model and compared with it, not served."""
     blobs = specs if specs is not None else [spec for spec, _ in package.blobs()]
     if signing_key is None:
-        if rollback:
-            raise PushError("a rollback must be signed: give --key")
+        if rollback or shadow:
+            raise PushError(
+                f"a {'rollback' if rollback else 'shadow push'} must be signed: give --key"
+            )
         if delivery != package.manifest.delivery or blobs != list(package.manifest.blobs):
             raise PushError("changing how the chunks travel must be signed: give --key")
         return package.envelope
     update: dict[str, object] = {"target": target, "rollback": rollback, "delivery": delivery}
+    update["mode"] = "shadow" if shadow else "serve"
     update["model"] = blobs[0]
     if package.manifest.golden is not None:
         update["golden"] = blobs[1]
@@ -113,11 +118,12 @@ def push_package(
     on_acked: Acked | None = None,
     delivery: Delivery = "retained",
     specs: list[BlobSpec] | None = None,
+    shadow: bool = False,
 ) -> None:
     """Chunks go first, so they are all on the broker when the (retained) manifest lands. Only
     delivery "retained" publishes them; "request" and "http" devices fetch them elsewhere."""
     envelope = deployment_envelope(
-        package, target, signing_key, rollback, delivery=delivery, specs=specs
+        package, target, signing_key, rollback, delivery=delivery, specs=specs, shadow=shadow
     )
     if delivery == "retained":
         publish_blobs(client, topics, package, timeout, on_acked, specs)

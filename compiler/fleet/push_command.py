@@ -35,7 +35,7 @@ from .gc import run_gc
 from .mqtt import BrokerAddress, Subscriber, capabilities, connect, disconnect
 from .progress import TransferProgress
 from .push import push_package
-from .verdicts import ACTIVE, DeployWatch, Verdict
+from .verdicts import ACTIVE, STAGED, DeployWatch, Verdict
 
 if TYPE_CHECKING:
     import paho.mqtt.client as mqtt
@@ -95,7 +95,9 @@ def run_push(args: argparse.Namespace, address: BrokerAddress) -> int:
         print(f"pushed {name} {version} to {args.to} ({how})", flush=True)
         if args.wait is None or watch is None:
             return EXIT_OK
-        code = _report(watch, args.to, args.wait)
+        code = _report(
+            watch, args.to, args.wait, STAGED if getattr(args, "shadow", False) else ACTIVE
+        )
         if code == EXIT_OK and not getattr(args, "keep_blobs", False):
             print(f"gc after {name} {version} went active: {run_gc(client, topics).line()}")
         return code
@@ -141,6 +143,7 @@ def _send(
         push_package(
             client, topics, package, args.to, signing_key=args.key, rollback=args.rollback,
             on_acked=progress.chunk, delivery=choice.mode, specs=specs,
+            shadow=getattr(args, "shadow", False),
         )  # fmt: skip
     finally:
         progress.close()
@@ -160,8 +163,9 @@ def _progress(package: Package, specs: list[BlobSpec], stream: TextIO | None) ->
     )
 
 
-def _report(watch: DeployWatch, target: str, seconds: float) -> int:
-    """One line per device on stdout; 0 only if every targeted device made it active."""
+def _report(watch: DeployWatch, target: str, seconds: float, goal: str) -> int:
+    """One line per device on stdout; 0 only if every targeted device reached ``goal`` (active,
+    or staged for a shadow push)."""
     if watch.group is not None:
         _say(
             f"edgewise: note: a device's status does not say which groups it is in; waiting "
@@ -172,7 +176,7 @@ def _report(watch: DeployWatch, target: str, seconds: float) -> int:
         print(verdict.line(), flush=True)
     if not verdicts:
         print(f"{target}: no answer within {seconds:g} s from any device", flush=True)
-    return EXIT_OK if verdicts and all(v.outcome == ACTIVE for v in verdicts) else EXIT_NOT_ACTIVE
+    return EXIT_OK if verdicts and all(v.outcome == goal for v in verdicts) else EXIT_NOT_ACTIVE
 
 
 def _say(line: str) -> None:

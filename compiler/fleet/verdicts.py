@@ -24,7 +24,8 @@ from agent.contract import Topics
 from .mqtt import Subscriber
 
 ACTIVE, REJECTED, ROLLED_BACK, NO_ANSWER = "active", "rejected", "rolled_back", "no answer"
-FINAL = (ACTIVE, REJECTED, ROLLED_BACK)
+STAGED = "staged"  # a shadow push: installed and shadowed beside the serving model
+FINAL = (ACTIVE, REJECTED, ROLLED_BACK, STAGED)
 # Mosquitto queues a subscription's retained messages right behind its SUBACK; a broker that
 # sends them later still gets this long before a device is called unknown.
 RETAINED_GRACE_S = 0.5
