@@ -167,8 +167,10 @@ class ScriptedDevice:
             reply["result"] = result
         self.client.publish(TOPICS.replies(self.name), json.dumps(reply), qos=1)
 
-    def _chunks(self, cmd_id: str, skip: int | None = None) -> None:
+    def _chunks(self, cmd_id: str, skip: int | None = None, flip: int | None = None) -> None:
         for i, chunk in enumerate(split(self.jpeg, self.shot.chunk_bytes)):
+            if i == flip:
+                chunk = bytes([chunk[0] ^ 1]) + chunk[1:]
             if i != skip:
                 self.client.publish(TOPICS.snapshot_chunk(self.name, cmd_id, i), chunk, qos=1)
 
@@ -184,6 +186,11 @@ class ScriptedDevice:
         elif self.script == "lose a chunk":
             self._chunks(cmd_id, skip=1)
             self._reply(cmd_id, "done", done)
+        elif self.script == "alter a chunk":
+            self._chunks(cmd_id, flip=2)
+            self._reply(cmd_id, "done", done)
+        elif self.script == "describe nothing":
+            self._reply(cmd_id, "done", {"snapshot": {"bytes": -1}})
         elif self.script == "ping":
             self._reply(cmd_id, "done", {"pong": time.time()})
 
@@ -218,14 +225,24 @@ def test_a_snapshot_is_put_together_whichever_comes_first(
                                   f"{len(device.jpeg)} bytes)"]  # fmt: skip
 
 
-def test_a_lost_chunk_fails_that_device_with_the_reason(
-    mosquitto, command_keys, scripted, tmp_path: Path
+@pytest.mark.parametrize(
+    ("script", "reason"),
+    [
+        ("lose a chunk", "snapshot incomplete: 1 of 4 chunks missing (1)"),
+        ("alter a chunk", "snapshot sha256 "),
+        ("describe nothing", "the reply describes no valid snapshot: "),
+    ],
+)
+def test_a_bad_snapshot_fails_that_device_with_the_reason(
+    mosquitto, command_keys, scripted, tmp_path: Path, script: str, reason: str
 ) -> None:  # type: ignore[no-untyped-def]
-    scripted("cam-9", "lose a chunk")
+    scripted("cam-9", script)
     args = ["device:cam-9", "snapshot", "--out", str(tmp_path), "--timeout", "2"]
     done = edgewise(mosquitto, command_keys[0], *args)
     assert done.returncode == 1
-    assert lines(done.stdout)[-1] == "cam-9  failed  snapshot incomplete: 1 of 4 chunks missing (1)"
+    assert lines(done.stdout)[0] == "cam-9  accepted" and len(lines(done.stdout)) == 2
+    assert lines(done.stdout)[1].startswith(f"cam-9  failed  {reason}"), done.stdout
+    assert not list(tmp_path.glob("*.jpg")) and "Traceback" not in done.stderr
     assert not list(tmp_path.glob("*.jpg")) and "Traceback" not in done.stderr
 
 

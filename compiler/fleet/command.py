@@ -221,6 +221,7 @@ class CommandSession:
                 shot = Snapshot.model_validate((reply.result or {}).get(SNAPSHOT))
             except ValidationError as exc:
                 why = f"the reply describes no valid snapshot: {describe_errors(exc)}"
+                said.append("failed")
                 self._ready.append(Answer(device, _failed(reply, why)))
                 return
             self._shots[device] = (reply, shot)
