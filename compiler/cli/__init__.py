@@ -9,7 +9,7 @@ from agent.logs import setup_logging
 
 from ..arguments import Parser
 from ..failures import guarded
-from . import compiling, delivery, fleet, recipe
+from . import compiling, control, delivery, fleet, recipe
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -24,6 +24,7 @@ def _parser() -> argparse.ArgumentParser:
     fleet.add_push(sub)
     fleet.add_results(sub)
     fleet.add_fleet(sub)
+    control.add_command(sub)
     delivery.add_serve(sub)
     delivery.add_gc(sub)
     delivery.add_withdraw(sub)
