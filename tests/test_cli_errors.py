@@ -243,6 +243,32 @@ FLEET = [
     *_broker_cases(["fleet", "--once"]),
 ]
 
+COMMAND_KEY = ["--key", "{key}"]
+COMMAND = [
+    (["command"], USAGE),
+    (["command", "all", *COMMAND_KEY], USAGE),  # no CMD
+    (["command", "all", "ping"], USAGE),  # no --key
+    (["command", "everyone", "ping", *COMMAND_KEY], USAGE),
+    (["command", "device:", "ping", *COMMAND_KEY], USAGE),
+    (["command", "device:a/b", "ping", *COMMAND_KEY], USAGE),
+    (["command", "group:#", "ping", *COMMAND_KEY], USAGE),
+    (["command", "device:cam.1", "ping", *COMMAND_KEY], USAGE),
+    (["command", "all", "Ping", *COMMAND_KEY], USAGE),
+    (["command", "all", "ping", "--key", "{tmp}/none.key"], USAGE),
+    (["command", "all", "ping", "--key", "{pub}", *BROKER], USAGE),  # the public half
+    (["command", "all", "ping", "--key", "{file}", *BROKER], USAGE),
+    (["command", "all", "ping", *COMMAND_KEY, "--ttl", "0"], USAGE),
+    (["command", "all", "ping", *COMMAND_KEY, "--ttl", "1e9"], USAGE),
+    (["command", "all", "ping", *COMMAND_KEY, "--timeout", "0"], USAGE),
+    (["command", "all", "ping", *COMMAND_KEY, "--expect", "0"], USAGE),
+    (["command", "device:cam-1", "ping", *COMMAND_KEY, "--expect", "2", *BROKER], USAGE),
+    (["command", "all", "rate", "max_fps=1", "max_fps=2", *COMMAND_KEY, *BROKER], USAGE),
+    (["command", "all", "shadow", "start", "stop", *COMMAND_KEY, *BROKER], USAGE),
+    (["command", "all", "rate", "max-fps=1", *COMMAND_KEY, *BROKER], USAGE),
+    (["command", "all", "snapshot", *COMMAND_KEY, "--out", "{file}", *BROKER], USAGE),
+    *_broker_cases(["command", "all", "ping", *COMMAND_KEY, "--timeout", "1"]),
+]
+
 DEMO = [
     (["demo", "--digits", "0"], USAGE),
     (["demo", "--digits", "-5"], USAGE),
@@ -276,7 +302,7 @@ TOP = [
 
 COMMANDS = {
     "train": TRAIN, "keygen": KEYGEN, "certs": CERTS, "compile": COMPILE, "push": PUSH,
-    "results": RESULTS, "fleet": FLEET, "demo": DEMO,
+    "results": RESULTS, "fleet": FLEET, "command": COMMAND, "demo": DEMO,
 }  # fmt: skip
 CASES = [
     (name, argv, code)
