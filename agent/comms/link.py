@@ -27,7 +27,7 @@ from paho.mqtt.properties import Properties
 from agent.comms.failover import Failover
 from agent.comms.sizing import SMALL_MESSAGE_BYTES, payload_budget, shorten
 from agent.config import MqttConfig
-from agent.contract.broker import BrokerCapabilities, unsupported_protocol
+from agent.contract.broker import BrokerCapabilities, unsupported_protocol, without_delay
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,9 @@ def request_of(msg: mqtt.MQTTMessage) -> Request:
 
 
 def configure_client(client: mqtt.Client, config: MqttConfig) -> None:
-    """Credentials and TLS (the client certificate is the identity) from the config."""
+    """Credentials and TLS (the client certificate is the identity) from the config; packets
+    sent without delay."""
+    without_delay(client)
     if config.username:
         client.username_pw_set(config.username, config.password)
     if config.tls is not None:

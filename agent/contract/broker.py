@@ -8,7 +8,9 @@ Pure: it reads any object with the property names paho-mqtt gives them (``Retain
 
 from __future__ import annotations
 
+import socket
 from dataclasses import asdict, dataclass
+from typing import Any
 
 # CONNACK reason 0x84 (MQTT 5) and return code 1 (3.1.1): the broker does not speak this version.
 UNSUPPORTED_PROTOCOL = "Unsupported protocol version"
@@ -55,3 +57,16 @@ class BrokerCapabilities:
 def unsupported_protocol(reason: object) -> bool:
     """Whether a CONNACK reason (paho's ReasonCode or its text) refuses the protocol version."""
     return str(reason).strip().lower() == UNSUPPORTED_PROTOCOL.lower()
+
+
+def without_delay(client: Any) -> None:
+    """Have a paho client send each packet at once (TCP_NODELAY on every socket it opens).
+    MQTT packets are small: with Nagle's algorithm a QoS 1 publish waits for the peer's delayed
+    ACK, 40 ms on Linux for each hop (a command's round trip measured 88 ms on loopback, 0.6 ms
+    with no delay here and ``set_tcp_nodelay true`` in Mosquitto)."""
+
+    def on_socket_open(_client: Any, _userdata: Any, sock: Any) -> None:
+        if isinstance(sock, socket.socket):  # plain or TLS; not a websocket wrapper
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    client.on_socket_open = on_socket_open

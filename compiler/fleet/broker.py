@@ -67,7 +67,11 @@ class MosquittoBroker:
             store.mkdir()
             store.chmod(0o1777)
             persistence = f"persistence true\npersistence_location {store}/\n"
-        generated = f"listener {self.port} {self.host}\nallow_anonymous true\n{persistence}"
+        # set_tcp_nodelay: see agent.contract.broker.without_delay (as the shipped config does)
+        generated = (
+            f"listener {self.port} {self.host}\nallow_anonymous true\nset_tcp_nodelay true\n"
+            f"{persistence}"
+        )
         self.config_path.write_text(config if config is not None else generated + extra_config)
         self.log_path = Path(self._dir.name) / "mosquitto.log"
         self._proc: subprocess.Popen[bytes] | None = None

@@ -14,7 +14,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from agent.contract.broker import BrokerCapabilities, unsupported_protocol
+from agent.contract.broker import BrokerCapabilities, unsupported_protocol, without_delay
 
 from ..errors import BrokerUnavailable
 
@@ -166,6 +166,7 @@ def _new_client(address: BrokerAddress, client_id: str | None) -> mqtt.Client:
         protocol=mqtt.MQTTv5,
     )
     client.max_inflight_messages_set(64)  # a push keeps a window of chunks in flight
+    without_delay(client)
     if address.username:
         client.username_pw_set(address.username, address.password)
     if address.ca is not None:
