@@ -109,6 +109,7 @@ class Agent:
         self.status = StatusBoard(
             device=device,
             boot_id=self.boot_id,
+            groups=config.device.groups,
             topics=self._topics,
             source_uri=config.source.uri,
             models=self.models,

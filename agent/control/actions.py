@@ -56,6 +56,13 @@ class NoArgs(_Args):
     pass
 
 
+class RollbackArgs(_Args):
+    reason: str = Field(default="", max_length=200)
+    # A rollout's abort: the package rolled back is never installed again here, even while its
+    # manifest is still retained for this device.
+    quarantine: bool = False
+
+
 class ResultsArgs(_Args):
     mode: Literal["every", "on_change", "interval", "threshold"] | None = None
     interval_s: float | None = Field(default=None, gt=0)
@@ -111,9 +118,10 @@ def config(c: Controls, _id: str, _args: NoArgs) -> Result:
     return {"config": redact(c.config().model_dump(mode="json"))}
 
 
-def rollback(c: Controls, command_id: str, _args: NoArgs) -> Result:
+def rollback(c: Controls, command_id: str, args: RollbackArgs) -> Result:
     # The previous slot's own signed envelope is re-verified before it serves again.
-    return {"event": c.deployer.rollback(reason=f"command {command_id}")}
+    reason = f"command {command_id}" + (f": {args.reason}" if args.reason else "")
+    return {"event": c.deployer.rollback(reason=reason, quarantine=args.quarantine)}
 
 
 def results(c: Controls, _id: str, args: ResultsArgs) -> Result:
@@ -171,7 +179,7 @@ ACTIONS: dict[str, Action] = {
     "ping": Action(NoArgs, ping),
     "status": Action(NoArgs, status),
     "config": Action(NoArgs, config),
-    "rollback": Action(NoArgs, rollback),
+    "rollback": Action(RollbackArgs, rollback),
     "results": Action(ResultsArgs, results),
     "rate": Action(RateArgs, rate),
     "snapshot": Action(SnapshotArgs, snapshot),

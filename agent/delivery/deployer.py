@@ -362,12 +362,15 @@ class Deployer(threading.Thread):
         deploy = self._config.deploy
         self._serving.switch(package, session, keep_displaced=deploy.probation_s > 0)
         if self._serving.displaced is None:
+            self._status("passed", manifest, probation_s=0)  # no window: live is passed
             return
         self._progress = {"state": "probation", "model": model_of(manifest)}
         try:
-            self._probation.watch(manifest, deploy)
+            seen = self._probation.watch(manifest, deploy)
         finally:
             self._serving.displaced = None
+        if seen is not None:  # a rollout counts a device once its window passed
+            self._status("passed", manifest, probation_s=deploy.probation_s, **seen)
 
     def _shadow(self, package: Package) -> None:
         """Hand an installed ``mode: shadow`` package to the shadow runner; it never serves

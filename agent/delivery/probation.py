@@ -23,8 +23,9 @@ class Probation:
     def __init__(self, *, health: HealthStats, halt: threading.Event, roll_back: RollBack):
         self._health, self._halt, self._roll_back = health, halt, roll_back
 
-    def watch(self, manifest: Manifest, deploy: DeployConfig) -> None:
-        """Returns once the window passed, the agent stops, or the model was rolled back."""
+    def watch(self, manifest: Manifest, deploy: DeployConfig) -> dict[str, object] | None:
+        """Returns once the window passed (what it saw: ``frames``, ``error_rate``, ``p99_ms``),
+        the agent stops or the model was rolled back (None)."""
         budgets = (manifest.max_latency_ms, deploy.max_latency_ms)
         limit = min((b for b in budgets if b is not None), default=None)
         self._health.reset()
@@ -38,4 +39,8 @@ class Probation:
                 reason = f"p99 latency {p99:.2f} ms > {limit:.2f} ms"
             if reason:
                 self._roll_back(reason=reason, quarantine=True)
-                return
+                return None
+        if self._halt.is_set():
+            return None
+        seen, error_rate, p99 = self._health.snapshot()
+        return {"frames": seen, "error_rate": round(error_rate, 4), "p99_ms": p99}

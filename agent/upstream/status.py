@@ -30,12 +30,14 @@ class StatusBoard:
         *,
         device: str,
         boot_id: str,
+        groups: tuple[str, ...] = (),
         topics: Topics,
         source_uri: str,
         models: ModelSlot,
         notifier: SystemdNotifier,
     ):
         self._device, self._boot_id, self._topics = device, boot_id, topics
+        self._groups = groups
         self._source_uri, self._models, self._notifier = source_uri, models, notifier
         self._started_at = time.time()
         self._source: dict[str, Any] | None = None
@@ -58,6 +60,7 @@ class StatusBoard:
             {
                 "state": state,
                 "device": self._device,
+                "groups": list(self._groups),  # a rollout to group:G finds its devices here
                 "agent_version": __version__,
                 "boot_id": self._boot_id,
                 "model": self.model(),
@@ -76,6 +79,7 @@ class StatusBoard:
         telemetry still tells the fleet view the device's state, model, source and deployment."""
         return {
             "state": "online",  # telemetry goes out only while connected
+            "groups": list(self._groups),
             "model": self.model(),
             "source_state": (self._source or {}).get("state"),
             "deployment": self._deployment,

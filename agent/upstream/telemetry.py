@@ -129,6 +129,7 @@ UPSTREAM = {
 # from live telemetry where retained messages do not reach wildcard subscriptions (RabbitMQ).
 ANNOUNCED = {
     "state": 'Always "online" (telemetry is sent only while connected)',
+    "groups": "The device's groups ([device] groups), as in the status",
     "model": "The serving model's {name, version}, or null",
     "source_state": "The source's state as in the status (open, failed, ended), or null",
     "deployment": "The last deployment step as in the status, or null",

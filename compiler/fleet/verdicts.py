@@ -24,7 +24,8 @@ from agent.contract import Topics
 from .mqtt import Subscriber
 
 ACTIVE, REJECTED, ROLLED_BACK, NO_ANSWER = "active", "rejected", "rolled_back", "no answer"
-STAGED = "staged"  # a shadow push: installed and shadowed beside the serving model
+# A shadow push's device installed and shadows it; "passed": after "active", probation passed.
+STAGED, PASSED = "staged", "passed"
 FINAL = (ACTIVE, REJECTED, ROLLED_BACK, STAGED)
 # Mosquitto queues a subscription's retained messages right behind its SUBACK; a broker that
 # sends them later still gets this long before a device is called unknown.
@@ -64,6 +65,8 @@ def judge(
             return Verdict(device, state, reason)
         if state == "downloading":
             return Verdict(device, state, f"{event.get('percent', 0)}%")
+        if state == PASSED:  # after "active": its probation window passed
+            return Verdict(device, ACTIVE, "probation passed")
         return Verdict(device, state)
     # A manifest that fails its signature or target check has no name the device can trust,
     # so the agent names the topic it came on instead.
