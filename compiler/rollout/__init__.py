@@ -1,0 +1,2 @@
+"""Rollouts to a fleet in waves: the plan (pure), its state (SQLite or PostgreSQL) and the
+controller that drives it inside `edgewise serve`."""
