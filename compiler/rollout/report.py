@@ -101,7 +101,8 @@ def status_lines(rollout: Rollout, records: Mapping[str, DeviceRecord]) -> list[
             + " ".join(f"{c:>7}" for c in cells)
         )
     if len(waves) > reached:
-        lines.append(f"  … {len(waves) - reached} more waves, up to {waves[-1]['size']}")
+        more = len(waves) - reached
+        lines.append(f"  … {more} more wave{'s' if more > 1 else ''}, up to {waves[-1]['size']}")
     if rollout.state in ("aborted", "paused") or rollout.reason:
         lines.append(f"{rollout.state}: {rollout.reason or '(no reason given)'}")
     lines.extend(evidence_lines(rollout.evidence))
