@@ -300,10 +300,12 @@ def run_change(args: argparse.Namespace) -> int:
                 f"rollout {args.id} is {rollout.state}: only a {' or '.join(allowed)} "
                 f"rollout can {args.change}"
             )
+        # only_from: the controller may have finished or aborted it since it was read
         if args.change == "abort":
             evidence = {"by": "edgewise rollout abort", "wave": rollout.wave + 1}
-            store.set_state(args.id, "aborted", args.reason, evidence)
+            store.set_state(args.id, "aborted", args.reason, evidence, only_from=allowed)
         else:  # a resume clears the pause's reason: nothing is wrong any more
-            store.set_state(args.id, target, "paused by hand" if target == "paused" else "")
+            reason = "paused by hand" if target == "paused" else ""
+            store.set_state(args.id, target, reason, only_from=allowed)
     print(f"rollout {args.id}: {rollout.state} -> {target}; the controller acts on it")
     return 0
