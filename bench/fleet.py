@@ -49,10 +49,10 @@ from compiler.recipe.digits import PREPROCESS, load_dataset
 from compiler.rollout.plan import ordered
 
 WAVES = "1,10%,50%,100%"
-BUDGET_MS = 20.0  # the good CNN answers in about 0.1 ms, the slow model in about 40
+BUDGET_MS = 100.0  # p99 of the good CNN: 0.1 ms alone, ~50 ms when 40 probes share 2 cores
 
 
-def slow_model(path: Path, layers: int = 30, channels: int = 128) -> Path:
+def slow_model(path: Path, layers: int = 24, channels: int = 256) -> Path:
     """A digits-shaped classifier that is valid and deterministic but slow: ``layers`` 3×3
     convolutions of ``channels`` channels at 28×28, one weight shared by all (the file stays
     small, so only its latency differs from a good model's)."""
@@ -277,10 +277,12 @@ def steady(fleet: Fleet, memory_before: float) -> dict[str, Any]:
     return {
         "agent_rss_mb_mean": rss["agent_rss_mb_mean"],
         "agent_rss_mb_max": rss["agent_rss_mb_max"],
+        "agent_pss_mb_mean": rss["agent_pss_mb_mean"],
         "agents_rss_mb_total": round(sum(f.rss_mb for f in after)),
         "agents_cpu_percent": round(cpu_percent, 1),
         "memory_available_mb_before": round(memory_before),
-        "n_limit_memory": int(memory_before / rss["agent_rss_mb_mean"]),
+        # PSS, not RSS: the shared libraries are paid once for the whole fleet
+        "n_limit_memory": int(memory_before / rss["agent_pss_mb_mean"]),
         "n_limit_cpu": int(100 * cores() / per_agent_cpu) if per_agent_cpu > 0 else None,
     }
 

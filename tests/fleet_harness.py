@@ -70,6 +70,7 @@ class ProcessFigures:
     rss_mb: float
     cpu_s: float
     wall_s: float
+    pss_mb: float = 0.0  # shared library pages split among the processes that map them
 
     @property
     def cpu_percent(self) -> float:
@@ -85,7 +86,20 @@ def process_figures(device: str, pid: int, started: float) -> ProcessFigures | N
         return None
     # fields after the command name: utime and stime are the 12th and 13th
     cpu = (int(stat[11]) + int(stat[12])) / CLOCK_TICKS
-    return ProcessFigures(device, int(statm[1]) * PAGE_MB, cpu, time.monotonic() - started)
+    wall = time.monotonic() - started
+    return ProcessFigures(device, int(statm[1]) * PAGE_MB, cpu, wall, pss_mb(pid))
+
+
+def pss_mb(pid: int) -> float:
+    """Proportional set size: what N copies of the agent really cost together is N × this
+    (RSS counts onnxruntime's and OpenCV's shared pages once per process)."""
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
 
 
 class Monitor:
@@ -245,11 +259,12 @@ class Fleet:
 
 
 def summary(figures: list[ProcessFigures]) -> dict[str, float]:
-    """Mean and max RSS, total CPU percent (of one core) across the agents."""
+    """Mean and max RSS, mean PSS, total CPU percent (of one core) across the agents."""
     if not figures:
         return {"agent_rss_mb_mean": 0.0, "agent_rss_mb_max": 0.0, "agents_cpu_percent": 0.0}
     return {
         "agent_rss_mb_mean": round(statistics.mean(f.rss_mb for f in figures), 1),
+        "agent_pss_mb_mean": round(statistics.mean(f.pss_mb for f in figures), 1),
         "agent_rss_mb_max": round(max(f.rss_mb for f in figures), 1),
         "agents_cpu_percent": round(sum(f.cpu_percent for f in figures), 1),
     }
