@@ -49,7 +49,7 @@ from compiler.recipe.digits import PREPROCESS, load_dataset
 from compiler.rollout.plan import ordered
 
 WAVES = "1,10%,50%,100%"
-BUDGET_MS = 100.0  # p99 of the good CNN: 0.1 ms alone, ~50 ms when 40 probes share 2 cores
+BUDGET_MS = 150.0  # p99 of the good CNN: 0.1 ms alone, up to ~85 ms when 40 probes share 2 cores
 
 
 def slow_model(path: Path, layers: int = 24, channels: int = 256) -> Path:
