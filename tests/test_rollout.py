@@ -19,14 +19,14 @@ from typing import Any
 import pytest
 from control_harness import command_keys, commands_section
 from device_harness import install
-from forge import package_from
+from forge import golden_of, package_from
 from helpers import AgentProcess
 
 from agent.contract import Package, Topics
 from compiler.fleet.broker import MosquittoBroker
 from compiler.fleet.mqtt import BrokerAddress, Subscriber, connect, disconnect
 from compiler.fleet.serve import ServeOptions, Service
-from compiler.rollout.plan import AbortRule, RolloutSpec, ordered, parse_waves
+from compiler.rollout.plan import AbortRule, Criteria, RolloutSpec, ordered, parse_waves
 from compiler.rollout.store import RolloutStore, open_store
 
 TOPICS = Topics()
@@ -43,6 +43,10 @@ probation_s = 2
 
 [runtime]
 max_fps = 15
+
+[shadow]
+sample = 1.0
+interval_s = 1
 
 """
 
@@ -317,3 +321,72 @@ def test_a_device_that_never_answers_is_no_answer_after_the_deadline(fleet, tmp_
     assert record.state == "no_answer" and "within 2 s" in record.reason
     assert rollout is not None and rollout.state == "done"  # no rule counts silence here
     assert record.since - spec.created_at >= 2.0
+
+
+def test_with_agreement_criteria_a_shadow_that_agrees_is_promoted(fleet, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    db = tmp_path / "rollouts.db"
+    store = open_store(str(db))
+    criteria = Criteria(agreement=0.5, min_frames=20)  # the same weights: it agrees on all
+    spec = _spec(fleet, "r-shadow", fleet.package("1.7.0"), "device:yard-2", criteria=criteria)
+    store.create(spec)
+    service = fleet.service(db)
+    try:
+        until(lambda: _finished(store, "r-shadow"), 90, "promoted\n" + fleet.logs())
+    finally:
+        service.stop()
+    rollout, record = store.get("r-shadow"), store.devices("r-shadow")["yard-2"]
+    store.close()
+    assert rollout is not None and rollout.state == "done", rollout
+    assert record.state == "succeeded", record
+    assert isinstance(record.figures["agreement"], float) and record.figures["frames"] >= 20
+    assert fleet.watch.devices_told("1.7.0", "staged") == ["yard-2"]
+    until(lambda: _all_serving(fleet, "1.7.0", ("yard-2",)), 30, "yard-2 serves 1.7.0")
+
+
+def test_a_shadow_that_disagrees_fails_unserved_and_aborts(fleet, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from test_shadow_e2e import swapped
+
+    db = tmp_path / "rollouts.db"
+    store = open_store(str(db))
+    model = swapped(fleet.base.model_path, tmp_path / "swapped.onnx", 3, 8)
+    golden = golden_of(fleet.base, model)
+    bad = package_from(fleet.base, tmp_path / "bad", fleet.key, version="1.8.0", model=model,
+                       golden=golden)  # fmt: skip
+    criteria = Criteria(agreement=0.95, min_frames=20)
+    store.create(_spec(fleet, "r-disagree", bad, "group:yard", criteria=criteria))
+    service = fleet.service(db)
+    try:
+        until(lambda: _finished(store, "r-disagree"), 90, "aborted\n" + fleet.logs())
+    finally:
+        service.stop()
+    rollout, records = store.get("r-disagree"), store.devices("r-disagree")
+    store.close()
+    assert rollout is not None and rollout.state == "aborted", rollout
+    assert rollout.reason.startswith("failed_pct 100 > 0")
+    exposed = [d for d, r in records.items() if r.state != "offline"]
+    assert len(exposed) == 1 and records[exposed[0]].state == "failed"
+    assert "agreement lower bound" in records[exposed[0]].reason
+    assert fleet.watch.devices_told("1.8.0", "staged") == exposed
+    assert fleet.watch.devices_told("1.8.0", "active") == []  # never served anywhere
+
+
+def test_serve_takes_the_rollout_flags(fleet, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import signal
+    import subprocess
+
+    from helpers import BIN
+
+    serve = subprocess.Popen(
+        [str(BIN / "edgewise"), "serve", "--blobs", str(tmp_path / "blobs"),
+         "--db", str(tmp_path / "r.db"), "--key", str(fleet.key),
+         "--command-key", str(fleet.command_key), "--port", str(fleet.broker.port)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert serve.stdout is not None
+        assert serve.stdout.readline().rstrip().endswith(f"rollouts from {tmp_path / 'r.db'}")
+    finally:
+        serve.send_signal(signal.SIGTERM)
+        _, err = serve.communicate(timeout=30)
+    assert serve.returncode == 0, err
+    assert open_store(str(tmp_path / "r.db")).list() == []  # the schema is there

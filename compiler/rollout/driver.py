@@ -99,7 +99,9 @@ class Driver:
     def _deployment(self, rollout: Rollout, record: DeviceRecord, event: dict[str, Any]) -> None:
         spec, state = rollout.spec, event.get("state")
         reason = str(event.get("reason") or "")
-        if state == "rolled_back" and record.figures.get("rollback"):
+        if state == "staged" and record.state == "sent":
+            self._put(spec, record, state="staged")
+        elif state == "rolled_back" and record.figures.get("rollback"):
             self._put(spec, record, state="rolled_back", reason=reason)
         elif state in ("rejected", "rolled_back") and record.state not in FINAL_DEVICE:
             self._put(spec, record, state="failed", reason=reason or str(state))
