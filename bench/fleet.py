@@ -209,6 +209,7 @@ def resume(fleet: Fleet, controller: Controller, rollouts: Rollouts, v3: Package
         time.sleep(0.1)  # the store has no notification
     at_kill = dict(counts)
     controller.kill()
+    restarted = time.monotonic()
     controller.start()
     state_ok = rollouts.wait("resume", ("done", "aborted"), 120 + 3 * fleet.agents) >= 0
     fleet.wait_serving(v3.manifest.version, 60)
@@ -216,6 +217,7 @@ def resume(fleet: Fleet, controller: Controller, rollouts: Rollouts, v3: Package
         "resume_devices_at_kill": at_kill,
         "resume_state": rollouts.state("resume"),
         "resume_ok": state_ok and rollouts.state("resume") == "done" and fleet.all_serving("3.0.0"),
+        "resume_after_restart_s": round(time.monotonic() - restarted, 1),
         "resume_total_s": round(time.monotonic() - start, 1),
     }
 
