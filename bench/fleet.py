@@ -9,10 +9,13 @@ max_latency_ms``.
 - (a) good: v2 (the same model, another version) in waves 1,10%,50%,100%: seconds until every
   device serves v2, the broker's bytes sent meanwhile against N × the model's size, the
   controller's CPU seconds.
-- (b) bad: a model that passes its golden check but is too slow for the budget, first wave one
-  device (one with a budget: the rollout id is chosen so); how many devices were sent it and
-  how many ever served it, seconds from the first bad report to the rollout's abort, and
-  whether every device is back on v2.
+- (b) bad, first wave one device, three models that pass their golden check: ``budget`` too
+  slow (~250 ms) for the budget (the rollout id is chosen so that the first device has one):
+  refused at the probe; ``wrong`` random answers on live frames, with agreement criteria:
+  staged as a shadow, judged on agreement; ``live`` ~45 ms, within every budget, aborted by
+  ``--abort-if p99_ms>20`` on the p99 its device reports after probation, and rolled back by
+  signed command. For each: devices sent it, devices that served it, seconds from the first bad
+  report to the abort, every device back on v2; the headline figures are the worst case.
 - (c) resume: v3 rolled out; the controller SIGKILLed mid-wave and started again on the same
   database; the rollout finishes with every device on v3.
 
@@ -28,6 +31,7 @@ import json
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +53,8 @@ from compiler.recipe.digits import PREPROCESS, load_dataset
 from compiler.rollout.plan import ordered
 
 WAVES = "1,10%,50%,100%"
+AGREEMENT, MIN_FRAMES = 0.9, 20  # the shadow's agreement criteria
+P99_RULE_MS = 20.0  # --abort-if p99_ms>20: the laggy model serves at ~45 ms
 BUDGET_MS = 150.0  # p99 of the good CNN: 0.1 ms alone, up to ~85 ms when 40 probes share 2 cores
 
 
@@ -87,26 +93,36 @@ def slow_model(path: Path, layers: int = 24, channels: int = 256) -> Path:
 
 
 def packages(root: Path, key: Path) -> dict[str, Package]:
-    """v1 (compiled from the demo CNN), v2 and v3 (the same model), and the slow 2.5.0."""
+    """v1 (compiled from the demo CNN), v2 and v3 (the same model), the slow 2.5.0 and the
+    wrong 2.6.0 (each with a golden set of its own answers, so both pass the golden check)."""
     digits = load_dataset("digits", seed=0)
     model = train_demo_model(digits.train, PREPROCESS, epochs=2)
     options = CompileOptions(name="digits-cnn", version="1.0.0", signing_key=key,
                              out_dir=root / "v1", progress=False, html=False)  # fmt: skip
     v1 = compile_model(SourceModel("eager", model), digits, PREPROCESS, options).package
     slow = slow_model(root / "slow.onnx")
+    # random weights: it answers its own golden set exactly and live frames at random
+    wrong = slow_model(root / "wrong.onnx", layers=1, channels=8)
+    laggy = slow_model(root / "laggy.onnx", layers=30, channels=128)  # ~45 ms, under the budget
     return {
         "v1": v1,
         "v2": package_from(v1, root / "v2", key, version="2.0.0"),
         "v3": package_from(v1, root / "v3", key, version="3.0.0"),
+        "wrong": package_from(
+            v1, root / "wrong", key, version="2.6.0", model=wrong, golden=golden_of(v1, wrong)
+        ),
+        "laggy": package_from(
+            v1, root / "laggy", key, version="2.7.0", model=laggy, golden=golden_of(v1, laggy)
+        ),
         "bad": package_from(
             v1, root / "bad", key, version="2.5.0", model=slow, golden=golden_of(v1, slow)
         ),
     }
 
 
-def create(controller: Controller, package: Package, rollout_id: str) -> None:
+def create(controller: Controller, package: Package, rollout_id: str, *more: str) -> None:
     done = edgewise("rollout", "create", str(package.root), "--to", f"group:{GROUP}",
-                    "--waves", WAVES, "--id", rollout_id, "--db", controller.db)  # fmt: skip
+                    "--waves", WAVES, "--id", rollout_id, "--db", controller.db, *more)  # fmt: skip
     assert done.returncode == 0, f"rollout create: {done.stdout}{done.stderr}"
 
 
@@ -168,30 +184,85 @@ def good_rollout(
     }
 
 
-def bad_rollout(
-    fleet: Fleet, controller: Controller, rollouts: Rollouts, bad: Package
+def failing_rollout(
+    fleet: Fleet,
+    controller: Controller,
+    rollouts: Rollouts,
+    case: tuple[str, Package, str, list[str]],
+    bad_report: Callable[[dict[str, Any]], bool],
 ) -> dict[str, Any]:
-    # an id whose first device has a budget: the first wave meets the refusal
-    rollout_id = next(f"bad-{i}" for i in range(1000)
-                      if budgeted(ordered(f"bad-{i}", fleet.devices)[0]))  # fmt: skip
-    version = bad.manifest.version
+    """``case`` = (figure prefix, package, rollout id, more `rollout create` flags). How many
+    devices were sent the package and how many served it, seconds from the first report that
+    ``bad_report`` recognises to the abort, and whether every device is back on v2."""
+    prefix, package, rollout_id, more = case
+    version = package.manifest.version
     seen_from = len(fleet.monitor.events)
-    create(controller, bad, rollout_id)
-    rollouts.wait(rollout_id, ("aborted", "done"), 60 + 3 * fleet.agents)
+    create(controller, package, rollout_id, *more)
+    rollouts.wait(rollout_id, ("aborted", "done"), 120 + 3 * fleet.agents)
     aborted_at = time.monotonic()
     back_s = fleet.wait_serving("2.0.0", 60)
-    events = [e for e in fleet.monitor.events[seen_from:] if e.get("type") == "deployment"
-              and (e.get("model") or {}).get("version") == version]  # fmt: skip
-    bad_reports = [e["seen"] for e in events if e["state"] in ("rejected", "rolled_back")]
+    events = [e for e in fleet.monitor.events[seen_from:] if version_of(e) == version]
+    reports = [e["seen"] for e in events if bad_report(e)]
+    rollout = rollouts.store.get(rollout_id)
     return {
-        "bad_state": rollouts.state(rollout_id),
-        "bad_devices_sent": len({e["device"] for e in events}),
-        "bad_devices_exposed": len({e["device"] for e in events if e["state"] == "active"}),
-        "abort_s": round(aborted_at - min(bad_reports), 2) if bad_reports else None,
-        "back_on_previous_s": round(back_s, 2),
-        "all_rolled_back": fleet.all_serving("2.0.0"),
-        "bad_devices_states": rollouts.counts(rollout_id),
+        f"{prefix}_state": rollouts.state(rollout_id),
+        f"{prefix}_devices_sent": len({e["device"] for e in events}),
+        f"{prefix}_devices_exposed": len({e["device"] for e in events if e["state"] == "active"}),
+        f"{prefix}_abort_s": round(aborted_at - min(reports), 2) if reports else None,
+        f"{prefix}_back_on_previous_s": round(back_s, 2),
+        f"{prefix}_all_back": fleet.all_serving("2.0.0"),
+        f"{prefix}_devices_states": rollouts.counts(rollout_id),
+        f"{prefix}_reason": rollout.reason if rollout else None,
     }
+
+
+def bad_rollouts(fleet: Fleet, controller: Controller, rollouts: Rollouts,
+                 built: dict[str, Package]) -> dict[str, Any]:  # fmt: skip
+    """The three ways a model that passes its golden check is bad, each first to one device."""
+    # an id whose first device has a budget: the first wave meets the refusal
+    budget_id = next(f"budget-{i}" for i in range(1000)
+                     if budgeted(ordered(f"budget-{i}", fleet.devices)[0]))  # fmt: skip
+    agreement = ["--agreement", f"{AGREEMENT}", "--min-frames", f"{MIN_FRAMES}"]
+    rule = ["--abort-if", f"p99_ms>{P99_RULE_MS}"]
+    figures: dict[str, Any] = {}
+    for case, bad_report in (
+        (("budget", built["bad"], budget_id, []), rejected),
+        (("wrong", built["wrong"], "wrong", agreement), judged_wrong),
+        (("live", built["laggy"], "live", rule), slow_pass),
+    ):
+        figures |= failing_rollout(fleet, controller, rollouts, case, bad_report)
+    cases = ("budget", "wrong", "live")
+    return {
+        # the headline figures: the worst over the three cases
+        "bad_devices_exposed": max(figures[f"{c}_devices_exposed"] for c in cases),
+        "bad_devices_sent_max": max(figures[f"{c}_devices_sent"] for c in cases),
+        "abort_s": max((figures[f"{c}_abort_s"] or float("inf")) for c in cases),
+        "all_rolled_back": all(figures[f"{c}_all_back"] for c in cases),
+        **figures,
+    }
+
+
+def rejected(event: dict[str, Any]) -> bool:
+    return event.get("type") == "deployment" and event["state"] in ("rejected", "rolled_back")
+
+
+def version_of(event: dict[str, Any]) -> str | None:
+    """The version a deployment event (model) or a shadow event (candidate) is about."""
+    return (event.get("model") or event.get("candidate") or {}).get("version")
+
+
+def judged_wrong(event: dict[str, Any]) -> bool:
+    """A shadow report the controller can judge on (enough frames) that is under the bar."""
+    return (
+        event.get("type") == "shadow"
+        and (event.get("frames") or 0) >= MIN_FRAMES
+        and (event.get("agreement_lower") or 1.0) < AGREEMENT
+    )
+
+
+def slow_pass(event: dict[str, Any]) -> bool:
+    """Probation passed with a p99 over the rollout's rule: the figure the rule aborts on."""
+    return event.get("state") == "passed" and (event.get("p99_ms") or 0) > P99_RULE_MS
 
 
 def resume(fleet: Fleet, controller: Controller, rollouts: Rollouts, v3: Package) -> dict[str, Any]:
@@ -254,7 +325,7 @@ def run(agents: int, root: Path) -> dict[str, Any]:
         rollouts = Rollouts(controller.db)
         try:
             figures |= good_rollout(fleet, controller, rollouts, built["v2"])
-            figures |= bad_rollout(fleet, controller, rollouts, built["bad"])
+            figures |= bad_rollouts(fleet, controller, rollouts, built)
             figures |= resume(fleet, controller, rollouts, built["v3"])
         finally:
             controller.stop()

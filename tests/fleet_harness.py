@@ -41,6 +41,8 @@ BYTES_SENT = "$SYS/broker/bytes/sent"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PAGE_MB = os.sysconf("SC_PAGE_SIZE") / 2**20
 # Generous deploy limits: N agents probing on two cores wait for CPU, which is not a failure.
+# A shadow candidate sees every frame and reports every 2 s: at 2 fps, agreement over 20
+# frames is known 10 s after staging.
 DEPLOY = """
 [deploy]
 fetch_timeout = 60
@@ -49,6 +51,10 @@ probe_memory_mb = 1024
 max_model_bytes = 64000000
 probation_s = {probation_s}
 {budget}
+
+[shadow]
+sample = 1.0
+interval_s = 2
 """
 
 
