@@ -203,6 +203,8 @@ def failing_rollout(
     back_s = fleet.wait_serving("2.0.0", 60)
     events = [e for e in fleet.monitor.events[seen_from:] if version_of(e) == version]
     reports = [e["seen"] for e in events if bad_report(e)]
+    # the rollback command's outcome on the device, as it reported it (not the store's 0.2 s poll)
+    restored = [e["seen"] for e in events if e.get("state") == "rolled_back"]
     rollout = rollouts.store.get(rollout_id)
     return {
         f"{prefix}_state": rollouts.state(rollout_id),
@@ -210,6 +212,9 @@ def failing_rollout(
         f"{prefix}_devices_exposed": len({e["device"] for e in events if e["state"] == "active"}),
         f"{prefix}_abort_s": round(aborted_at - min(reports), 2) if reports else None,
         f"{prefix}_back_on_previous_s": round(back_s, 2),
+        f"{prefix}_rolled_back_s": round(max(restored) - min(reports), 2)
+        if restored and reports
+        else None,
         f"{prefix}_all_back": fleet.all_serving("2.0.0"),
         f"{prefix}_devices_states": rollouts.counts(rollout_id),
         f"{prefix}_reason": rollout.reason if rollout else None,
