@@ -112,6 +112,8 @@ def parse_waves(text: str) -> tuple[Wave, ...]:
                 f"--waves: {part.strip()!r} is not a count or a percentage (1,10%,100%)"
             )
         number, percent = match.groups()
+        if int(number) == 0 or (percent and int(number) > 100):
+            raise InputError(f"--waves: {part.strip()!r}: a wave is 1 device or more, 1% to 100%")
         waves.append(Wave(percent=float(number)) if percent else Wave(count=int(number)))
     if waves[-1].percent != 100:
         waves.append(Wave(percent=100.0))  # a rollout ends with the whole target
