@@ -55,6 +55,24 @@ def add_serve(sub: Subparsers) -> None:
         metavar="SECONDS",
         help="publish the fleet state at most this often, when it changed",
     )
+    serve.add_argument(
+        "--db",
+        metavar="PATH|postgresql://...",
+        help="drive the rollouts kept in this database (a SQLite file or PostgreSQL); "
+        "without it serve runs no rollouts",
+    )
+    serve.add_argument(
+        "--key",
+        type=arg.readable_file,
+        metavar="PRIVATE_KEY",
+        help="rollouts: re-sign each device's manifest, bound to that device (Ed25519 PEM)",
+    )
+    serve.add_argument(
+        "--command-key",
+        type=arg.readable_file,
+        metavar="PRIVATE_KEY",
+        help="rollouts: sign the rollback and shadow promote commands (Ed25519 PEM)",
+    )
     add_broker_args(serve)
     serve.set_defaults(func=run_serve)
 
@@ -70,7 +88,10 @@ def run_serve(args: argparse.Namespace) -> int:
     from ..fleet.serve import ServeOptions, Service
 
     topics = Topics(args.topic_root)
-    options = ServeOptions(Path(args.blobs), topics, args.shared, args.state_interval)
+    options = ServeOptions(
+        Path(args.blobs), topics, args.shared, args.state_interval,
+        db=args.db, signing_key=args.key, command_key=args.command_key,
+    )  # fmt: skip
     service = Service(broker_address(args), options)
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
@@ -78,7 +99,8 @@ def run_serve(args: argparse.Namespace) -> int:
         blobs = len(service.store.specs())
         print(
             f"serving {blobs} blobs from {args.blobs} on {service.subscription}; "
-            f"fleet state on {topics.fleet_state()}",
+            f"fleet state on {topics.fleet_state()}"
+            + (f"; rollouts from {args.db}" if args.db else ""),
             flush=True,
         )
         service.wait()

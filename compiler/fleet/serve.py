@@ -4,7 +4,8 @@
 A small service: ``start()`` connects and starts its threads, ``stop()`` sets the one stop
 event and joins them. Each job has its own thread and its own MQTT connection: ``chunks`` (see
 chunkserver) and ``fleet-state`` (publishes the summary every ``interval`` seconds when it
-changed). Rollouts and a console will be more jobs of the same service.
+changed), and with a database (``ServeOptions.db``) ``rollouts`` (compiler.rollout.controller:
+drives every running rollout whose lease it holds). A console will be one more job.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import threading
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import paho.mqtt.client as mqtt
 
@@ -23,6 +25,10 @@ from .blobstore import BlobStore
 from .chunkserver import ChunkServer, ServeCounters
 from .mqtt import BrokerAddress, Subscriber, capabilities, connect, disconnect
 from .state import FleetState
+
+if TYPE_CHECKING:
+    from ..rollout.controller import RolloutController
+    from ..rollout.store import RolloutStore
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +87,11 @@ class ServeOptions:
     topics: Topics = field(default_factory=Topics)
     shared: bool = False
     state_interval: float = STATE_INTERVAL
+    # Rollouts: their database (a SQLite path or postgresql://...; None: no rollouts job), the
+    # key that re-signs each device's manifest, the key that signs rollback and promote commands.
+    db: str | None = None
+    signing_key: Path | None = None
+    command_key: Path | None = None
 
 
 class Service:
@@ -93,6 +104,8 @@ class Service:
         self._clients: list[mqtt.Client] = []
         self._chunks: ChunkServer | None = None
         self._state: StatePublisher | None = None
+        self.rollouts: RolloutController | None = None
+        self._rollout_store: RolloutStore | None = None
 
     @property
     def counters(self) -> ServeCounters:
@@ -118,10 +131,26 @@ class Service:
             self._state = StatePublisher(
                 state, self._options.topics, self._options.state_interval, self.stopping
             ).start()
+            if self._options.db is not None:
+                self._start_rollouts(self._options.db)
         except BaseException:
             self.stop()
             raise
         return self
+
+    def _start_rollouts(self, db: str) -> None:
+        from ..rollout.controller import RolloutController
+        from ..rollout.store import open_store
+
+        self._rollout_store = open_store(db)
+        self.rollouts = RolloutController(
+            self._connect("rollouts"),
+            self._options.topics,
+            self._rollout_store,
+            self.stopping,
+            signing_key=self._options.signing_key,
+            command_key=self._options.command_key,
+        ).start()
 
     def _connect(self, job: str) -> mqtt.Client:
         client = connect(self._address, client_id=f"edgewise-serve-{job}-{uuid.uuid4().hex[:8]}")
@@ -139,10 +168,15 @@ class Service:
             self._chunks.stop()
         if self._state is not None:
             self._state.join(10.0)
+        if self.rollouts is not None:
+            self.rollouts.join(30.0)  # it releases its leases on the way out
         for client in self._clients:
             disconnect(client)
         self._clients.clear()
         self.store.close()
+        if self._rollout_store is not None:
+            self._rollout_store.close()
+            self._rollout_store = None
 
     def summary(self) -> str:
         c = self.counters
