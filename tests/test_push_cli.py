@@ -108,10 +108,11 @@ def test_wait_on_a_group_reports_the_devices_that_answered(lobby_device, mosquit
     )
     assert run.returncode == 0, run.stdout + run.stderr + lobby_device.agent.output()[-3000:]
     assert lines(run.stdout)[1:] == [f"{DEVICE}: active"]  # --keep-blobs: no clean-up
-    # The status carries no groups; the user is told what "the group" meant.
+    # push does not list a group's members first; the user is told what "the group" meant.
     assert lines(run.stderr) == [
-        "edgewise: note: a device's status does not say which groups it is in; waiting 90 s "
-        "and reporting the devices that answer for group:lobby"
+        "edgewise: note: a group's members answer as they come; waiting 90 s and reporting the "
+        "devices that answer for group:lobby (`edgewise rollout` takes a group's devices from "
+        "their status)"
     ]
 
 

@@ -168,8 +168,9 @@ def _report(watch: DeployWatch, target: str, seconds: float, goal: str) -> int:
     or staged for a shadow push)."""
     if watch.group is not None:
         _say(
-            f"edgewise: note: a device's status does not say which groups it is in; waiting "
-            f"{seconds:g} s and reporting the devices that answer for {target}"
+            f"edgewise: note: a group's members answer as they come; waiting "
+            f"{seconds:g} s and reporting the devices that answer for {target} "
+            "(`edgewise rollout` takes a group's devices from their status)"
         )
     verdicts: list[Verdict] = watch.wait(seconds)
     for verdict in verdicts:
