@@ -26,6 +26,7 @@ from agent.contract import Package, Topics
 from compiler.fleet.broker import MosquittoBroker
 from compiler.fleet.mqtt import BrokerAddress, Subscriber, connect, disconnect
 from compiler.fleet.serve import ServeOptions, Service
+from compiler.rollout.controller import RolloutController, with_rollouts
 from compiler.rollout.plan import AbortRule, Criteria, RolloutSpec, ordered, parse_waves
 from compiler.rollout.store import RolloutStore, open_store
 
@@ -95,7 +96,8 @@ class Fleet:
             self.root / "blobs", TOPICS, db=str(db), signing_key=self.key,
             command_key=self.command_key,
         )  # fmt: skip
-        return Service(BrokerAddress("127.0.0.1", self.broker.port), options).start()
+        address = BrokerAddress("127.0.0.1", self.broker.port)
+        return Service(address, with_rollouts(options)).start()
 
     def logs(self) -> str:
         return "\n".join(f"--- {d}\n{a.output()[-1500:]}" for d, a in self.agents.items())
@@ -272,8 +274,8 @@ def test_a_paused_rollout_sends_nothing_until_resumed(fleet, tmp_path) -> None: 
     store.set_state("r-pause", "paused")
     service = fleet.service(db)
     try:
-        controller = service.rollouts
-        assert controller is not None
+        controller = service.jobs["rollouts"]
+        assert isinstance(controller, RolloutController)
         until(lambda: controller.steps >= 5, 30, "the controller looked at it a few times")
         assert store.devices("r-pause") == {}
         store.set_state("r-pause", "running")
@@ -293,8 +295,8 @@ def test_two_controllers_on_one_database_drive_a_rollout_once(fleet, tmp_path) -
     try:
         store.create(_spec(fleet, "r-two", fleet.package("1.5.0"), "group:yard"))
         until(lambda: _finished(store, "r-two"), 120, "finished\n" + fleet.logs())
-        a, b = one.rollouts, two.rollouts
-        assert a is not None and b is not None
+        a, b = one.jobs["rollouts"], two.jobs["rollouts"]
+        assert isinstance(a, RolloutController) and isinstance(b, RolloutController)
         assert len([c for c in (a, b) if "r-two" in c.driven]) == 1
     finally:
         one.stop()
