@@ -158,8 +158,7 @@ class Driver:
         so one that answered while no controller listened is still heard."""
         model = {"name": rollout.spec.name, "version": rollout.spec.version}
         for record in self._store.devices(rollout.spec.id).values():
-            rolling = record.figures.get("rollback") and record.state != "rolled_back"
-            if record.state not in IN_FLIGHT and not rolling:
+            if record.state not in IN_FLIGHT and not _rolling(record):
                 continue
             step = self._fleet.deployment(record.device)
             if step is None or step.get("model") != model:
@@ -174,6 +173,11 @@ class Driver:
             if record.state in IN_FLIGHT and now - record.since > spec.answer_s:
                 why = f"nothing final within {spec.answer_s:g} s of its {record.state} state"
                 self._put(spec, record, state="no_answer", reason=why)
+            sent_at = record.figures.get("rollback_at")
+            if _rolling(record) and isinstance(sent_at, float) and now - sent_at > spec.answer_s:
+                # Given up on, so that the rollout settles; the reason says what is left to do.
+                why = f"no answer to the rollback within {spec.answer_s:g} s"
+                self._put(spec, record, reason=why, figures={**record.figures, "rollback": 2})
 
     # --- waves -----------------------------------------------------------------------------------
 
@@ -252,14 +256,14 @@ class Driver:
             ):
                 self._roll_back(rollout, record)
                 record = self._store.devices(spec.id)[record.device]
-            rolling = record.figures.get("rollback") and record.state != "rolled_back"
-            pending = pending or record.state in IN_FLIGHT or bool(rolling)
+            pending = pending or record.state in IN_FLIGHT or _rolling(record)
         return pending
 
     def _roll_back(self, rollout: Rollout, record: DeviceRecord) -> None:
         args = {"reason": rollout.reason[:REASON_MAX], "quarantine": True}
         self._send(rollout, record, "rollback", args)
-        self._put(rollout.spec, record, figures={**record.figures, "rollback": 1})
+        figures = {**record.figures, "rollback": 1, "rollback_at": self._clock()}
+        self._put(rollout.spec, record, figures=figures)
 
     def _send(self, rollout: Rollout, record: DeviceRecord, cmd: str, args: dict[str, Any]) -> None:
         try:
@@ -269,3 +273,8 @@ class Driver:
             self._put(rollout.spec, record, reason=why[:REASON_MAX])
             return
         self._commands[command_id] = (rollout.spec.id, record.device, cmd)
+
+
+def _rolling(record: DeviceRecord) -> bool:
+    """Sent a rollback by the abort, not yet rolled back nor given up on."""
+    return record.figures.get("rollback") == 1 and record.state != "rolled_back"
