@@ -91,7 +91,7 @@ class Fleet:
     def package(self, version: str) -> Package:
         return package_from(self.base, self.root / "packages", self.key, version=version)
 
-    def service(self, db: Path) -> Service:
+    def service(self, db: Path | str) -> Service:
         options = ServeOptions(
             self.root / "blobs", TOPICS, db=str(db), signing_key=self.key,
             command_key=self.command_key,
@@ -288,10 +288,9 @@ def test_a_paused_rollout_sends_nothing_until_resumed(fleet, tmp_path) -> None: 
     assert fleet.watch.devices_told("1.4.0") == sorted(DEVICES)
 
 
-def test_two_controllers_on_one_database_drive_a_rollout_once(fleet, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    db = tmp_path / "rollouts.db"
-    store = open_store(str(db))
-    one, two = fleet.service(db), fleet.service(db)
+def test_two_controllers_on_one_database_drive_a_rollout_once(fleet, pg) -> None:  # type: ignore[no-untyped-def]
+    store = open_store(pg)  # PostgreSQL: where two controllers on two machines share one
+    one, two = fleet.service(pg), fleet.service(pg)
     try:
         store.create(_spec(fleet, "r-two", fleet.package("1.5.0"), "group:yard"))
         until(lambda: _finished(store, "r-two"), 120, "finished\n" + fleet.logs())
