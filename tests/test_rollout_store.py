@@ -250,3 +250,23 @@ def test_a_malformed_dsn_or_empty_db_is_an_input_error() -> None:
         open_store("  ")
     assert issubclass(DatabaseUnavailable, CompilerError)
     assert not issubclass(DatabaseUnavailable, InputError)
+
+
+def test_a_guarded_state_change_does_not_overwrite_a_newer_state(
+    stores: Callable[[], RolloutStore],
+) -> None:
+    """What `rollout abort` relies on: the controller's `done`, written after the CLI read
+    `running`, is not turned into `aborted`."""
+    cli, controller = stores(), stores()
+    cli.create(spec("r1"))
+    controller.set_state("r1", "done")
+    with pytest.raises(InputError, match="r1 is done: only a running or paused rollout"):
+        cli.set_state("r1", "aborted", "by hand", only_from=("running", "paused"))
+    rollout = cli.get("r1")
+    assert rollout is not None and rollout.state == "done"
+    controller.set_state("r1", "paused")
+    cli.set_state("r1", "aborted", "by hand", only_from=("running", "paused"))
+    rollout = cli.get("r1")
+    assert rollout is not None and (rollout.state, rollout.reason) == ("aborted", "by hand")
+    with pytest.raises(UnknownRollout):
+        cli.set_state("ghost", "aborted", only_from=("running",))

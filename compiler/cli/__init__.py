@@ -9,7 +9,7 @@ from agent.logs import setup_logging
 
 from ..arguments import Parser
 from ..failures import guarded
-from . import compiling, control, delivery, fleet, recipe
+from . import compiling, control, delivery, fleet, recipe, rollout
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -28,6 +28,7 @@ def _parser() -> argparse.ArgumentParser:
     delivery.add_serve(sub)
     delivery.add_gc(sub)
     delivery.add_withdraw(sub)
+    rollout.add_rollout(sub)
     recipe.add_demo(sub)
     return parser
 

@@ -18,7 +18,7 @@ import re
 import sqlite3
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, get_args
@@ -132,17 +132,31 @@ class RolloutStore:
         state: RolloutState,
         reason: str = "",
         evidence: dict[str, Any] | None = None,
+        only_from: Collection[RolloutState] = (),
     ) -> None:
-        """The state, with its reason and evidence (both replaced: a resume clears a pause's)."""
+        """The state, with its reason and evidence (both replaced: a resume clears a pause's).
+
+        With ``only_from``, only if the rollout is in one of those states when the row is
+        written (InputError otherwise): ``rollout abort`` must not overwrite the controller's
+        ``done`` that landed after the CLI read the state."""
         if state not in _STATES:
             raise InputError(f"{state!r} is not a rollout state ({', '.join(sorted(_STATES))})")
         document = json.dumps(evidence or {}, default=str)
+        guard = f" AND state IN ({', '.join('?' * len(only_from))})" if only_from else ""
         changed = self._change(
-            "UPDATE rollouts SET state = ?, reason = ?, evidence = ?, updated_at = ? WHERE id = ?",
-            (state, reason, document, time.time(), rollout_id),
+            "UPDATE rollouts SET state = ?, reason = ?, evidence = ?, updated_at = ? "
+            f"WHERE id = ?{guard}",
+            (state, reason, document, time.time(), rollout_id, *only_from),
         )
-        if not changed:
+        if changed:
+            return
+        current = self.get(rollout_id)
+        if current is None:
             raise UnknownRollout(rollout_id)
+        raise InputError(
+            f"rollout {rollout_id} is {current.state}: only a {' or '.join(only_from)} "
+            f"rollout can become {state}"
+        )
 
     def set_wave(self, rollout_id: str, wave: int) -> None:
         changed = self._change(
