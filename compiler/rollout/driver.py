@@ -7,15 +7,18 @@ retained deployment), so the controller owns the MQTT client and this module onl
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from ..errors import InputError
 from .fleet import Fleet, Message
-from .plan import FINAL_DEVICE, Abort, DeviceRecord, RolloutSpec, judge, ordered
+from .plan import FINAL_DEVICE, Abort, DeviceRecord, RolloutSpec, RolloutState, judge, ordered
 from .store import Rollout, RolloutStore
 
 IN_FLIGHT = ("sent", "staged")
+RUNNING: tuple[RolloutState, ...] = ("running",)
 REASON_MAX = 200  # a rollback command's reason (agent: RollbackArgs.reason)
 
 
@@ -208,8 +211,11 @@ class Driver:
             return
         if rollout.wave + 1 < len(spec.waves):
             self._store.set_wave(spec.id, rollout.wave + 1)
-        else:
-            self._store.set_state(spec.id, "done")
+            return
+        # Not over a pause or an abort by hand that landed since this step read the state: the
+        # next step reads that one.
+        with contextlib.suppress(InputError):
+            self._store.set_state(spec.id, "done", only_from=RUNNING)
 
     def _push(self, spec: RolloutSpec, record: DeviceRecord) -> DeviceRecord:
         serving = self._fleet.serving(record.device)
@@ -225,9 +231,13 @@ class Driver:
     # --- abort and rollback ----------------------------------------------------------------------
 
     def _abort(self, rollout: Rollout, verdict: Abort) -> None:
-        self._store.set_state(rollout.spec.id, "aborted", verdict.reason, dict(verdict.evidence))
+        with contextlib.suppress(InputError):  # not over an abort by hand (its reason stays)
+            self._store.set_state(
+                rollout.spec.id, "aborted", verdict.reason, dict(verdict.evidence),
+                only_from=("running", "paused"),
+            )  # fmt: skip
         aborted = self._store.get(rollout.spec.id)
-        if aborted is not None:
+        if aborted is not None and aborted.state == "aborted":
             self._clean_up(aborted)
 
     def _clean_up(self, rollout: Rollout) -> bool:
