@@ -43,14 +43,15 @@ class Driver:
         self._store, self._fleet, self._actions, self._clock = store, fleet, actions, clock
         self._commands: dict[str, tuple[str, str, str]] = {}  # id -> (rollout, device, cmd)
         self._withdrawn: set[str] = set()  # aborted rollouts whose wave's manifests are cleared
+        self._records: dict[str, DeviceRecord] = {}  # the stepped rollout's, kept current
 
     def step(self, rollout: Rollout, messages: list[Message]) -> bool:
         """Move one rollout on; True while it still needs watching (False: done, or aborted
         with nothing left to roll back)."""
         spec = rollout.spec
-        records = self._store.devices(spec.id)
+        self._records = self._store.devices(spec.id)
         for message in messages:
-            record = records.get(message.device)
+            record = self._records.get(message.device)  # as the messages before left it
             if record is not None:
                 self._take(rollout, record, message)
         self._catch_up(rollout)
@@ -75,6 +76,7 @@ class Driver:
             changes["since"] = self._clock()
         new = record.model_copy(update=changes)
         self._store.put_device(spec.id, new)
+        self._records[new.device] = new
         return new
 
     def _take(self, rollout: Rollout, record: DeviceRecord, message: Message) -> None:
