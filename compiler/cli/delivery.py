@@ -86,13 +86,14 @@ def run_serve(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from ..fleet.serve import ServeOptions, Service
+    from ..rollout.controller import with_rollouts
 
     topics = Topics(args.topic_root)
     options = ServeOptions(
         Path(args.blobs), topics, args.shared, args.state_interval,
         db=args.db, signing_key=args.key, command_key=args.command_key,
     )  # fmt: skip
-    service = Service(broker_address(args), options)
+    service = Service(broker_address(args), with_rollouts(options))
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
         service.start()

@@ -4,8 +4,9 @@
 A small service: ``start()`` connects and starts its threads, ``stop()`` sets the one stop
 event and joins them. Each job has its own thread and its own MQTT connection: ``chunks`` (see
 chunkserver) and ``fleet-state`` (publishes the summary every ``interval`` seconds when it
-changed), and with a database (``ServeOptions.db``) ``rollouts`` (compiler.rollout.controller:
-drives every running rollout whose lease it holds). A console will be one more job.
+changed), and any further jobs ``ServeOptions.jobs`` names: ``rollouts`` (added by
+compiler.rollout.controller.with_rollouts when ``db`` is set) drives the rollouts. They are
+plugged in rather than imported here, so that this package stays below the ones that use it.
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import paho.mqtt.client as mqtt
 
@@ -25,10 +27,6 @@ from .blobstore import BlobStore
 from .chunkserver import ChunkServer, ServeCounters
 from .mqtt import BrokerAddress, Subscriber, capabilities, connect, disconnect
 from .state import FleetState
-
-if TYPE_CHECKING:
-    from ..rollout.controller import RolloutController
-    from ..rollout.store import RolloutStore
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +79,20 @@ class StatePublisher:
                 self.published += 1
 
 
+class Job(Protocol):
+    """A further job: started by its factory, stopped by the service's stop event."""
+
+    def join(self, timeout: float) -> None:
+        """Until its thread ended (after the stop event was set)."""
+
+    def close(self) -> None:
+        """Release what it holds (a database), once its thread ended and MQTT disconnected."""
+
+
+# (its own MQTT connection, the options, the service's stop event) -> the started job
+JobFactory = Callable[[mqtt.Client, "ServeOptions", threading.Event], Job]
+
+
 @dataclass
 class ServeOptions:
     blobs: Path
@@ -92,6 +104,7 @@ class ServeOptions:
     db: str | None = None
     signing_key: Path | None = None
     command_key: Path | None = None
+    jobs: dict[str, JobFactory] = field(default_factory=dict)  # name -> factory, in order
 
 
 class Service:
@@ -104,8 +117,7 @@ class Service:
         self._clients: list[mqtt.Client] = []
         self._chunks: ChunkServer | None = None
         self._state: StatePublisher | None = None
-        self.rollouts: RolloutController | None = None
-        self._rollout_store: RolloutStore | None = None
+        self.jobs: dict[str, Job] = {}
 
     @property
     def counters(self) -> ServeCounters:
@@ -131,26 +143,12 @@ class Service:
             self._state = StatePublisher(
                 state, self._options.topics, self._options.state_interval, self.stopping
             ).start()
-            if self._options.db is not None:
-                self._start_rollouts(self._options.db)
+            for name, factory in self._options.jobs.items():
+                self.jobs[name] = factory(self._connect(name), self._options, self.stopping)
         except BaseException:
             self.stop()
             raise
         return self
-
-    def _start_rollouts(self, db: str) -> None:
-        from ..rollout.controller import RolloutController
-        from ..rollout.store import open_store
-
-        self._rollout_store = open_store(db)
-        self.rollouts = RolloutController(
-            self._connect("rollouts"),
-            self._options.topics,
-            self._rollout_store,
-            self.stopping,
-            signing_key=self._options.signing_key,
-            command_key=self._options.command_key,
-        ).start()
 
     def _connect(self, job: str) -> mqtt.Client:
         client = connect(self._address, client_id=f"edgewise-serve-{job}-{uuid.uuid4().hex[:8]}")
@@ -168,15 +166,15 @@ class Service:
             self._chunks.stop()
         if self._state is not None:
             self._state.join(10.0)
-        if self.rollouts is not None:
-            self.rollouts.join(30.0)  # it releases its leases on the way out
+        for job in self.jobs.values():
+            job.join(30.0)
         for client in self._clients:
             disconnect(client)
         self._clients.clear()
         self.store.close()
-        if self._rollout_store is not None:
-            self._rollout_store.close()
-            self._rollout_store = None
+        for job in self.jobs.values():
+            job.close()
+        self.jobs.clear()
 
     def summary(self) -> str:
         c = self.counters

@@ -27,10 +27,11 @@ from ..errors import InputError
 from ..fleet.command import new_command, signed
 from ..fleet.mqtt import Subscriber
 from ..fleet.push import _confirm, deployment_envelope, publish_blobs
+from ..fleet.serve import ServeOptions
 from .driver import Driver
 from .fleet import Fleet
 from .plan import RolloutSpec
-from .store import RolloutStore
+from .store import RolloutStore, open_store
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +83,12 @@ class RolloutController:
         return self
 
     def join(self, timeout: float) -> None:
+        """Until the thread ended; it released its leases on the way out."""
         if self._thread.is_alive():
             self._thread.join(timeout)
+
+    def close(self) -> None:
+        self._store.close()
 
     def held(self) -> set[str]:
         return set(self._held)
@@ -193,3 +198,31 @@ class RolloutController:
         """Clear the device's retained manifest: a returning device no longer finds it."""
         topic = self._topics.deploy(f"device:{device}")
         _confirm(self._client.publish(topic, b"", qos=1, retain=True), topic, SEND_TIMEOUT_S)
+
+
+def rollouts_job(
+    client: mqtt.Client, options: ServeOptions, stop: threading.Event
+) -> RolloutController:
+    """The ``rollouts`` job of a Service: its own store on ``options.db``, closed with it."""
+    if options.db is None:
+        raise InputError("the rollouts job needs a database (edgewise serve --db)")
+    store = open_store(options.db)
+    try:
+        return RolloutController(
+            client,
+            options.topics,
+            store,
+            stop,
+            signing_key=options.signing_key,
+            command_key=options.command_key,
+        ).start()
+    except BaseException:
+        store.close()
+        raise
+
+
+def with_rollouts(options: ServeOptions) -> ServeOptions:
+    """``options`` with the rollouts job added when it names a database (``--db``)."""
+    if options.db is not None:
+        options.jobs["rollouts"] = rollouts_job
+    return options

@@ -7,15 +7,18 @@ retained deployment), so the controller owns the MQTT client and this module onl
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from ..errors import InputError
 from .fleet import Fleet, Message
-from .plan import FINAL_DEVICE, Abort, DeviceRecord, RolloutSpec, judge, ordered
+from .plan import FINAL_DEVICE, Abort, DeviceRecord, RolloutSpec, RolloutState, judge, ordered
 from .store import Rollout, RolloutStore
 
 IN_FLIGHT = ("sent", "staged")
+RUNNING: tuple[RolloutState, ...] = ("running",)
 REASON_MAX = 200  # a rollback command's reason (agent: RollbackArgs.reason)
 
 
@@ -40,14 +43,15 @@ class Driver:
         self._store, self._fleet, self._actions, self._clock = store, fleet, actions, clock
         self._commands: dict[str, tuple[str, str, str]] = {}  # id -> (rollout, device, cmd)
         self._withdrawn: set[str] = set()  # aborted rollouts whose wave's manifests are cleared
+        self._records: dict[str, DeviceRecord] = {}  # the stepped rollout's, kept current
 
     def step(self, rollout: Rollout, messages: list[Message]) -> bool:
         """Move one rollout on; True while it still needs watching (False: done, or aborted
         with nothing left to roll back)."""
         spec = rollout.spec
-        records = self._store.devices(spec.id)
+        self._records = self._store.devices(spec.id)
         for message in messages:
-            record = records.get(message.device)
+            record = self._records.get(message.device)  # as the messages before left it
             if record is not None:
                 self._take(rollout, record, message)
         self._catch_up(rollout)
@@ -72,6 +76,7 @@ class Driver:
             changes["since"] = self._clock()
         new = record.model_copy(update=changes)
         self._store.put_device(spec.id, new)
+        self._records[new.device] = new
         return new
 
     def _take(self, rollout: Rollout, record: DeviceRecord, message: Message) -> None:
@@ -158,8 +163,7 @@ class Driver:
         so one that answered while no controller listened is still heard."""
         model = {"name": rollout.spec.name, "version": rollout.spec.version}
         for record in self._store.devices(rollout.spec.id).values():
-            rolling = record.figures.get("rollback") and record.state != "rolled_back"
-            if record.state not in IN_FLIGHT and not rolling:
+            if record.state not in IN_FLIGHT and not _rolling(record):
                 continue
             step = self._fleet.deployment(record.device)
             if step is None or step.get("model") != model:
@@ -174,6 +178,11 @@ class Driver:
             if record.state in IN_FLIGHT and now - record.since > spec.answer_s:
                 why = f"nothing final within {spec.answer_s:g} s of its {record.state} state"
                 self._put(spec, record, state="no_answer", reason=why)
+            sent_at = record.figures.get("rollback_at")
+            if _rolling(record) and isinstance(sent_at, float) and now - sent_at > spec.answer_s:
+                # Given up on, so that the rollout settles; the reason says what is left to do.
+                why = f"no answer to the rollback within {spec.answer_s:g} s"
+                self._put(spec, record, reason=why, figures={**record.figures, "rollback": 2})
 
     # --- waves -----------------------------------------------------------------------------------
 
@@ -204,8 +213,11 @@ class Driver:
             return
         if rollout.wave + 1 < len(spec.waves):
             self._store.set_wave(spec.id, rollout.wave + 1)
-        else:
-            self._store.set_state(spec.id, "done")
+            return
+        # Not over a pause or an abort by hand that landed since this step read the state: the
+        # next step reads that one.
+        with contextlib.suppress(InputError):
+            self._store.set_state(spec.id, "done", only_from=RUNNING)
 
     def _push(self, spec: RolloutSpec, record: DeviceRecord) -> DeviceRecord:
         serving = self._fleet.serving(record.device)
@@ -221,9 +233,13 @@ class Driver:
     # --- abort and rollback ----------------------------------------------------------------------
 
     def _abort(self, rollout: Rollout, verdict: Abort) -> None:
-        self._store.set_state(rollout.spec.id, "aborted", verdict.reason, dict(verdict.evidence))
+        with contextlib.suppress(InputError):  # not over an abort by hand (its reason stays)
+            self._store.set_state(
+                rollout.spec.id, "aborted", verdict.reason, dict(verdict.evidence),
+                only_from=("running", "paused"),
+            )  # fmt: skip
         aborted = self._store.get(rollout.spec.id)
-        if aborted is not None:
+        if aborted is not None and aborted.state == "aborted":
             self._clean_up(aborted)
 
     def _clean_up(self, rollout: Rollout) -> bool:
@@ -252,14 +268,14 @@ class Driver:
             ):
                 self._roll_back(rollout, record)
                 record = self._store.devices(spec.id)[record.device]
-            rolling = record.figures.get("rollback") and record.state != "rolled_back"
-            pending = pending or record.state in IN_FLIGHT or bool(rolling)
+            pending = pending or record.state in IN_FLIGHT or _rolling(record)
         return pending
 
     def _roll_back(self, rollout: Rollout, record: DeviceRecord) -> None:
         args = {"reason": rollout.reason[:REASON_MAX], "quarantine": True}
         self._send(rollout, record, "rollback", args)
-        self._put(rollout.spec, record, figures={**record.figures, "rollback": 1})
+        figures = {**record.figures, "rollback": 1, "rollback_at": self._clock()}
+        self._put(rollout.spec, record, figures=figures)
 
     def _send(self, rollout: Rollout, record: DeviceRecord, cmd: str, args: dict[str, Any]) -> None:
         try:
@@ -269,3 +285,8 @@ class Driver:
             self._put(rollout.spec, record, reason=why[:REASON_MAX])
             return
         self._commands[command_id] = (rollout.spec.id, record.device, cmd)
+
+
+def _rolling(record: DeviceRecord) -> bool:
+    """Sent a rollback by the abort, not yet rolled back nor given up on."""
+    return record.figures.get("rollback") == 1 and record.state != "rolled_back"

@@ -61,7 +61,8 @@ class Fleet:
                     parts[device] = data
             elif leaf in ("events", "replies") and data is not None:
                 self._pending.append(Message(device, leaf, data))
-        self.changed.set()
+        if leaf != "telemetry":  # telemetry only repeats the status: no reason to look at once
+            self.changed.set()
 
     def drain(self) -> list[Message]:
         with self._lock:
