@@ -183,7 +183,7 @@ def test_bad_inputs_are_one_line_with_the_right_exit_code(package: Path, tmp_pat
          "not a whole number ≥ 1"),
         (["create", pkg, "--to", "all", "--waves", "1,x"], 2, "is not a count or a percentage"),
         (["create", pkg, "--to", "all", "--waves", "50%,10%"], 2, "larger than the one before"),
-        (["create", pkg, "--to", "all", "--waves", "0"], 2, "a count ≥ 1 or a percentage"),
+        (["create", pkg, "--to", "all", "--waves", "0"], 2, "a wave is 1 device or more"),
         (["create", pkg, "--to", "all", "--exponential", "1,1"], 2, "factor over 1"),
         (["create", pkg, "--to", "all"], 2, "--waves --exponential is required"),
         (["create", pkg, "--to", "all", "--waves", "1", "--exponential", "1,2"], 2,

@@ -21,8 +21,6 @@ from itertools import pairwise
 from pathlib import Path
 from typing import get_args
 
-from pydantic import ValidationError
-
 from .. import arguments as arg
 from ..errors import InputError
 from ..rollout.plan import (
@@ -84,12 +82,8 @@ def waves_text(value: str) -> tuple[Wave, ...]:
     a count and a percentage compare only once the fleet's size is known)."""
     try:
         waves = parse_waves(value)
-    except InputError as exc:
+    except InputError as exc:  # parse_waves names the wave and what a wave may be
         raise argparse.ArgumentTypeError(str(exc).removeprefix("--waves: ")) from None
-    except ValidationError:
-        raise argparse.ArgumentTypeError(
-            f"{value!r}: a wave is a count ≥ 1 or a percentage in (0, 100]"
-        ) from None
     for kind in ("count", "percent"):
         sizes = [getattr(w, kind) for w in waves if getattr(w, kind) is not None]
         if any(later <= earlier for earlier, later in pairwise(sizes)):

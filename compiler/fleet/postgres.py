@@ -58,7 +58,8 @@ _RETRIES = 3
 
 
 class DatabaseUnavailable(CompilerError):
-    """PostgreSQL could not be reached, refused the login, or failed a write."""
+    """A database (PostgreSQL here, or the rollouts' SQLite file) could not be reached or
+    opened, refused the login, or failed a read or a write."""
 
 
 def _server(params: dict[str, Any]) -> str:
@@ -69,7 +70,7 @@ def _server(params: dict[str, Any]) -> str:
     return f"PostgreSQL at {host}:{port} (database {database})"
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     return lines[0] if lines else type(exc).__name__
 
@@ -136,40 +137,45 @@ def row(result: dict[str, Any]) -> tuple[Any, ...]:
     )
 
 
-def _driver() -> Any:
+def driver(option: str = "--postgres") -> Any:
+    """psycopg, or one line naming the extra that brings it."""
     try:
         import psycopg
     except ImportError as exc:
         raise DatabaseUnavailable(
-            "--postgres needs the PostgreSQL driver psycopg: pip install 'edgewise[postgres]'"
+            f"{option} needs the PostgreSQL driver psycopg: pip install 'edgewise[postgres]'"
         ) from exc
     return psycopg
 
 
-def _parse(psycopg: Any, dsn: str) -> dict[str, Any]:
+def connection_params(
+    psycopg: Any, dsn: str, option: str = "--postgres", besides: str = ""
+) -> dict[str, Any]:
+    """``dsn`` as keyword parameters, or one InputError line naming ``option`` (and
+    ``besides``, what else the option takes)."""
     try:
         params: dict[str, Any] = psycopg.conninfo.conninfo_to_dict(dsn)
     except psycopg.Error as exc:
         raise InputError(
-            f"--postgres: not a PostgreSQL connection string ({_first_line(exc)}); "
-            "write 'host=H port=P dbname=D user=U' or 'postgresql://U@H:P/D'"
+            f"{option}: not a PostgreSQL connection string ({first_line(exc)}); "
+            f"write 'host=H port=P dbname=D user=U' or 'postgresql://U@H:P/D'{besides}"
         ) from exc
     port = str(params.get("port", "5432"))
     if not all(part.strip().isdigit() for part in port.split(",")):
-        raise InputError(f"--postgres: port {port!r} is not a number")
+        raise InputError(f"{option}: port {port!r} is not a number")
     params.setdefault("connect_timeout", 10)
     return params
 
 
 def connect(dsn: str) -> psycopg.Connection[Any]:
     """A connection with the schema in place, or one line saying what is wrong and what to do."""
-    psycopg = _driver()
-    params = _parse(psycopg, dsn)
+    psycopg = driver()
+    params = connection_params(psycopg, dsn)
     try:
         conn = psycopg.connect(**params)
     except psycopg.Error as exc:
         raise DatabaseUnavailable(
-            f"cannot connect to {_server(params)}: {_first_line(exc)}; check --postgres "
+            f"cannot connect to {_server(params)}: {first_line(exc)}; check --postgres "
             "(host, port, dbname, user, password) and that the server runs"
         ) from exc
     try:
@@ -181,7 +187,7 @@ def connect(dsn: str) -> psycopg.Connection[Any]:
     except psycopg.Error as exc:
         conn.close()
         raise DatabaseUnavailable(
-            f"{_server(params)} refused to create the results table: {_first_line(exc)}; "
+            f"{_server(params)} refused to create the results table: {first_line(exc)}; "
             "grant this user CREATE on the schema, or create the table as README shows"
         ) from exc
     return conn
@@ -191,7 +197,7 @@ class PostgresSink:
     """Results into PostgreSQL; :meth:`write` buffers, :meth:`flush` commits."""
 
     def __init__(self, dsn: str):
-        self._psycopg = _driver()
+        self._psycopg = driver()
         self._db = connect(dsn)
         self._rows: list[tuple[Any, ...]] = []
         self.stored = 0  # rows this consumer inserted (copies another one stored not counted)
@@ -214,7 +220,7 @@ class PostgresSink:
                     raise
             except self._psycopg.Error as exc:
                 raise DatabaseUnavailable(
-                    f"writing results to PostgreSQL failed: {_first_line(exc)}; "
+                    f"writing results to PostgreSQL failed: {first_line(exc)}; "
                     "what was not written was not acknowledged either"
                 ) from exc
         self._rows.clear()

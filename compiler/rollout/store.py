@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, get_args
 
-from ..errors import CompilerError, InputError
+from ..errors import InputError
+from ..fleet.postgres import DatabaseUnavailable, connection_params, driver, first_line
 from .plan import DeviceRecord, RolloutSpec, RolloutState
 
 if TYPE_CHECKING:
@@ -42,10 +43,6 @@ _SCHEMA_LOCK = 0x65646765726F6C6C  # "edgeroll": two controllers starting at onc
 _STATES = frozenset(get_args(RolloutState))
 _DSN_KEYWORD = re.compile(r"^\s*(host|hostaddr|dbname|user|port|service)\s*=")
 _COLUMNS = "spec, state, wave, reason, evidence, updated_at"
-
-
-class DatabaseUnavailable(CompilerError):
-    """The rollout database could not be opened, or failed a read or a write."""
 
 
 class UnknownRollout(InputError):
@@ -68,11 +65,6 @@ class Rollout:
 
 
 Rollouts = list[Rollout]  # an alias: inside the class, ``list`` is the method
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return lines[0] if lines else type(exc).__name__
 
 
 def is_postgres(db: str) -> bool:
@@ -247,7 +239,7 @@ class SqliteStore(RolloutStore):
         except sqlite3.Error as exc:
             self._db.close()
             raise DatabaseUnavailable(
-                f"{path} is not a usable rollout database: {_first_line(exc)}"
+                f"{path} is not a usable rollout database: {first_line(exc)}"
             ) from exc
 
     def _run(self, sql: str, params: Sequence[Any] = ()) -> tuple[int, list[tuple[Any, ...]]]:
@@ -256,7 +248,7 @@ class SqliteStore(RolloutStore):
             return cursor.rowcount, cursor.fetchall()
         except sqlite3.Error as exc:
             raise DatabaseUnavailable(
-                f"rollout database {self.where} failed: {_first_line(exc)}"
+                f"rollout database {self.where} failed: {first_line(exc)}"
             ) from exc
 
     def close(self) -> None:
@@ -271,14 +263,14 @@ class PostgresStore(RolloutStore):
 
     def __init__(self, dsn: str):
         super().__init__()
-        self._psycopg = _driver()
-        params = _params(self._psycopg, dsn)
+        self._psycopg = driver("--db")
+        params = connection_params(self._psycopg, dsn, "--db", ", or a SQLite file path")
         self.where = _server(params)
         try:
             self._db: psycopg.Connection[Any] = self._psycopg.connect(**params, autocommit=True)
         except self._psycopg.Error as exc:
             raise DatabaseUnavailable(
-                f"cannot connect to {self.where}: {_first_line(exc)}; check --db (host, port, "
+                f"cannot connect to {self.where}: {first_line(exc)}; check --db (host, port, "
                 "dbname, user, password) and that the server runs"
             ) from exc
         try:
@@ -289,7 +281,7 @@ class PostgresStore(RolloutStore):
         except self._psycopg.Error as exc:
             self._db.close()
             raise DatabaseUnavailable(
-                f"{self.where} refused to create the rollout tables: {_first_line(exc)}; grant "
+                f"{self.where} refused to create the rollout tables: {first_line(exc)}; grant "
                 "this user CREATE on the schema"
             ) from exc
 
@@ -299,33 +291,11 @@ class PostgresStore(RolloutStore):
             rows = cursor.fetchall() if cursor.description is not None else []
             return cursor.rowcount, rows
         except self._psycopg.Error as exc:
-            raise DatabaseUnavailable(f"{self.where} failed: {_first_line(exc)}") from exc
+            raise DatabaseUnavailable(f"{self.where} failed: {first_line(exc)}") from exc
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
-
-
-def _driver() -> Any:
-    try:
-        import psycopg
-    except ImportError as exc:
-        raise DatabaseUnavailable(
-            "a PostgreSQL --db needs the driver psycopg: pip install 'edgewise[postgres]'"
-        ) from exc
-    return psycopg
-
-
-def _params(psycopg: Any, dsn: str) -> dict[str, Any]:
-    try:
-        params: dict[str, Any] = psycopg.conninfo.conninfo_to_dict(dsn)
-    except psycopg.Error as exc:
-        raise InputError(
-            f"--db: not a PostgreSQL connection string ({_first_line(exc)}); write "
-            "'postgresql://U@H:P/D' or 'host=H port=P dbname=D user=U', or a SQLite file path"
-        ) from exc
-    params.setdefault("connect_timeout", 10)
-    return params
 
 
 def _server(params: dict[str, Any]) -> str:
