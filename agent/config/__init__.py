@@ -166,7 +166,9 @@ class DeployConfig(_Section):
     # 64 KiB holds a manifest of ~950 chunks: a 119 MB model at the default 128 KiB chunk size.
     # 96 KiB: a DSSE envelope carries the manifest in base64 (4/3), ~950 chunk hashes still fit
     max_manifest_bytes: int = Field(default=96 * 1024, ge=4096, le=16 * 2**20)
-    fetch_timeout: float = Field(default=60.0, gt=0, description="seconds without a new chunk")
+    fetch_timeout: float = Field(
+        default=60.0, gt=0, description="seconds connected without a new chunk (MQTT)"
+    )
     chunk_window: int = Field(default=32, ge=1, le=1024, description="chunks asked for at once")
     # delivery "request" and "retained": ask again for the chunks in flight when none came for
     # this long — a new request, or (retained) unsubscribe and subscribe again to their topics.

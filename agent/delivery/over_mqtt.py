@@ -87,6 +87,7 @@ class Asker(Protocol):
     def again(self, index: int) -> None: ...
     def written(self, index: int) -> None: ...
     def tick(self, stalled: list[int]) -> None: ...  # ask again for these if they stalled
+    def online(self) -> bool: ...  # connected to a broker now
     def close(self, in_flight: list[int]) -> None: ...
 
 
@@ -104,6 +105,9 @@ class _Reasking:
 
     def written(self, index: int) -> None:
         self._last = time.monotonic()
+
+    def online(self) -> bool:
+        return self._link.connected.is_set()
 
     def tick(self, stalled: list[int]) -> None:
         if not stalled or not self._link.connected.is_set():
@@ -224,6 +228,10 @@ class MqttTransfer:
         self._refill()
         total, remaining = len(self._blob.chunks), len(self._pending) + len(self.in_flight)
         while remaining:
+            if not self._asker.online():
+                # Time without a broker is not time without a chunk: a cluster that takes 20 s
+                # to take the device back must not fail a download that resumes right after.
+                watch.progressed()
             watch.check(remaining, total)
             if not len(self.window.arrived):  # none in flight has arrived unwritten
                 self._asker.tick(self.in_flight)
