@@ -66,7 +66,7 @@ def judge(
         if state == "downloading":
             return Verdict(device, state, f"{event.get('percent', 0)}%")
         if state == PASSED:  # after "active": its probation window passed
-            return Verdict(device, ACTIVE, "probation passed")
+            return Verdict(device, ACTIVE)  # the same line whichever of the two came last
         return Verdict(device, state)
     # A manifest that fails its signature or target check has no name the device can trust,
     # so the agent names the topic it came on instead.
