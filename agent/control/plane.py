@@ -76,7 +76,9 @@ class ControlPlane:
         )
         self.shadow = controls.shadow
         inference: InferenceWorker = controls.inference
-        inference.observers += [self.shadow.offer, self.homeassistant.observe]
+        inference.observers.append(self.shadow.offer)
+        if config.homeassistant.enabled:  # the frame path carries no call it would only skip
+            inference.observers.append(self.homeassistant.observe)
 
     def subscribe(self) -> None:
         """Before the link starts: subscriptions are then made on the first connect."""
