@@ -9,7 +9,7 @@ from agent.logs import setup_logging
 
 from ..arguments import Parser
 from ..failures import guarded
-from . import compiling, control, delivery, fleet, recipe, rollout
+from . import compiling, console, control, delivery, fleet, recipe, rollout
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -26,6 +26,7 @@ def _parser() -> argparse.ArgumentParser:
     fleet.add_fleet(sub)
     control.add_command(sub)
     delivery.add_serve(sub)
+    console.add_console_user(sub)
     delivery.add_gc(sub)
     delivery.add_withdraw(sub)
     rollout.add_rollout(sub)

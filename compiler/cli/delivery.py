@@ -18,6 +18,7 @@ from agent.contract.manifest import HttpUrl
 
 from .. import arguments as arg
 from .common import Subparsers, add_broker_args, broker_address
+from .console import add_console_args, console_options
 
 _URL = TypeAdapter(HttpUrl)
 
@@ -74,6 +75,7 @@ def add_serve(sub: Subparsers) -> None:
         help="rollouts: sign the rollback and shadow promote commands (Ed25519 PEM)",
     )
     add_broker_args(serve)
+    add_console_args(serve)
     serve.set_defaults(func=run_serve)
 
 
@@ -85,15 +87,17 @@ def run_serve(args: argparse.Namespace) -> int:
     """Until Ctrl-C or SIGTERM, then a clean stop and exit 0."""
     from pathlib import Path
 
+    from ..console.server import with_console
     from ..fleet.serve import ServeOptions, Service
     from ..rollout.controller import with_rollouts
 
     topics = Topics(args.topic_root)
+    console = console_options(args)  # a bad users file stops it before anything connects
     options = ServeOptions(
         Path(args.blobs), topics, args.shared, args.state_interval,
         db=args.db, signing_key=args.key, command_key=args.command_key,
     )  # fmt: skip
-    service = Service(broker_address(args), with_rollouts(options))
+    service = Service(broker_address(args), with_console(with_rollouts(options), console))
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
         service.start()
@@ -104,6 +108,8 @@ def run_serve(args: argparse.Namespace) -> int:
             + (f"; rollouts from {args.db}" if args.db else ""),
             flush=True,
         )
+        if "console" in service.jobs:
+            print(f"console on {service.jobs['console'].url}", flush=True)  # type: ignore[attr-defined]
         service.wait()
     except KeyboardInterrupt:
         pass
