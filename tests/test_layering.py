@@ -125,6 +125,10 @@ def test_no_cycles_between_subsystems() -> None:
         ("compiler.compile", "compiler.fleet"),
         ("compiler.fleet", "compiler.recipe"),
         ("compiler.fleet", "compiler.compile"),
+        ("compiler.fleet", "compiler.rollout"),  # serve takes jobs through ServeOptions.jobs
+        ("compiler.fleet", "compiler.console"),
+        ("compiler.rollout", "compiler.console"),
+        ("compiler.compile", "compiler.console"),
     ],
 )
 def test_imports_go_one_way(importer: str, forbidden: str) -> None:
