@@ -8,8 +8,9 @@ wins over the summary.
 
 The summary's payload: ``{"devices": {ID: {FIELD: value}}, "updated_at": seconds}`` where a
 device's fields are the table's (``state``, ``model`` as "name version" or {"name", "version"},
-``source``, ``deployment``, ``fps``, ``p99_ms``, ``queued``, ``dropped``, ``cpu_percent``,
-``rss_mb``, ``temp_c``) plus ``at``, the time of its last telemetry (for AGE_S); any may be
+``source``, ``deployment``, ``fps``, ``p99_ms``, ``error_rate``, ``queued``, ``dropped``,
+``cpu_percent``, ``rss_mb``, ``temp_c``) plus ``interval_s`` (its telemetry interval) and
+``at``, the time of its last telemetry (its ``seen_at`` when nothing newer is known); any may be
 missing.
 
 Freshness (one set of rules, used by ``edgewise fleet`` and the console's Board): a telemetry
