@@ -277,11 +277,13 @@ def test_a_thousand_devices_cost_little() -> None:
     took = time.thread_time() - start
     assert took < 0.1, f"{took * 1000:.0f} ms of CPU for 2,000 messages"
     board.rows()  # the first builds each device's cached part
-    start = time.perf_counter()
-    rows = board.rows()
-    took = time.perf_counter() - start
+    took = []
+    for _ in range(3):  # the best of three: a garbage collection may land in one
+        start = time.thread_time()
+        rows = board.rows()
+        took.append(time.thread_time() - start)
     assert len(rows) == 1000 and rows["cam-999"]["queued"] == 999.0
-    assert took < 0.03, f"rows() took {took * 1000:.1f} ms"
+    assert min(took) < 0.015, f"rows() took {min(took) * 1000:.1f} ms of CPU"
 
 
 def test_many_threads_at_once() -> None:
