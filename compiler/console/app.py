@@ -79,10 +79,14 @@ class ApiError(Exception):
 CTX = web.AppKey("ctx", ConsoleContext)
 SESSIONS = web.AppKey("sessions", Sessions)
 LOCKOUT = web.AppKey("lockout", Lockout)
+# aiohttp 3.12 has typed request keys; older ones take the plain string
+PRINCIPAL: Any = (
+    web.RequestKey("principal", Principal) if hasattr(web, "RequestKey") else "principal"
+)
 
 
 def principal(request: web.Request) -> Principal:
-    found: Principal | None = request.get("principal")
+    found: Principal | None = request.get(PRINCIPAL)
     if found is None:  # the auth middleware runs first: only a public route gets here
         raise ApiError(401, "log in first")
     return found
@@ -173,7 +177,7 @@ async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path.startswith("/api/"):
             raise ApiError(401, "log in first (a session cookie or Authorization: Bearer TOKEN)")
         raise web.HTTPSeeOther("/login")
-    request["principal"] = who
+    request[PRINCIPAL] = who
     return await handler(request)
 
 

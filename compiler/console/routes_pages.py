@@ -11,7 +11,7 @@ import logging
 
 from aiohttp import web
 
-from .app import COOKIE, CTX, LOCKOUT, SESSIONS, STATIC, Handler, principal
+from .app import COOKIE, CTX, LOCKOUT, PRINCIPAL, SESSIONS, STATIC, Handler, principal
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ def _page(name: str) -> web.FileResponse:
 
 
 async def login_page(request: web.Request) -> web.StreamResponse:
-    if request.get("principal") is not None:
+    if request.get(PRINCIPAL) is not None:
         raise web.HTTPSeeOther("/")
     # The reason travels as a fixed key the page's script maps to a sentence (?error=wrong).
     return _page("login.html")
