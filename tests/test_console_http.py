@@ -26,6 +26,7 @@ from compiler.console.actions import CommandSender
 from compiler.console.app import ConsoleContext, make_app
 from compiler.console.auth import User, Users, hash_password, new_token
 from compiler.console.board import Board, BoardOptions
+from compiler.fleet.broker import MosquittoBroker
 from compiler.fleet.mqtt import BrokerAddress, Subscriber, connect, disconnect
 from compiler.rollout.plan import AbortRule, Criteria, RolloutSpec, parse_waves
 from compiler.rollout.store import open_store
@@ -72,12 +73,12 @@ def context(board: Board | None = None, **fields: Any) -> ConsoleContext:
 
 
 @contextlib.asynccontextmanager
-async def console(ctx: ConsoleContext) -> AsyncIterator[TestClient]:  # type: ignore[type-arg]
+async def console(ctx: ConsoleContext) -> AsyncIterator[TestClient]:
     async with TestClient(TestServer(make_app(ctx))) as client:
         yield client
 
 
-async def login(client: TestClient, user: str = "olga") -> dict[str, str]:  # type: ignore[type-arg]
+async def login(client: TestClient, user: str = "olga") -> dict[str, str]:
     """Log in; the headers a page's script sends with a POST (its CSRF token)."""
     response = await client.post(
         "/login", data={"user": user, "password": PASSWORD}, allow_redirects=False
@@ -157,11 +158,11 @@ def test_pages_need_a_session_and_carry_security_headers() -> None:
                 response = await client.get(page, allow_redirects=False)
                 assert response.status == 303 and response.headers["Location"] == "/login"
             assert "log in" in await error_of(await client.get("/api/fleet"), 401)
-            page = await client.get("/login")
-            assert page.status == 200 and "text/html" in page.content_type
-            csp = page.headers["Content-Security-Policy"]
+            login_page = await client.get("/login")
+            assert login_page.status == 200 and "text/html" in login_page.content_type
+            csp = login_page.headers["Content-Security-Policy"]
             assert "default-src 'self'" in csp and "frame-ancestors 'none'" in csp
-            assert page.headers["X-Content-Type-Options"] == "nosniff"
+            assert login_page.headers["X-Content-Type-Options"] == "nosniff"
             script = await client.get("/static/console.js")
             assert script.status == 200 and "javascript" in script.content_type
             await login(client)
@@ -349,7 +350,9 @@ def test_snapshot_is_served_as_jpeg() -> None:
 # --- commands through a real broker ----------------------------------------------------------
 
 
-def test_commands_are_signed_published_and_refused(mosquitto, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_commands_are_signed_published_and_refused(
+    mosquitto: MosquittoBroker, tmp_path: Path
+) -> None:
     key, public = command_keys(tmp_path / "keys")
     address = BrokerAddress(mosquitto.host, mosquitto.port)
     sender_client, watcher = connect(address), connect(address)

@@ -1,6 +1,6 @@
 """``make_app(ctx)``: the console's aiohttp application. Routes live in ``routes_pages``,
-``routes_api`` and ``sse``; here are the context they share and the three middlewares every
-request goes through, outermost first:
+``routes_api`` and ``sse`` (what they share, ``ConsoleContext`` included, in ``routes_common``);
+here are the three middlewares every request goes through, outermost first:
 
 - errors: anything that goes wrong becomes one JSON line ``{"error": ...}`` with its status; an
   unexpected exception is logged with its traceback and answered 500 without it;
@@ -14,10 +14,6 @@ from __future__ import annotations
 
 import hmac
 import logging
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
 from aiohttp import web
@@ -25,85 +21,28 @@ from aiohttp import web
 from ..errors import CompilerError, InputError
 from ..fleet.postgres import DatabaseUnavailable
 from ..rollout.store import UnknownRollout
-from .actions import CommandRefused, CommandSender, CommandUnavailable
-from .auth import Lockout, Role, Sessions, Users
-from .board import Board
+from . import routes_api, routes_pages, sse
+from .actions import CommandRefused, CommandUnavailable
+from .auth import Lockout, Sessions
 from .packages import UnknownPackage
-
-log = logging.getLogger(__name__)
-
-STATIC = Path(__file__).parent / "static"
-COOKIE = "edgewise_session"
-SECURITY_HEADERS = {
-    "Content-Security-Policy": (
-        "default-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
-    ),
-    "X-Content-Type-Options": "nosniff",
-    "X-Frame-Options": "DENY",
-    "Referrer-Policy": "no-referrer",
-}
-PUBLIC = ("/login", "/static/")
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-@dataclass
-class ConsoleContext:
-    board: Board
-    users: Users
-    commands: CommandSender | None  # None: serve has no --command-key
-    rollouts_db: str | None  # None: serve has no --db
-    packages: Path | None
-    results_db: str | None
-    secure: bool = False  # served over TLS: Secure cookies
-    tick: float = 0.5  # SSE period
-
-
-@dataclass(frozen=True)
-class Principal:
-    """Who sent a request, and how: a cookie session (with its CSRF token) or a bearer token."""
-
-    user: str
-    role: Role
-    csrf: str | None = None
-    session: str | None = None
-
-
-class ApiError(Exception):
-    """An answer other than 2xx, as one line."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
-
-
-CTX = web.AppKey("ctx", ConsoleContext)
-SESSIONS = web.AppKey("sessions", Sessions)
-LOCKOUT = web.AppKey("lockout", Lockout)
-# aiohttp 3.12 has typed request keys; older ones take the plain string
-PRINCIPAL: Any = (
-    web.RequestKey("principal", Principal) if hasattr(web, "RequestKey") else "principal"
+from .routes_common import (
+    COOKIE,
+    CTX,
+    LOCKOUT,
+    PRINCIPAL,
+    SECURITY_HEADERS,
+    SESSIONS,
+    STATIC,
+    ApiError,
+    ConsoleContext,
+    Handler,
+    Principal,
+    json_error,
 )
 
+__all__ = ["ConsoleContext", "make_app"]
 
-def principal(request: web.Request) -> Principal:
-    found: Principal | None = request.get(PRINCIPAL)
-    if found is None:  # the auth middleware runs first: only a public route gets here
-        raise ApiError(401, "log in first")
-    return found
-
-
-def require_operator(request: web.Request, what: str) -> Principal:
-    """The principal, if an operator; 403 naming the action otherwise."""
-    who = principal(request)
-    if who.role != "operator":
-        raise ApiError(403, f"{what} needs the operator role ({who.user} is a {who.role})")
-    return who
-
-
-def json_error(status: int, message: str) -> web.Response:
-    line = " ".join(str(message).split())[:500] or "error"
-    return web.json_response({"error": line}, status=status)
-
+log = logging.getLogger(__name__)
 
 # Compiler errors a handler lets through, as HTTP statuses (the most specific first).
 _STATUSES: tuple[tuple[type[Exception], int], ...] = (
@@ -189,8 +128,6 @@ async def _headers(_request: web.Request, response: web.StreamResponse) -> None:
 
 def make_app(ctx: ConsoleContext, sessions: Sessions | None = None) -> web.Application:
     """The console's routes over ``ctx``; ``sessions`` for a test that needs its clock."""
-    from . import routes_api, routes_pages, sse
-
     app = web.Application(middlewares=[errors, auth], client_max_size=64 * 1024)
     app[CTX] = ctx
     app[SESSIONS] = sessions or Sessions()
@@ -201,16 +138,3 @@ def make_app(ctx: ConsoleContext, sessions: Sessions | None = None) -> web.Appli
     sse.add(app)
     app.router.add_static("/static/", STATIC, show_index=False, follow_symlinks=False)
     return app
-
-
-async def read_json(request: web.Request) -> dict[str, Any]:
-    """The request's JSON object (an empty body is ``{}``); 400 one line otherwise."""
-    if not await request.read():
-        return {}
-    try:
-        body = await request.json()
-    except ValueError:
-        raise ApiError(400, "the body is not JSON") from None
-    if not isinstance(body, dict):
-        raise ApiError(400, "the body is a JSON object")
-    return body

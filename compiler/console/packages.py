@@ -30,6 +30,9 @@ FIGURES = {
 }
 
 
+STAGE_ORDER = ("fp32", "pruned", "int8")
+
+
 class UnknownPackage(InputError):
     """No package of this id in the packages folder (HTTP 404)."""
 
@@ -71,11 +74,18 @@ def summary(root: Path) -> dict[str, Any]:
         **{key: _number(served.get(field)) for key, field in FIGURES.items()},
         "accuracy_drop": _number(budget.get("accuracy_drop")),
         "stages": {
-            name: {key: _number(_mapping(s).get(f)) for key, f in FIGURES.items()}
-            for name, s in stages.items()
+            name: {key: _number(_mapping(stages[name]).get(f)) for key, f in FIGURES.items()}
+            for name in _in_order(stages)
         },
         "per_class": _per_class(metrics),
     }
+
+
+def _in_order(stages: Mapping[str, Any]) -> list[str]:
+    """Pipeline order (the signed manifest's JSON has its keys sorted)."""
+    return [s for s in STAGE_ORDER if s in stages] + sorted(
+        s for s in stages if s not in STAGE_ORDER
+    )
 
 
 def _per_class(metrics: Mapping[str, Any]) -> dict[str, float | None] | None:

@@ -13,8 +13,8 @@ from aiohttp import web
 
 from ..fleet.postgres import DatabaseUnavailable
 from . import actions, packages
-from .app import CTX, ApiError, principal, read_json, require_operator
 from .results import recent_results
+from .routes_common import CTX, ApiError, principal, read_json, require_operator
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

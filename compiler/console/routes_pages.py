@@ -11,7 +11,7 @@ import logging
 
 from aiohttp import web
 
-from .app import COOKIE, CTX, LOCKOUT, PRINCIPAL, SESSIONS, STATIC, Handler, principal
+from .routes_common import COOKIE, CTX, LOCKOUT, PRINCIPAL, SESSIONS, STATIC, Handler, principal
 
 log = logging.getLogger(__name__)
 

@@ -19,8 +19,8 @@ from typing import Any
 
 from aiohttp import web
 
-from .app import CTX, ApiError
 from .routes_api import device_detail
+from .routes_common import CTX, ApiError
 
 log = logging.getLogger(__name__)
 
