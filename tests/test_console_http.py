@@ -163,6 +163,8 @@ def test_pages_need_a_session_and_carry_security_headers() -> None:
             csp = login_page.headers["Content-Security-Policy"]
             assert "default-src 'self'" in csp and "frame-ancestors 'none'" in csp
             assert login_page.headers["X-Content-Type-Options"] == "nosniff"
+            # not no-referrer: Chromium then posts the login form with "Origin: null"
+            assert login_page.headers["Referrer-Policy"] == "same-origin"
             script = await client.get("/static/console.js")
             assert script.status == 200 and "javascript" in script.content_type
             await login(client)

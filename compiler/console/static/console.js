@@ -73,9 +73,11 @@ async function loadMe() {
   const user = document.getElementById("user");
   if (user) user.textContent = me.user + " (" + me.role + ")";
   document.body.classList.toggle("viewer", me.role !== "operator");
+  // the buttons start disabled in the HTML; only an operator's are enabled (the server
+  // refuses a viewer's actions anyway)
   document.querySelectorAll("button[data-cmd], button[data-action]").forEach((button) => {
     button.disabled = me.role !== "operator";
-    if (me.role !== "operator") button.title = "needs the operator role";
+    button.title = me.role === "operator" ? "" : "needs the operator role";
   });
 }
 
@@ -119,7 +121,6 @@ const fleet = { rows: new Map(), sort: "device", descending: false, filter: "" }
 function cellText(row, field, digits) {
   const value = row[field];
   if (field === "groups") return (value || []).join(", ") || "-";
-  if (field === "deployment" && value && row.probation) return value + " (probation)";
   if (digits === "%") return percent(value);
   if (typeof digits === "number") return num(value, digits);
   return value === null || value === undefined || value === "" ? "-" : value;
