@@ -434,9 +434,16 @@ function rolloutsPage() {
 
 // --- packages page ---------------------------------------------------------------------------
 
+const DIFF_LABELS = {
+  accuracy: "accuracy (top-1)", top1_agreement: "top-1 agreement with fp32",
+  size_bytes: "model size", p50_ms: "ORT p50, 1 thread (ms)", p99_ms: "ORT p99, 1 thread (ms)",
+  p50_ms_all: "ORT p50, all threads (ms)", params: "parameters", macs: "MACs",
+  model_bytes: "package model file", accuracy_drop: "accuracy drop fp32 → int8",
+};
+
 function diffRow(body, name, entry, format) {
-  const tr = el("tr");
-  tr.appendChild(el("td", {}, name));
+  const tr = el("tr", { "data-figure": name });
+  tr.appendChild(el("td", {}, DIFF_LABELS[name] || name));
   for (const key of ["a", "b"]) tr.appendChild(el("td", { class: "num" }, format(entry[key])));
   const delta = entry.delta;
   const sign = typeof delta === "number" && delta > 0 ? "+" : "";
@@ -445,7 +452,7 @@ function diffRow(body, name, entry, format) {
 }
 
 const DIFF_FORMATS = {
-  accuracy: percent, top1_agreement: percent, accuracy_drop: percent,
+  accuracy: percent, top1_agreement: percent, accuracy_drop: (v) => num(v, 2) + " pts",
   size_bytes: bytes, model_bytes: bytes,
   p50_ms: (v) => num(v, 3), p99_ms: (v) => num(v, 3), p50_ms_all: (v) => num(v, 3),
 };
