@@ -70,3 +70,21 @@ def test_https_needs_both_halves(tmp_path: Path) -> None:
 def test_console_user_refuses_a_short_password() -> None:
     run = edgewise("console-user", "ann", "--role", "operator", stdin="short\n")
     assert run.returncode == 2 and "at least 8 characters" in one_line(run)
+
+
+def test_console_user_lines_load_and_check(tmp_path: Path) -> None:
+    from compiler.console.auth import load_users
+
+    password = edgewise("console-user", "ann", "--role", "operator", stdin="correct horse\n")
+    token = edgewise("console-user", "grafana", "--token")
+    assert password.returncode == 0 and token.returncode == 0, password.stderr + token.stderr
+    assert "correct horse" not in password.stdout
+    secret = token.stderr.rsplit(" ", 1)[-1].strip()
+    users_file = tmp_path / "users"
+    users_file.write_text(password.stdout + token.stdout)
+    users = load_users(users_file)
+    ann = users.check_password("ann", "correct horse")
+    assert ann is not None and ann.role == "operator"
+    assert users.check_password("ann", "wrong horse") is None
+    grafana = users.check_token(secret)
+    assert grafana is not None and grafana.role == "viewer"

@@ -56,7 +56,12 @@ def test_the_diff_of_two_packages(folder: Path) -> None:
     assert result["figures"]["size_bytes"]["delta"] > 0
     pruned = result["stages"]["pruned"]["accuracy"]
     assert pruned["a"] is not None and pruned["b"] is None and pruned["delta"] is None
-    assert result["per_class"] is None  # the compile report carries no per-class accuracy
+    # every digit, by its label, side by side: a class int8 broke shows here, not in the mean
+    per_class = result["per_class"]
+    assert sorted(per_class) == [str(d) for d in range(10)]
+    for row in per_class.values():
+        assert 0 <= row["a"] <= 1 and 0 <= row["b"] <= 1
+        assert row["delta"] == pytest.approx(row["b"] - row["a"])
 
 
 def test_packages_over_http(folder: Path) -> None:

@@ -4,20 +4,18 @@ from __future__ import annotations
 
 import argparse
 import getpass
-import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .. import arguments as arg
+from ..console.auth import CREDENTIAL, default_users_path, hash_password, load_users, new_token
 from ..errors import InputError
 from .common import Subparsers
 
 if TYPE_CHECKING:
     from ..console.server import ConsoleOptions
 
-# systemd's LoadCredential=edgewise-console-users:/etc/edgewise/console-users puts the file here.
-CREDENTIAL = "edgewise-console-users"
 DEFAULT_PORT = 8080
 
 
@@ -86,9 +84,9 @@ def users_file(given: Path | None) -> Path:
     """--users, else the systemd credential; InputError saying how to make one."""
     if given is not None:
         return given
-    folder = os.environ.get("CREDENTIALS_DIRECTORY")
-    if folder and (Path(folder) / CREDENTIAL).is_file():
-        return Path(folder) / CREDENTIAL
+    credential = default_users_path()
+    if credential is not None and credential.is_file():
+        return credential
     raise InputError(
         "the console needs its users: --users FILE or the systemd credential "
         f"{CREDENTIAL}; write a line with `edgewise console-user NAME --role operator`"
@@ -102,7 +100,6 @@ def console_options(args: argparse.Namespace) -> ConsoleOptions | None:
             if getattr(args, flag) is not None:
                 raise InputError(f"--{flag.replace('_', '-')} is a console option: add --console")
         return None
-    from ..console.auth import load_users
     from ..console.server import ConsoleOptions
 
     if (args.console_cert is None) != (args.console_key is None):
@@ -147,8 +144,6 @@ def _read_password() -> str:
 
 def run_console_user(args: argparse.Namespace) -> int:
     """Prints the users-file line (and a token on stderr); exit 2 for a short password."""
-    from ..console.auth import hash_password, new_token
-
     if args.token:
         token, secret = new_token()
         print(f"{args.name} {args.role} {secret}")

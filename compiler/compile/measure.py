@@ -69,6 +69,9 @@ class StageMetrics:
     ort_p99_ms_1t: float
     ort_p50_ms_all: float
     ort_p99_ms_all: float
+    # Accuracy of each class present in the test set, keyed by class index ("0", "1", ...): a
+    # budget met on average can hide one class int8 broke.
+    per_class_accuracy: dict[str, float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -78,11 +81,14 @@ class StageMetrics:
 class Evaluation:
     logits: np.ndarray
     accuracy: float
+    per_class: dict[str, float] | None = None
 
 
 def evaluate(path: Path, x: np.ndarray, y: np.ndarray) -> Evaluation:
     logits = ort_outputs(path, x)
-    return Evaluation(logits, float((logits.argmax(1) == y).mean()))
+    hits = logits.argmax(1) == y
+    per_class = {str(int(c)): round(float(hits[y == c].mean()), 5) for c in np.unique(y)}
+    return Evaluation(logits, float(hits.mean()), per_class)
 
 
 def stage_metrics(
@@ -105,4 +111,5 @@ def stage_metrics(
         ort_p99_ms_1t=round(one.p99_ms, 4),
         ort_p50_ms_all=round(every.p50_ms, 4),
         ort_p99_ms_all=round(every.p99_ms, 4),
+        per_class_accuracy=result.per_class,
     )

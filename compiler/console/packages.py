@@ -77,7 +77,7 @@ def summary(root: Path) -> dict[str, Any]:
             name: {key: _number(_mapping(stages[name]).get(f)) for key, f in FIGURES.items()}
             for name in _in_order(stages)
         },
-        "per_class": _per_class(metrics),
+        "per_class": _per_class(served, manifest.postprocess),
     }
 
 
@@ -88,12 +88,18 @@ def _in_order(stages: Mapping[str, Any]) -> list[str]:
     )
 
 
-def _per_class(metrics: Mapping[str, Any]) -> dict[str, float | None] | None:
-    """Per-class accuracy where the report carries it (``per_class_accuracy``: {label: x})."""
-    found = metrics.get("per_class_accuracy")
+def _per_class(served: Mapping[str, Any], postprocess: object) -> dict[str, float | None] | None:
+    """The served stage's per-class accuracy (``per_class_accuracy``: {class index: x}), keyed
+    by the manifest's label for that index where it has one; None for reports before it."""
+    found = served.get("per_class_accuracy")
     if not isinstance(found, Mapping):
         return None
-    return {str(label): _number(value) for label, value in found.items()}
+    labels = list(getattr(postprocess, "labels", None) or [])
+
+    def name(index: str) -> str:
+        return str(labels[int(index)]) if index.isdigit() and int(index) < len(labels) else index
+
+    return {name(str(index)): _number(value) for index, value in found.items()}
 
 
 def list_packages(folder: Path) -> list[dict[str, Any]]:
