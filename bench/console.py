@@ -88,8 +88,9 @@ def simulate(port: int, devices: int, stop_at: float, sent_at: Any, counters: An
     """The fleet's messages, paced: device i's k-th telemetry is due at start + (k + i/N) x
     the period. ``counters[0]`` counts messages sent, ``counters[1]`` the worst lag (ms) behind
     the schedule."""
-    client = connect(BrokerAddress("127.0.0.1", port), "bench-simulator")
-    client.max_inflight_messages_set(1000)  # QoS 1 at ~500/s: 20 in flight would pace it
+    # QoS 1 at ~500/s: paho's default of 20 in flight would pace it
+    client = connect(BrokerAddress("127.0.0.1", port), "bench-simulator",
+                     prepare=lambda c: c.max_inflight_messages_set(1000))  # fmt: skip
     boots = [uuid.uuid4().hex for _ in range(devices)]
     for i in range(devices):
         client.publish(TOPICS.status(device_name(i)), status(device_name(i), boots[i]), 1, True)
@@ -169,9 +170,10 @@ class StreamReader(threading.Thread):
         rows = message["devices"] if event == "fleet" else message["rows"]
         self.rows_read.append((read_at, len(rows), len(data)))
         for row in rows:
-            index, count = int(row["device"].rsplit("-", 1)[1]), row.get("queued")
-            if not isinstance(count, int) or count == self.last[index]:
-                continue
+            index, queued = int(row["device"].rsplit("-", 1)[1]), row.get("queued")
+            if not isinstance(queued, (int, float)) or int(queued) == self.last[index]:
+                continue  # not online (figures blanked), or only time moved
+            count = int(queued)
             previous, self.last[index] = self.last[index], count
             if event == "fleet" or previous is None:
                 continue  # the stream's first picture of the device: no update to time
