@@ -245,6 +245,7 @@ class Agent:
             boundary=self.deployer.boundary,
             model=self.status.model,
             announce=self.status.announcement,
+            health=self.health,
         )
 
     def _publish_telemetry(self, message: dict[str, object]) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from agent.comms.guard import Boundary
 from agent.comms.link import MqttLink
-from agent.inference.pipeline import FrameSlot
+from agent.inference.pipeline import FrameSlot, HealthStats
 from agent.inference.stats import StageStats
 from agent.sources import Source
 from agent.upstream.results import ResultSink
@@ -37,6 +37,8 @@ class TelemetryCollector:
     # The status fields telemetry repeats (StatusBoard.announcement), so a fleet view on a broker
     # that keeps retained status from wildcard subscribers still learns them.
     announce: Callable[[], Mapping[str, object]] | None = None
+    # Inference outcomes since the serving model came in: the telemetry's error_rate.
+    health: HealthStats | None = None
     _frames_before: int = 0
 
     def __call__(self, elapsed_s: float) -> dict[str, object]:
@@ -56,11 +58,18 @@ class TelemetryCollector:
             model=self.model(),
             upstream=self._upstream(),
             source=self.source.counters(),
+            error_rate=self._error_rate(),
         )
         message["broker"] = self.link.capabilities.as_dict()  # what the last CONNACK offered
         if self.announce is not None:
             message.update(self.announce())
         return message
+
+    def _error_rate(self) -> float | None:
+        if self.health is None:
+            return None
+        _seen, rate, _p99 = self.health.snapshot()
+        return round(rate, 4)
 
     def _upstream(self) -> dict[str, object]:
         return {

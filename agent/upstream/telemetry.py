@@ -86,11 +86,14 @@ def telemetry_message(
     model: dict[str, str] | None,
     upstream: Mapping[str, object] | None = None,
     source: Mapping[str, int] | None = None,
+    error_rate: float | None = None,
 ) -> dict[str, object]:
     """The telemetry payload for one interval. ``stages`` is ``StageStats.summary()``;
     ``frames``/``frames_before`` are frame counts now and one interval ago; ``process`` is
     ``ProcessSampler.sample()``; ``upstream`` the outbox's and uplink's figures (``UPSTREAM``);
-    ``source`` the counters the source keeps (``Source.counters()``)."""
+    ``source`` the counters the source keeps (``Source.counters()``); ``error_rate`` and
+    ``interval_s`` as ``HEALTH`` says (``TelemetryReporter`` puts its configured interval in
+    ``interval_s``)."""
     fps = round((frames - frames_before) / interval_s, 2) if interval_s > 0 else 0.0
     total = stages.get("total")
     latency = {"p50": total["p50"], "p99": total["p99"]} if total else None
@@ -98,7 +101,9 @@ def telemetry_message(
         "device": device,
         "boot_id": boot_id,
         "at": time.time(),
+        "interval_s": interval_s,
         "fps": fps,
+        "error_rate": error_rate,
         "latency_ms": latency,
         "stages": stages,
         "dropped_frames": dropped_frames,
@@ -109,6 +114,14 @@ def telemetry_message(
         **process,
         **(upstream or {}),
     }
+
+
+# How a reader judges the figures: when to call the device stale, and how well it infers.
+HEALTH = {
+    "interval_s": "The configured telemetry interval (s): no message for 3 of them is stale",
+    "error_rate": "Failed / seen frames since the serving model came in (HealthStats), "
+    "0.0 before any frame; null where the agent keeps no such figure",
+}
 
 
 # What the outbox and the uplink report besides results_queued and results_dropped.
@@ -149,6 +162,7 @@ _GAUGES: dict[str, tuple[str, tuple[str, ...]]] = {
     "edgewise_rss_mb": ("Agent resident memory (MB)", ("rss_mb",)),
     "edgewise_disk_free_mb": ("Free disk under the agent's state dir (MB)", ("disk_free_mb",)),
     "edgewise_soc_temp_celsius": ("Hottest SoC thermal zone (°C)", ("soc_temp_c",)),
+    "edgewise_error_rate": (HEALTH["error_rate"], ("error_rate",)),
     **{
         f"edgewise_{key}": (help_, (key,))
         for key, help_ in UPSTREAM.items()
@@ -252,6 +266,8 @@ class TelemetryReporter(threading.Thread):
             now = time.monotonic()
             try:
                 message = self._collect(now - last)
+                # The configured interval, not the one measured: readers derive staleness from it.
+                message["interval_s"] = self.interval_s
                 self._publish(message)
                 if self._exporter is not None:
                     self._exporter.update(message)

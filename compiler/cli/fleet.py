@@ -226,29 +226,30 @@ def add_fleet(sub: Subparsers) -> None:
         help="listen this long before the first table (default --interval): live telemetry "
         "fills devices where retained messages do not reach a wildcard subscription",
     )
+    fleet.add_argument(
+        "--stale-after",
+        type=arg.positive_float,
+        metavar="SECONDS",
+        help="a device not heard from this long is stale, its figures blanked (default 3 x its "
+        "telemetry interval, 30 s when unknown)",
+    )
     add_broker_args(fleet)
     fleet.set_defaults(func=run_fleet)
 
 
 def run_fleet(args: argparse.Namespace) -> int:
     """Retained status and telemetry of every device, the retained fleet summary on its exact
-    topic, then whatever arrives live; the table every --interval (first after --wait)."""
+    topic, then whatever arrives live; the table every --interval (first after --wait), with a
+    HEALTH column, and a banner line above it while the broker connection is lost."""
     import time
 
-    from ..fleet.mqtt import Subscriber, connect, disconnect
+    from ..fleet.mqtt import connect, disconnect
     from ..fleet.view import FleetView
 
-    view, topics = FleetView(Topics(args.topic_root)), Topics(args.topic_root)
+    view = FleetView(Topics(args.topic_root), stale_after=args.stale_after)
     client = connect(broker_address(args))
-    client.on_message = lambda _c, _u, msg: view.update(msg.topic, bytes(msg.payload))
     try:
-        Subscriber(client).subscribe(
-            [
-                (topics.all_devices("status"), 1),
-                (topics.all_devices("telemetry"), 1),
-                (topics.fleet_state(), 1),
-            ]
-        )
+        view.follow(client)
         pause = args.wait if args.wait is not None else args.interval
         while True:
             time.sleep(pause)  # a refresh period for the screen, not synchronisation

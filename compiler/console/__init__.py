@@ -1,0 +1,1 @@
+"""The fleet console: a web page for the fleet, served by ``edgewise serve --console``."""
