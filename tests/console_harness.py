@@ -163,6 +163,8 @@ class ConsoleProcess:
 def login(browser: Browser, console: ConsoleProcess, user: str) -> Page:
     """A page of a fresh browser context, logged in as ``user`` through the login form, on
     the fleet page."""
+    from playwright.sync_api import Error as PlaywrightError
+
     context = browser.new_context(viewport={"width": 1280, "height": 800})
     context.set_default_timeout(15_000)
     page = context.new_page()
@@ -170,7 +172,12 @@ def login(browser: Browser, console: ConsoleProcess, user: str) -> Page:
     page.fill("input[name=user]", user)
     page.fill("input[name=password]", console.users.passwords[user])
     page.click("form [type=submit]")
-    page.wait_for_url(f"{console.url}/")
+    try:
+        page.wait_for_url(f"{console.url}/")
+    except PlaywrightError:
+        # say what the browser was shown instead (a refusal's one line), not only a timeout
+        shown = page.locator("body").inner_text()[:300]
+        raise AssertionError(f"login as {user} ended on {page.url}: {shown}") from None
     return page
 
 
