@@ -29,7 +29,6 @@ from ..rollout.plan import (
     Criteria,
     Metric,
     RolloutSpec,
-    RolloutState,
     Wave,
     exponential,
     parse_waves,
@@ -268,38 +267,13 @@ def run_status(args: argparse.Namespace) -> int:
     return 0
 
 
-# What each change needs the rollout to be in, and the state it leaves it in.
-CHANGES: dict[str, tuple[tuple[RolloutState, ...], RolloutState]] = {
-    "pause": (("running",), "paused"),
-    "resume": (("paused",), "running"),
-    "abort": (("running", "paused"), "aborted"),
-}
-
-
 def run_change(args: argparse.Namespace) -> int:
+    from ..rollout.changes import apply_change
     from ..rollout.store import UnknownRollout, open_store
 
     if _missing_sqlite(args.db):
         raise UnknownRollout(args.id)
-    allowed, target = CHANGES[args.change]
     with open_store(args.db) as store:
-        rollout = store.get(args.id)
-        if rollout is None:
-            raise UnknownRollout(args.id)
-        if rollout.state == target:
-            print(f"rollout {args.id} is {target} already")
-            return 0
-        if rollout.state not in allowed:
-            raise InputError(
-                f"rollout {args.id} is {rollout.state}: only a {' or '.join(allowed)} "
-                f"rollout can {args.change}"
-            )
-        # only_from: the controller may have finished or aborted it since it was read
-        if args.change == "abort":
-            evidence = {"by": "edgewise rollout abort", "wave": rollout.wave + 1}
-            store.set_state(args.id, "aborted", args.reason, evidence, only_from=allowed)
-        else:  # a resume clears the pause's reason: nothing is wrong any more
-            reason = "paused by hand" if target == "paused" else ""
-            store.set_state(args.id, target, reason, only_from=allowed)
-    print(f"rollout {args.id}: {rollout.state} -> {target}; the controller acts on it")
+        changed = apply_change(store, args.id, args.change, getattr(args, "reason", ""))
+    print(changed.line())
     return 0
