@@ -264,26 +264,19 @@ def test_fleet_is_sorted_and_counted() -> None:
     json.dumps(fleet)  # JSON-ready
 
 
-def test_a_thousand_devices_cost_little() -> None:
-    """1,000 devices x (status + telemetry) every 2 s must stay well under 10% of a core (200 ms
-    of CPU per 2 s); rows() for all of them takes a few ms."""
+def test_a_thousand_devices_fold_into_a_thousand_rows() -> None:
+    """What it costs is bench/console.py's to measure (speed goals live in benchmarks); here,
+    that 1,000 devices' status and telemetry fold into 1,000 right rows, and that reading them
+    again, once each device's cached part exists, gives the same rows."""
     board, _ = _board()
     messages = [(TOPICS.status(f"cam-{i}"), _status()) for i in range(1000)] + [
         (TOPICS.telemetry(f"cam-{i}"), _telemetry(results_queued=i)) for i in range(1000)
     ]
-    start = time.thread_time()
     for topic, payload in messages:
         board.take(topic, payload)
-    took = time.thread_time() - start
-    assert took < 0.1, f"{took * 1000:.0f} ms of CPU for 2,000 messages"
-    board.rows()  # the first builds each device's cached part
-    took = []
-    for _ in range(3):  # the best of three: a garbage collection may land in one
-        start = time.thread_time()
-        rows = board.rows()
-        took.append(time.thread_time() - start)
-    assert len(rows) == 1000 and rows["cam-999"]["queued"] == 999.0
-    assert min(took) < 0.015, f"rows() took {min(took) * 1000:.1f} ms of CPU"
+    first, again = board.rows(), board.rows()
+    assert len(first) == 1000 and first["cam-999"]["queued"] == 999.0
+    assert first == again
 
 
 def test_many_threads_at_once() -> None:

@@ -8,18 +8,30 @@ import paho.mqtt.client as mqtt
 from agent.contract import Topics
 
 from ..fleet.mqtt import Subscriber
+from ..fleet.serve import DeviceTap
 from ..fleet.view import watch_connection
 from .board import LEAVES, Board
 
+_QOS = {"telemetry": 0, "results": 0}
+TAPPED = ("status", "telemetry")  # what serve's DeviceTap hands on
+
 
 class Feed:
-    """Subscribes the console's own client (QoS 1) and hands each message to the Board with its
-    retain flag. It adds per-filter message callbacks and wraps the connect/disconnect handlers
-    the client has, so that nothing the client does otherwise is overridden."""
+    """Subscribes the console's own client (QoS 1; telemetry and results QoS 0) and hands each
+    message to the Board with its retain flag. It adds per-filter message callbacks and wraps
+    the connect/disconnect handlers the client has, so that nothing else it does is overridden."""
 
-    def __init__(self, client: mqtt.Client, board: Board, topics: Topics):
-        self._client, self._board = client, board
-        self._filters = [(topics.all_devices(leaf), 1) for leaf in LEAVES]
+    def __init__(
+        self, client: mqtt.Client, board: Board, topics: Topics, tap: DeviceTap | None = None
+    ):
+        """With ``tap`` (serve's one subscription to every status and telemetry), the Feed
+        subscribes only to the rest: a second copy of all telemetry would cost more CPU than
+        the whole console."""
+        self._client, self._board, self._tap = client, board, tap
+        leaves = [leaf for leaf in LEAVES if tap is None or leaf not in TAPPED]
+        # Telemetry and results at QoS 0: both come again within seconds, and at a thousand
+        # devices the acknowledgements of QoS 1 cost the console more than the folding does.
+        self._filters = [(topics.all_devices(leaf), _QOS.get(leaf, 1)) for leaf in leaves]
 
     def start(self) -> Feed:
         """Subscribes and waits for the SUBACK; BrokerUnavailable if refused or unanswered."""
@@ -29,6 +41,8 @@ class Feed:
         Subscriber(self._client).subscribe(self._filters)
         if self._client.is_connected():  # connected before: its CONNACK came before the watch
             self._board.broker(True)
+        if self._tap is not None:
+            self._tap.listen(self._board.take)
         return self
 
     def stop(self) -> None:

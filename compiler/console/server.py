@@ -25,7 +25,7 @@ from ..errors import InputError
 if TYPE_CHECKING:
     from aiohttp import web
 
-    from ..fleet.serve import JobFactory, ServeOptions
+    from ..fleet.serve import DeviceTap, JobFactory, ServeOptions
     from .auth import Users
 
 log = logging.getLogger(__name__)
@@ -74,6 +74,7 @@ class ConsoleServer:
         serve: ServeOptions,
         options: ConsoleOptions,
         stop: threading.Event,
+        tap: DeviceTap | None = None,
     ):
         from .actions import CommandSender
         from .app import ConsoleContext, make_app
@@ -87,7 +88,7 @@ class ConsoleServer:
             else None
         )
         self.board = Board(serve.topics, BoardOptions(stale_after=options.stale_after))
-        self.feed = Feed(client, self.board, serve.topics)
+        self.feed = Feed(client, self.board, serve.topics, tap)
         commands = (
             CommandSender(client, serve.topics, serve.command_key)
             if serve.command_key is not None
@@ -189,7 +190,9 @@ def with_console(serve: ServeOptions, options: ConsoleOptions | None) -> ServeOp
 
 
 def console_job(options: ConsoleOptions) -> JobFactory:
-    def start(client: mqtt.Client, serve: ServeOptions, stop: threading.Event) -> ConsoleServer:
-        return ConsoleServer(client, serve, options, stop).start()
+    def start(
+        client: mqtt.Client, serve: ServeOptions, stop: threading.Event, tap: DeviceTap
+    ) -> ConsoleServer:
+        return ConsoleServer(client, serve, options, stop, tap).start()
 
     return start

@@ -1,9 +1,9 @@
 """Server-sent events: ``/api/stream`` for the fleet page, ``/api/devices/{id}/stream`` for a
 device page.
 
-Each stream keeps what it last sent and, every tick, sends what differs: a row whose health or
-age moved with the clock alone is sent like one a message changed (age compared in whole
-seconds, as the page shows it). A comment line every 15 s keeps proxies from closing a quiet
+Each stream keeps what it last sent and, every tick, sends what differs: a row whose health
+moved with the clock alone (stale) is sent like one a message changed; its age is not compared,
+the page counts it on. A comment line every 15 s keeps proxies from closing a quiet
 stream. A stream ends when the client goes, or when the app shuts down.
 """
 
@@ -29,9 +29,10 @@ STOP = web.AppKey("sse_stop", asyncio.Event)
 
 
 def _shown(row: dict[str, Any]) -> dict[str, Any]:
-    """What the page shows of a row: the age to the second."""
-    age = row.get("age_s")
-    return {**row, "age_s": int(age) if isinstance(age, int | float) else age}
+    """What decides whether a row is sent again: all but its age, which the page counts on from
+    ``seen_at`` and the server's ``now`` (so a fleet heard from every 2 s costs one row per
+    message, not one per message and one per second)."""
+    return {key: value for key, value in row.items() if key != "age_s"}
 
 
 class _Stream:

@@ -33,16 +33,65 @@ log = logging.getLogger(__name__)
 STATE_INTERVAL = 2.0
 
 
+# (topic, payload, retained): one device status or telemetry message, as received
+Listener = Callable[[str, bytes, bool], None]
+
+
+class DeviceTap:
+    """Every device's status and telemetry as the ``fleet-state`` job receives them, handed on
+    to the jobs that listen: one subscription for the service, not one per job (at a thousand
+    devices, paho alone spends ~10% of a core per connection that receives all telemetry). A
+    listener added late first gets the latest message of every topic, in the order a broker
+    would replay its retained ones."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()  # delivery and replay in one order: no older overwrites
+        self._latest: dict[str, tuple[bytes, bool]] = {}
+        self._listeners: list[Listener] = []
+
+    def listen(self, listener: Listener) -> None:
+        with self._lock:
+            for topic, (payload, retained) in self._latest.items():
+                self._call(listener, topic, payload, retained)
+            self._listeners.append(listener)
+
+    def deliver(self, topic: str, payload: bytes, retained: bool) -> None:
+        with self._lock:
+            if payload:
+                self._latest[topic] = (payload, retained)
+            else:
+                self._latest.pop(topic, None)
+            for listener in self._listeners:
+                self._call(listener, topic, payload, retained)
+
+    @staticmethod
+    def _call(listener: Listener, topic: str, payload: bytes, retained: bool) -> None:
+        try:
+            listener(topic, payload, retained)
+        except Exception:  # one listener's bug must not stop the fleet state or the others
+            log.exception("a device-message listener failed on %s", topic)
+
+
 class StatePublisher:
     """Folds every device's status and telemetry into a FleetState and publishes it, retained,
     when it changed since the last publish (at most once per ``interval``)."""
 
-    def __init__(self, client: mqtt.Client, topics: Topics, interval: float, stop: threading.Event):
+    def __init__(
+        self,
+        client: mqtt.Client,
+        topics: Topics,
+        interval: float,
+        stop: threading.Event,
+        tap: DeviceTap | None = None,
+    ):
         self._client, self._topics, self._interval, self._stop = client, topics, interval, stop
         self.state = FleetState(topics)
+        self.tap = tap or DeviceTap()
         self.published = 0
         self._thread = threading.Thread(target=self._run, name="fleet-state", daemon=True)
-        self._filters = [(topics.all_devices("status"), 1), (topics.all_devices("telemetry"), 1)]
+        # Telemetry at QoS 0: it comes again every interval, and a thousand devices' PUBACKs
+        # cost more than folding their figures.
+        self._filters = [(topics.all_devices("status"), 1), (topics.all_devices("telemetry"), 0)]
 
     def start(self) -> StatePublisher:
         self._client.on_message = self._on_message
@@ -52,7 +101,9 @@ class StatePublisher:
         return self
 
     def _on_message(self, _c: mqtt.Client, _u: object, message: mqtt.MQTTMessage) -> None:
-        self.state.update(message.topic, bytes(message.payload))
+        payload = bytes(message.payload)
+        self.state.update(message.topic, payload)
+        self.tap.deliver(message.topic, payload, bool(message.retain))
 
     def join(self, timeout: float) -> None:
         if self._thread.is_alive():
@@ -89,8 +140,9 @@ class Job(Protocol):
         """Release what it holds (a database), once its thread ended and MQTT disconnected."""
 
 
-# (its own MQTT connection, the options, the service's stop event) -> the started job
-JobFactory = Callable[[mqtt.Client, "ServeOptions", threading.Event], Job]
+# (its own MQTT connection, the options, the service's stop event, every device's status and
+# telemetry as the fleet-state job receives them) -> the started job
+JobFactory = Callable[[mqtt.Client, "ServeOptions", threading.Event, DeviceTap], Job]
 
 
 @dataclass
@@ -117,6 +169,7 @@ class Service:
         self._clients: list[mqtt.Client] = []
         self._chunks: ChunkServer | None = None
         self._state: StatePublisher | None = None
+        self.tap = DeviceTap()
         self.jobs: dict[str, Job] = {}
 
     @property
@@ -141,10 +194,11 @@ class Service:
             ).start()
             state = self._connect("state")
             self._state = StatePublisher(
-                state, self._options.topics, self._options.state_interval, self.stopping
+                state, self._options.topics, self._options.state_interval, self.stopping, self.tap
             ).start()
             for name, factory in self._options.jobs.items():
-                self.jobs[name] = factory(self._connect(name), self._options, self.stopping)
+                client = self._connect(name)
+                self.jobs[name] = factory(client, self._options, self.stopping, self.tap)
         except BaseException:
             self.stop()
             raise

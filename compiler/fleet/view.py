@@ -26,6 +26,7 @@ figures.
 from __future__ import annotations
 
 import json
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -76,7 +77,8 @@ def _number(value: Any) -> float | None:
     # bool is an int subclass but never a figure here.
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
-    return float(value)
+    number = float(value)
+    return number if math.isfinite(number) else None  # 1e999 parses as inf
 
 
 def _text(value: Any) -> str | None:

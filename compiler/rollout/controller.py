@@ -27,7 +27,7 @@ from ..errors import InputError
 from ..fleet.command import new_command, signed
 from ..fleet.mqtt import Subscriber
 from ..fleet.push import _confirm, deployment_envelope, publish_blobs
-from ..fleet.serve import ServeOptions
+from ..fleet.serve import DeviceTap, ServeOptions
 from .driver import Driver
 from .fleet import Fleet
 from .plan import RolloutSpec
@@ -201,9 +201,10 @@ class RolloutController:
 
 
 def rollouts_job(
-    client: mqtt.Client, options: ServeOptions, stop: threading.Event
+    client: mqtt.Client, options: ServeOptions, stop: threading.Event, _tap: DeviceTap
 ) -> RolloutController:
-    """The ``rollouts`` job of a Service: its own store on ``options.db``, closed with it."""
+    """The ``rollouts`` job of a Service: its own store on ``options.db``, closed with it. It
+    keeps its own subscriptions (it needs devices' events as well, in order with their status)."""
     if options.db is None:
         raise InputError("the rollouts job needs a database (edgewise serve --db)")
     store = open_store(options.db)

@@ -116,7 +116,7 @@ const FLEET_FIELDS = [
 ];
 const HEALTH_ORDER = { offline: 0, stale: 1, unknown: 2, online: 3 };
 
-const fleet = { rows: new Map(), sort: "device", descending: false, filter: "" };
+const fleet = { rows: new Map(), sort: "device", descending: false, filter: "", skew: 0 };
 
 function cellText(row, field, digits) {
   const value = row[field];
@@ -175,6 +175,21 @@ function renderFleet() {
   });
 }
 
+// The server's clock minus the browser's: ages count on between events from seen_at.
+function syncClock(now) {
+  fleet.skew = now - Date.now() / 1000;
+}
+
+function tickAges() {
+  const now = Date.now() / 1000 + fleet.skew;
+  for (const row of fleet.rows.values()) {
+    if (row.seen_at === null || row.seen_at === undefined) continue;
+    row.age_s = Math.max(now - row.seen_at, 0);
+    const td = document.querySelector('#fleet tr[data-device="' + CSS.escape(row.device) + '"] td[data-field="age_s"]');
+    if (td) td.textContent = num(row.age_s, 0);
+  }
+}
+
 function showCounts(counts) {
   for (const [health, count] of Object.entries(counts || {})) {
     const node = document.querySelector('#counts [data-count="' + CSS.escape(health) + '"]');
@@ -195,11 +210,13 @@ function fleetPage() {
     fleet.filter = event.target.value.trim().toLowerCase();
     renderFleet();
   });
+  window.setInterval(tickAges, 1000);
   const source = new EventSource("/api/stream");
   const state = document.getElementById("stream-state");
   source.addEventListener("fleet", (event) => {
     const data = JSON.parse(event.data);
     fleet.rows = new Map(data.devices.map((row) => [row.device, row]));
+    syncClock(data.now);
     showBanner(data.broker);
     showCounts(data.counts);
     renderFleet();
@@ -209,6 +226,7 @@ function fleetPage() {
     const data = JSON.parse(event.data);
     for (const row of data.rows) fleet.rows.set(row.device, row);
     for (const id of data.removed) fleet.rows.delete(id);
+    syncClock(data.now);
     showBanner(data.broker);
     showCounts(data.counts);
     renderFleet();
