@@ -15,16 +15,25 @@ from .routes_common import COOKIE, CTX, LOCKOUT, PRINCIPAL, SESSIONS, STATIC, Ha
 
 log = logging.getLogger(__name__)
 
+# path -> (the file with the page's <main>, its name: the title and <body data-page>)
 PAGES = {
-    "/": "index.html",
-    "/devices/{device}": "device.html",
-    "/rollouts": "rollouts.html",
-    "/packages": "packages.html",
+    "/": ("index.html", "fleet"),
+    "/devices/{device}": ("device.html", "device"),
+    "/rollouts": ("rollouts.html", "rollouts"),
+    "/packages": ("packages.html", "packages"),
 }
+HTML = "text/html; charset=utf-8"
 
 
 def _page(name: str) -> web.FileResponse:
-    return web.FileResponse(STATIC / name, headers={"Content-Type": "text/html; charset=utf-8"})
+    return web.FileResponse(STATIC / name, headers={"Content-Type": HTML})
+
+
+def framed(body: str, name: str) -> str:
+    """A page: ``frame.html`` (head, navigation, banner) around its ``<main>``; put together
+    once when the app is made, from files only, so no request data ever enters the HTML."""
+    frame = (STATIC / "frame.html").read_text().replace("{title}", name).replace("{page}", name)
+    return frame.replace("{main}", (STATIC / body).read_text())
 
 
 async def login_page(request: web.Request) -> web.StreamResponse:
@@ -70,9 +79,9 @@ async def logout(request: web.Request) -> web.StreamResponse:
     return response
 
 
-def _serve(name: str) -> Handler:
+def _serve(html: str) -> Handler:
     async def handler(_request: web.Request) -> web.StreamResponse:
-        return _page(name)
+        return web.Response(text=html, content_type="text/html", charset="utf-8")
 
     return handler
 
@@ -81,5 +90,5 @@ def add(app: web.Application) -> None:
     app.router.add_get("/login", login_page)
     app.router.add_post("/login", login)
     app.router.add_post("/logout", logout)
-    for path, name in PAGES.items():
-        app.router.add_get(path, _serve(name))
+    for path, (body, name) in PAGES.items():
+        app.router.add_get(path, _serve(framed(body, name)))
