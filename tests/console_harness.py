@@ -38,7 +38,9 @@ VIEWER, OPERATOR, ROBOT = "vera", "otto", "robot"  # robot: the operator's API t
 STARTUP_S = 60.0
 
 
-@pytest.fixture(scope="session")
+# Module scope: Playwright's sync API keeps an event loop running in this thread while it is
+# open, and later tests' asyncio.run() refuses to start inside it.
+@pytest.fixture(scope="module")
 def chromium() -> Iterator[Browser]:
     """One headless Chromium for the session; each test opens its own context (cookies)."""
     from playwright.sync_api import sync_playwright

@@ -146,7 +146,9 @@ def test_ctrl_c_keeps_the_summary_and_disconnects_cleanly(mosquitto: MosquittoBr
 def test_fleet_lists_devices_from_retained_status_and_telemetry(topics: Topics) -> None:
     client = connect(BROKER)
     status = {"state": "online", "model": {"name": "digits-cnn", "version": "1.2.0"}}
-    telemetry = {"fps": 29.5, "latency_ms": {"p50": 3.0, "p99": 7.5}, "results_queued": 12}
+    # retained telemetry counts as heard at its own "at": just now, so the row is online
+    telemetry = {"fps": 29.5, "latency_ms": {"p50": 3.0, "p99": 7.5}, "results_queued": 12,
+                 "at": time.time()}  # fmt: skip
     try:
         for device, leaf, body in (("cam-a", "status", status), ("cam-a", "telemetry", telemetry),
                                    ("cam-b", "status", {"state": "offline"})):  # fmt: skip
@@ -366,7 +368,8 @@ def test_fleet_reads_the_summary_and_live_telemetry(topics: Topics) -> None:
     """Where retained messages miss wildcard subscriptions: the retained fleet summary on its
     exact topic, and telemetry arriving while --wait listens, fill the table."""
     client = connect(BROKER)
-    summary = {"devices": {"cam-s": {"state": "online", "model": "digits-cnn 1.0.0", "fps": 7.5}},
+    summary = {"devices": {"cam-s": {"state": "online", "model": "digits-cnn 1.0.0", "fps": 7.5,
+                                     "at": time.time()}},
                "updated_at": time.time()}  # fmt: skip
     live = {"state": "online", "fps": 33.5, "at": time.time(), "source_state": "open",
             "model": {"name": "digits-cnn", "version": "2.0.0"}}  # fmt: skip
