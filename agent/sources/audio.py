@@ -17,6 +17,7 @@ from collections import deque
 import numpy as np
 
 from agent.config.sources import AudioConfig
+from agent.contract.audio import LogMelSpec
 from agent.sources.audio_inputs import AudioInput, make_input
 from agent.sources.base import Frame
 
@@ -163,3 +164,21 @@ class AudioSource:
             self._dropped += 1  # the oldest goes: a live input never waits for the reader
         self._pending.append((window, self._index, self._heard))
         self._index += 1
+
+
+def spec_problem(config: AudioConfig, spec: LogMelSpec) -> str | None:
+    """Why this source's windows do not fit a model's log-mel input (one line), or None: the
+    preprocess would refuse every window of another length, and a window at another sample
+    rate would be accepted and heard wrong."""
+    if config.sample_rate != spec.sample_rate:
+        return (
+            f"the audio source gives {config.sample_rate} Hz, the model wants "
+            f"{spec.sample_rate} Hz: set source.sample_rate = {spec.sample_rate}"
+        )
+    if config.window != spec.window:
+        return (
+            f"the audio source gives windows of {config.window} samples ({config.window_s:g} s), "
+            f"the model wants {spec.window} ({spec.window_s:g} s): set source.window_s = "
+            f"{spec.window_s:g}"
+        )
+    return None

@@ -214,6 +214,9 @@ class MicInput:
     def open(self) -> None:
         self.close()
         sounddevice = _import_sounddevice()
+        with self._ready:
+            self._blocks.clear()
+            self._queued, self._gap = 0, False
         try:
             stream = sounddevice.InputStream(
                 samplerate=self.config.sample_rate,
@@ -222,12 +225,13 @@ class MicInput:
                 device=self._device,
                 callback=self._callback,
             )
-            stream.start()
         except Exception as exc:  # PortAudioError, or ValueError for a device it cannot find
             raise SourceError(f"microphone {self.config.uri!r}: {one_line(exc)}") from exc
-        with self._ready:
-            self._blocks.clear()
-            self._queued, self._gap = 0, False
+        try:
+            stream.start()
+        except Exception as exc:
+            stream.close()
+            raise SourceError(f"microphone {self.config.uri!r}: {one_line(exc)}") from exc
         self._stream, self._last = stream, time.monotonic()
 
     def _callback(self, indata: np.ndarray, frames: int, when: Any, status: Any) -> None:

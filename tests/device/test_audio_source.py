@@ -13,9 +13,10 @@ from typing import Any, ClassVar
 import numpy as np
 import pytest
 from agent.config.sources import AudioConfig, resolve_paths, source_config
+from agent.contract import LogMelSpec
 from agent.errors import SourceError
 from agent.sources import make_source
-from agent.sources.audio import AudioSource, Windower
+from agent.sources.audio import AudioSource, Windower, spec_problem
 from agent.sources.audio_files import open_audio_file, pcm_to_float
 from pydantic import ValidationError
 
@@ -309,3 +310,14 @@ def test_a_relative_file_and_program_resolve_beside_the_config(tmp_path: Path) -
     command = resolve_paths(source_config(kind="audio", command="./capture.sh -r 16000"), tmp_path)
     assert isinstance(command, AudioConfig) and command.command[0] == str(tmp_path / "capture.sh")
     assert resolve_paths(source_config(kind="audio"), tmp_path).uri == "mic"
+
+
+def test_a_source_that_does_not_fit_the_models_input_says_which_setting() -> None:
+    config = source_config(kind="audio", sample_rate=16000, window_s=1.0)
+    assert isinstance(config, AudioConfig)
+    spec = LogMelSpec(kind="logmel", sample_rate=16000, window=16000)
+    assert spec_problem(config, spec) is None
+    half = spec.model_copy(update={"window": 8000})
+    assert "set source.window_s = 0.5" in str(spec_problem(config, half))
+    slow = LogMelSpec(kind="logmel", sample_rate=8000, window=8000, n_fft=256)
+    assert "set source.sample_rate = 8000" in str(spec_problem(config, slow))
