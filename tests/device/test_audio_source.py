@@ -93,7 +93,12 @@ def test_flush_pads_the_unheard_tail_and_a_short_recording() -> None:
 # -- files ---------------------------------------------------------------------------------------
 
 
-def test_a_wav_file_gives_every_window_then_its_tail(tmp_path: Path, stop: threading.Event) -> None:
+@pytest.mark.parametrize("reader", ["soundfile", "wave"])
+def test_a_wav_file_gives_every_window_then_its_tail(
+    tmp_path: Path, stop: threading.Event, reader: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if reader == "wave":
+        monkeypatch.setitem(sys.modules, "soundfile", None)  # a board without soundfile
     pcm = ramp(RATE * 2 + 100)  # 2 s and a bit
     path = write_wav(tmp_path / "talk.wav", pcm)
     source = audio(uri=str(path), window_s=1.0, hop_s=0.5, realtime=False)
@@ -128,6 +133,20 @@ def test_stereo_is_mixed_down_and_other_widths_are_read(
     # 24-bit little-endian: 0x400000 is half scale, 0x800000 the most negative
     assert np.allclose(pcm_to_float(bytes([0, 0, 0x40, 0, 0, 0x80]), 3), [0.5, -1.0])
     assert np.allclose(pcm_to_float(np.array([2**30], "<i4").tobytes(), 4), [0.5])
+
+
+def test_a_flac_file_through_soundfile(tmp_path: Path, stop: threading.Event) -> None:
+    import soundfile
+
+    pcm = ramp(RATE + 4000)
+    soundfile.write(tmp_path / "talk.flac", pcm, RATE, subtype="PCM_16")
+    frames = read_all(audio(uri=str(tmp_path / "talk.flac"), hop_s=0.5, realtime=False), stop)
+    assert len(frames) == 2
+    np.testing.assert_array_equal(frames[1].image, pcm[4000:].astype(np.float32) / 32768)
+    float_wav = tmp_path / "float.wav"
+    soundfile.write(float_wav, pcm.astype(np.float32) / 32768, RATE, subtype="FLOAT")
+    (first, _) = read_all(audio(uri=str(float_wav), hop_s=0.5, realtime=False), stop)
+    np.testing.assert_array_equal(first.image, frames[0].image)
 
 
 def test_wav_at_another_rate_is_refused_in_one_line(tmp_path: Path, stop: threading.Event) -> None:
