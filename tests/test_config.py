@@ -165,7 +165,7 @@ BROKEN = [
     (
         "command for a video",
         GOOD.replace('uri = "clip.avi"', 'uri = "clip.avi"\ncommand = ["x"]'),
-        "apply to kind = 'command' only",
+        "applies to kind = 'command' or 'audio' only",
     ),
     (
         "picamera by name",

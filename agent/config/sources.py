@@ -5,7 +5,8 @@
 an RTSP/HTTP URL; ``images`` a folder; ``sensor`` a file or FIFO path, ``-`` for standard input,
 ``serial:///dev/ttyUSB0`` (needs pyserial) or ``mqtt:some/topic``; ``picamera`` the camera number
 (default ``"0"``); ``command`` only a label for results and status (default
-``command:<program>``: the command line may hold a stream's password).
+``command:<program>``: the command line may hold a stream's password); ``audio`` ``mic`` (the
+default input device), ``mic:<index or name>``, a WAV/FLAC file, or with ``command`` a label.
 """
 
 from __future__ import annotations
@@ -29,9 +30,12 @@ from pydantic_core import ErrorDetails
 # Raw frames a capture command writes (ffmpeg's -pix_fmt names; i420 = yuv420 = yuv420p).
 PixelFormat = Literal["bgr24", "rgb24", "gray", "yuv420", "yuv420p", "i420", "nv12"]
 CHROMA_SUBSAMPLED = frozenset({"yuv420", "yuv420p", "i420", "nv12"})
-SourceKind = Literal["video", "camera", "stream", "images", "sensor", "command", "picamera"]
+SourceKind = Literal[
+    "video", "camera", "stream", "images", "sensor", "command", "picamera", "audio"
+]
 SOURCE_KINDS: tuple[str, ...] = get_args(SourceKind)
 DEFAULT_KIND = "video"  # a [source] table without kind
+MIC = "mic"  # an audio source's uri for the default input device ("mic:<device>": another)
 KIND_ERROR = "source_kind"  # the error type of a kind that is none of SOURCE_KINDS
 # Settings of one kind that another kind refuses unless left at this default (all others are
 # ignored there with a warning, as they always were).
@@ -167,6 +171,70 @@ class PicameraConfig(_Capture):
         return self
 
 
+class AudioConfig(_Kind):
+    """Mono windows of ``window_s`` seconds every ``hop_s`` at ``sample_rate``: from a
+    microphone (``uri = "mic"`` or ``"mic:<index or name>"``, needs sounddevice), a WAV/FLAC
+    file (FLAC and float WAV need soundfile) or ``command``'s s16le samples on its stdout."""
+
+    kind: Literal["audio"] = "audio"
+    uri: str = MIC
+    command: tuple[str, ...] = ()  # a process writing raw s16le samples (uri: a label)
+    sample_rate: int = Field(default=16000, gt=0, le=384_000)
+    channels: int = Field(default=1, gt=0, le=64)  # opened or written; mixed down to mono
+    window_s: float = Field(default=1.0, gt=0, le=600)
+    hop_s: float = Field(default=0.25, gt=0, le=600)
+    # a live input: how much audio may wait for the capture thread before the oldest windows
+    # are dropped (counted as windows_dropped)
+    buffer_s: float = Field(default=2.0, gt=0, le=600)
+    loop: bool = False  # a file: start again at the end
+    realtime: bool = True  # a file: paced like a microphone; False: as fast as inference
+
+    @model_validator(mode="before")
+    @classmethod
+    def _split_and_label(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or not data.get("command"):
+            return data
+        data = dict(data)
+        if isinstance(data["command"], str):
+            try:
+                data["command"] = shlex.split(data["command"])
+            except ValueError as exc:
+                raise ValueError(f"command: cannot split {data['command']!r}: {exc}") from exc
+        if "uri" not in data and data["command"]:
+            data["uri"] = f"command:{Path(str(data['command'][0])).name}"
+        return data
+
+    @property
+    def window(self) -> int:
+        """Samples per window."""
+        return round(self.window_s * self.sample_rate)
+
+    @property
+    def hop(self) -> int:
+        """Samples between the starts of two windows."""
+        return round(self.hop_s * self.sample_rate)
+
+    @property
+    def input(self) -> Literal["mic", "file", "command"]:
+        if self.command:
+            return "command"
+        return "mic" if self.uri == MIC or self.uri.startswith(MIC + ":") else "file"
+
+    @model_validator(mode="after")
+    def _check(self) -> AudioConfig:
+        if self.hop > self.window:
+            raise ValueError(
+                f"hop_s ({self.hop_s}) longer than window_s ({self.window_s}) skips audio"
+            )
+        if self.hop < 1:
+            raise ValueError(f"hop_s ({self.hop_s}) is under one sample at {self.sample_rate} Hz")
+        if self.command and not self.command[0]:
+            raise ValueError('command = ["program", "arg", ...] names no program')
+        if self.input != "file" and (self.loop or not self.realtime):
+            raise ValueError(f"loop and realtime apply to an audio file only, not {self.uri!r}")
+        return self
+
+
 _KINDS: tuple[type[_Kind], ...] = (
     VideoConfig,
     CameraConfig,
@@ -175,6 +243,7 @@ _KINDS: tuple[type[_Kind], ...] = (
     SensorConfig,
     CommandConfig,
     PicameraConfig,
+    AudioConfig,
 )
 # setting -> the kinds that take it (uri and kind: all of them)
 _OWNERS: dict[str, tuple[str, ...]] = {}
@@ -212,7 +281,8 @@ SourceConfig: TypeAlias = Annotated[
     | Annotated[ImagesConfig, Tag("images")]
     | Annotated[SensorConfig, Tag("sensor")]
     | Annotated[CommandConfig, Tag("command")]
-    | Annotated[PicameraConfig, Tag("picamera")],
+    | Annotated[PicameraConfig, Tag("picamera")]
+    | Annotated[AudioConfig, Tag("audio")],
     Discriminator(
         _kind_of,
         custom_error_type=KIND_ERROR,
@@ -245,11 +315,13 @@ def error_location(error: ErrorDetails) -> tuple[int | str, ...]:
 def resolve_paths(source: SourceConfig, base: Path) -> SourceConfig:
     """Relative paths in the source resolved against ``base`` (the config's folder): the file or
     folder a recording is read from, and a command's program given as a path."""
-    if source.kind in ("video", "images") or (
-        source.kind == "sensor" and source.uri != "-" and ":" not in source.uri
+    if (
+        source.kind in ("video", "images")
+        or (source.kind == "sensor" and source.uri != "-" and ":" not in source.uri)
+        or (source.kind == "audio" and source.input == "file")
     ):
         source = source.model_copy(update={"uri": str(base / source.uri)})
-    if source.kind == "command":
+    if source.kind in ("command", "audio"):
         program = source.command[:1]
         if program and "/" in program[0] and not Path(program[0]).is_absolute():
             # ./capture.sh beside the config, like every other relative path in it

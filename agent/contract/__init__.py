@@ -3,6 +3,7 @@
 Owned by the agent so a device needs nothing else; the compiler imports it.
 """
 
+from agent.contract.audio import LogMelSpec, log_mel, logmel_batch, logmel_tensor
 from agent.contract.blob import describe_blob, iter_chunks, sha256_file
 from agent.contract.envelope import PAYLOAD_TYPE, canonical_json, open_envelope, pae
 from agent.contract.errors import (
@@ -63,6 +64,7 @@ __all__ = [
     "DetectionSpec",
     "InputSpec",
     "IntegrityError",
+    "LogMelSpec",
     "Manifest",
     "ManifestError",
     "Package",
@@ -84,6 +86,9 @@ __all__ = [
     "letterbox_transform",
     "load_private_key",
     "load_public_key",
+    "log_mel",
+    "logmel_batch",
+    "logmel_tensor",
     "open_envelope",
     "pae",
     "parse_json",

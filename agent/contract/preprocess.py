@@ -13,6 +13,8 @@ import cv2
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
+from agent.contract.audio import LogMelSpec, logmel_tensor
+
 # Bounds on what a manifest may ask of the device: the agent allocates frames and windows of
 # this size in the serving process (warm-up), so they must be sane before anything runs.
 MAX_SIDE = 16384
@@ -179,17 +181,22 @@ def kind_or(default: str) -> Discriminator:
     return Discriminator(kind)
 
 
-# What the manifest's ``preprocess`` holds: an image spec (the default) or a sensor spec.
+# What the manifest's ``preprocess`` holds: an image spec (the default), a sensor spec or a
+# log-mel spec (audio, agent/contract/audio.py).
 InputTransform = Annotated[
-    Annotated[PreprocessSpec, Tag("image")] | Annotated[SensorSpec, Tag("sensor")],
+    Annotated[PreprocessSpec, Tag("image")]
+    | Annotated[SensorSpec, Tag("sensor")]
+    | Annotated[LogMelSpec, Tag("logmel")],
     kind_or("image"),
 ]
 
 
-def to_tensor(sample: np.ndarray, spec: PreprocessSpec | SensorSpec) -> np.ndarray:
-    """A frame or a sensor window to the model's input, by the manifest's spec."""
+def to_tensor(sample: np.ndarray, spec: PreprocessSpec | SensorSpec | LogMelSpec) -> np.ndarray:
+    """A frame, a sensor window or an audio window to the model's input, by the manifest's spec."""
     if isinstance(spec, SensorSpec):
         return sensor_tensor(sample, spec)
+    if isinstance(spec, LogMelSpec):
+        return logmel_tensor(sample, spec)
     return preprocess(sample, spec)
 
 

@@ -17,6 +17,7 @@ from agent.config import (
     StreamConfig,
     VideoConfig,
 )
+from agent.config.sources import AudioConfig
 from agent.errors import SourceError
 from agent.sources.base import Frame as Frame
 from agent.sources.base import Source
@@ -31,8 +32,8 @@ def _expect(config: SourceConfig, model: type[_C]) -> _C:
     return config
 
 
-# Each kind's module is imported when a source of that kind is made: picamera2 and pyserial are
-# optional, and the modules they live in import them only on open().
+# Each kind's module is imported when a source of that kind is made: picamera2, pyserial,
+# sounddevice and soundfile are optional, and the modules they live in import them only on open().
 
 
 def _opencv(config: SourceConfig, mqtt: MqttConfig | None) -> Source:
@@ -67,6 +68,12 @@ def _picamera(config: SourceConfig, mqtt: MqttConfig | None) -> Source:
     return PicameraSource(_expect(config, PicameraConfig))
 
 
+def _audio(config: SourceConfig, mqtt: MqttConfig | None) -> Source:
+    from agent.sources.audio import AudioSource
+
+    return AudioSource(_expect(config, AudioConfig))
+
+
 FACTORIES: dict[str, Factory] = {
     "video": _opencv,
     "camera": _opencv,
@@ -75,6 +82,7 @@ FACTORIES: dict[str, Factory] = {
     "sensor": _sensor,
     "command": _command,
     "picamera": _picamera,
+    "audio": _audio,
 }
 
 

@@ -355,6 +355,7 @@ def every_kind(tmp_path: Path) -> dict[str, SourceConfig]:
         "sensor": source_config(kind="sensor", uri="-", window=4, hop=2),
         "command": source_config(kind="command", command="cat frames.raw", width=4, height=2),
         "picamera": source_config(kind="picamera"),
+        "audio": source_config(kind="audio"),
     }
 
 
@@ -385,6 +386,10 @@ def test_every_kind_has_a_factory_whose_source_satisfies_the_protocol(tmp_path: 
         ({"kind": "sensor", "uri": "mqtt:plant/line1"}, False),
         ({"kind": "command", "command": ["cat"], "width": 2, "height": 2}, True),
         ({"kind": "picamera", "uri": "1"}, True),
+        ({"kind": "audio"}, True),  # the default microphone
+        ({"kind": "audio", "command": ["arecord", "-t", "raw"]}, True),
+        ({"kind": "audio", "uri": "talk.wav"}, True),  # played in real time
+        ({"kind": "audio", "uri": "talk.wav", "realtime": False}, False),
     ],
 )
 def test_live_or_recorded_by_kind(settings: dict[str, object], live: bool) -> None:
@@ -469,7 +474,7 @@ def test_opencv_and_picamera_sources_keep_no_counters(tmp_path: Path) -> None:
     ("settings", "field", "owners"),
     [
         ({"kind": "camera", "uri": "0", "window": 4}, "window", "apply to kind = 'sensor' only"),
-        ({"uri": "clip.avi", "command": ["x"]}, "command", "apply to kind = 'command' only"),
+        ({"uri": "clip.avi", "command": ["x"]}, "command", "to kind = 'command' or 'audio' only"),
         ({"kind": "video", "uri": "v", "hop": 2}, "hop", "apply to kind = 'sensor' only"),
         ({"kind": "images", "uri": "p", "fields": ["x"]}, "fields", "kind = 'sensor' only"),
         ({"kind": "sensor", "uri": "-", "pixel_format": "gray"}, "pixel_format", "'command' only"),
