@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from agent.contract.audio import LogMelSpec
 from agent.contract.manifest import ClassificationSpec, DetectionSpec, PostprocessSpec, ScoreSpec
 from agent.contract.preprocess import PreprocessSpec, SensorSpec, letterbox_transform
 
@@ -166,7 +167,7 @@ def postprocess(
     outputs: list[np.ndarray],
     spec: PostprocessSpec,
     frame_shape: tuple[int, ...],
-    preprocess: PreprocessSpec | SensorSpec,
+    preprocess: PreprocessSpec | SensorSpec | LogMelSpec,
 ) -> list[Prediction]:
     """Predictions for one input from the model's outputs (the first is read), per ``spec``."""
     if not outputs:

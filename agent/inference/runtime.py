@@ -15,7 +15,15 @@ from pathlib import Path
 import numpy as np
 
 from agent.config import RuntimeConfig
-from agent.contract import Manifest, Package, PreprocessSpec, SensorSpec, clip, to_tensor
+from agent.contract import (
+    LogMelSpec,
+    Manifest,
+    Package,
+    PreprocessSpec,
+    SensorSpec,
+    clip,
+    to_tensor,
+)
 from agent.errors import ModelLoadError
 from agent.inference.golden import check_golden
 from agent.inference.onnxrt import ort
@@ -63,8 +71,10 @@ def open_session(model_path: Path | str, config: RuntimeConfig) -> ort.Inference
     )
 
 
-def blank_sample(spec: PreprocessSpec | SensorSpec) -> np.ndarray:
+def blank_sample(spec: PreprocessSpec | SensorSpec | LogMelSpec) -> np.ndarray:
     """An all-zero frame or window of the kind the spec takes (for warm-up)."""
+    if isinstance(spec, LogMelSpec):
+        return np.zeros(spec.window, np.float32)
     if isinstance(spec, SensorSpec):
         return np.zeros((spec.window, spec.channels), np.float32)
     return np.zeros((spec.height, spec.width, 3), np.uint8)
