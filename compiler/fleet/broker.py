@@ -131,10 +131,15 @@ class EmbeddedBroker:
         for noisy in ("amqtt", "transitions"):  # they log every state change at INFO
             logging.getLogger(noisy).setLevel(logging.CRITICAL)
         self._thread.start()
-        broker = self._broker = Broker(config, loop=self._loop)
-        asyncio.run_coroutine_threadsafe(broker.start(), self._loop).result(10)
+        # Made on its own loop's thread: amqtt creates futures for "the current loop", and a
+        # thread whose loop asyncio.run() once closed (the console's tests) has none.
+        asyncio.run_coroutine_threadsafe(self._begin(Broker, config), self._loop).result(10)
         wait_for_port(self.host, self.port)
         return self
+
+    async def _begin(self, make: type[Broker], config: dict[str, object]) -> None:
+        broker = self._broker = make(config, loop=self._loop)
+        await broker.start()
 
     async def _shutdown(self) -> None:
         if self._broker is not None:
