@@ -247,6 +247,18 @@ class Board:
         with self._lock:
             return {device: self._row(device, dev, now) for device, dev in self._devices.items()}
 
+    def row(self, device: str) -> dict[str, Any] | None:
+        """One device's ROW at ``clock()`` (a device page's stream reads only its own)."""
+        now = self._clock()
+        with self._lock:
+            dev = self._devices.get(device)
+            return self._row(device, dev, now) if dev is not None else None
+
+    def connection(self) -> dict[str, Any]:
+        """FLEET's ``broker``: connected, since when, and why not."""
+        with self._lock:
+            return dict(self._broker)
+
     def fleet(self) -> dict[str, Any]:
         """FLEET: the broker's state, counts by health and every ROW sorted by device."""
         now = self._clock()

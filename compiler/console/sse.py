@@ -114,13 +114,12 @@ async def device_stream(request: web.Request) -> web.StreamResponse:
     with _ends(request):
         await stream.event("device", detail)
         version, health = ctx.board.device_version(device), detail["row"]["health"]
-        broker = ctx.board.fleet()["broker"]
+        broker = ctx.board.connection()
         while await stream.wait(ctx.tick):
-            fleet = ctx.board.fleet()
-            if fleet["broker"] != broker:
-                broker = fleet["broker"]
+            if ctx.board.connection() != broker:
+                broker = ctx.board.connection()
                 await stream.event("broker", broker)
-            row = next((r for r in fleet["devices"] if r["device"] == device), None)
+            row = ctx.board.row(device)  # its own row, not the whole fleet's, every tick
             now_version = ctx.board.device_version(device)
             if now_version != version or (row is not None and row["health"] != health):
                 try:
