@@ -19,6 +19,8 @@ import numpy as np
 from agent.config import ResultsConfig, RuntimeConfig, SourceConfig, VideoConfig
 from agent.contract import MANIFEST_FILE, ContractError, Manifest, Package, read_package, to_tensor
 from agent.errors import SourceError, UsageError
+from agent.inference.backends import session_options
+from agent.inference.onnxrt import ort
 from agent.inference.pipeline import (
     CaptureWorker,
     FrameSlot,
@@ -26,7 +28,7 @@ from agent.inference.pipeline import (
     InferenceWorker,
     ModelSlot,
 )
-from agent.inference.runtime import Inference, ModelSession
+from agent.inference.runtime import Inference, ModelSession, blank_sample
 from agent.inference.stats import StageStats
 from agent.sources import Frame, make_source
 from agent.upstream.results import RateFilter, ResultBuilder
@@ -77,12 +79,43 @@ def rss_mb() -> float:
         return int(fh.read().split()[1]) * resource.getpagesize() / 2**20
 
 
-def bare_loop(session: ModelSession, source: SourceConfig, frames: int) -> dict[str, Any]:
+def plain_session(model: Path, runtime: RuntimeConfig) -> Any:
+    """The model in a plain ONNX Runtime session, called as most code calls it: ``run(None,
+    feeds)``, ORT allocating the outputs on every call."""
+    return ort.InferenceSession(
+        str(model), session_options(runtime), providers=["CPUExecutionProvider"]
+    )
+
+
+def per_call(
+    session: ModelSession, model: Path, runtime: RuntimeConfig, runs: int = 3000
+) -> dict[str, Any]:
+    """The fixed cost of one call on this model: a plain ``session.run`` against the agent's
+    runner (outputs preallocated and bound once, inputs bound in place), interleaved in rounds
+    so the board's noise hits both alike."""
+    tensor = to_tensor(blank_sample(session.manifest.preprocess), session.manifest.preprocess)
+    feeds = {session.manifest.input.name: tensor.astype(session.manifest.input.dtype)}
+    calls = {"plain": plain_session(model, runtime).run, "agent": session.runner.run}
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(10):
+        for name, call in calls.items():
+            for _ in range(runs // 10):
+                t0 = time.perf_counter()
+                call(None, feeds)
+                times[name].append(time.perf_counter() - t0)
+    us = {name: round(float(np.percentile(v, 50)) * 1e6, 2) for name, v in times.items()}
+    return {"backend": session.backend, "plain_us": us["plain"], "agent_us": us["agent"],
+            "saved_us": round(us["plain"] - us["agent"], 2)}  # fmt: skip
+
+
+def bare_loop(
+    session: ModelSession, model: Path, runtime: RuntimeConfig, source: SourceConfig, frames: int
+) -> dict[str, Any]:
     """Decode, preprocess and run, one after the other, with nothing around them."""
     capture = make_source(source)
     capture.open()
     stop = threading.Event()
-    run = session._session.run  # the bare loop calls ORT directly: that is its point
+    run = plain_session(model, runtime).run  # the bare loop calls ORT directly: its point
     name, spec = session.manifest.input.name, session.manifest.preprocess
     decode, prep, infer = [], [], []
     start = time.perf_counter()
@@ -167,9 +200,10 @@ def run_bench(package: Path, source_uri: str, frames: int, threads: int) -> dict
     source = VideoConfig(kind="video", uri=source_uri, loop=True, realtime=False)
     if not Path(source_uri).is_file():
         raise UsageError(f"--source {source_uri}: no such file (give a video file)")
-    session = load_session(manifest, model, RuntimeConfig(intra_op_threads=threads))
+    runtime = RuntimeConfig(intra_op_threads=threads, backend="onnxruntime")
+    session = load_session(manifest, model, runtime)
     check_fit(session, source)
-    bare = bare_loop(session, source, frames)
+    bare = bare_loop(session, model, runtime, source, frames)
     agent = agent_path(session, source, frames)
     return {
         "model": f"{manifest.name} {manifest.version}",
@@ -178,6 +212,7 @@ def run_bench(package: Path, source_uri: str, frames: int, threads: int) -> dict
         "agent": agent,
         "agent_vs_bare_throughput": round(agent["fps"] / bare["fps"], 3),
         "overhead_ms_per_frame": agent["overhead_ms_per_frame"],
+        "per_call": per_call(session, model, runtime),
         "rss_mb": round(rss_mb(), 1),
         "torch_imported": "torch" in sys.modules,
     }
@@ -198,4 +233,9 @@ def print_table(report: dict[str, Any]) -> None:
         f"agent/bare throughput {report['agent_vs_bare_throughput']:.3f}×, overhead beyond "
         f"session.run {report['overhead_ms_per_frame']:.3f} ms/frame, RSS {report['rss_mb']} MB, "
         f"torch imported: {report['torch_imported']}"
+    )
+    call = report["per_call"]
+    print(
+        f"per call ({call['backend']}): plain session.run {call['plain_us']:.2f} µs, the agent's "
+        f"bound runner {call['agent_us']:.2f} µs (saves {call['saved_us']:.2f} µs)"
     )

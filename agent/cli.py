@@ -1,22 +1,30 @@
 """``edgewise-agent``: the device daemon.
 
 Every expected failure ends as one line on standard error naming what is wrong and what to do,
-and a documented exit code: 0 done, 1 a runtime failure, 2 bad usage or input, 78 (EX_CONFIG)
-a configuration the agent cannot run with — systemd is told not to restart-loop on it.
+and a documented exit code: 0 done, 1 a runtime failure, 2 bad usage or input, 69
+(EX_UNAVAILABLE) the agent extra is not installed, 78 (EX_CONFIG) a configuration the agent
+cannot run with — systemd is told not to restart-loop on it —, 130 interrupted.
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import logging
 import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
+from agent.clihelp import (
+    add_completion,
+    add_top_flags,
+    formatter_for,
+    global_flags,
+    print_completion,
+    subparsers_action,
+)
 from agent.config import load_config
 from agent.contract import ContractError
 from agent.errors import AgentError, ConfigError, UsageError
@@ -32,7 +40,19 @@ log = logging.getLogger("agent")
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse that reports misuse in one line (its usage block is what --help is for)."""
+    """argparse that reports misuse in one line (its usage block is what --help is for), shows
+    each option's default in --help, and never guesses an option from a prefix: --conf must not
+    quietly mean --config (nor, later, an option added after it), as in the compiler's CLI."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        formatter_for(kwargs)
+        super().__init__(*args, **kwargs)
+
+    def add_subparsers(self, **kwargs: Any) -> Any:
+        # -v after the subcommand too (SUPPRESS keeps it from resetting a -v given before)
+        kwargs.setdefault("action", subparsers_action(global_flags(_Parser)))
+        return super().add_subparsers(**kwargs)
 
     def error(self, message: str) -> NoReturn:
         self.exit(EX_USAGE, f"{self.prog}: {_one_line(message)} (see --help)\n")
@@ -52,35 +72,29 @@ def _count(minimum: int) -> Callable[[str], int]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    # No option guessed from a prefix: --conf must not quietly mean --config (nor, later, an
-    # option added after it), as in the compiler's CLI.
     parser = _Parser(
         prog="edgewise-agent",
         description=__doc__,
-        allow_abbrev=False,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logs, tracebacks")
-    # -v after the subcommand too; SUPPRESS keeps it from resetting a -v given before.
-    common = _Parser(add_help=False)
-    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS)
+    add_top_flags(parser)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    add = functools.partial(sub.add_parser, parents=[common], allow_abbrev=False)
-    run = add("run", help="serve models from the broker on the configured source")
-    run.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
+    run = sub.add_parser("run", help="serve models from the broker on the configured source")
+    run.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="the agent's TOML file")
     run.add_argument(
         "--max-results", type=_count(1), help="exit after this many results (tests, benchmarks)"
     )
-    bench = add("bench", help="the agent's frame path against a bare loop")
+    bench = sub.add_parser("bench", help="the agent's frame path against a bare loop")
     bench.add_argument("--package", type=Path, required=True, help="a package folder")
     bench.add_argument("--source", type=Path, required=True, help="a video file")
-    bench.add_argument("--frames", type=_count(1), default=500)
+    bench.add_argument("--frames", type=_count(1), default=500, help="frames to time")
     bench.add_argument("--threads", type=_count(0), default=1, help="ONNX Runtime threads")
     bench.add_argument("--json", action="store_true", help="also print the figures as JSON")
-    check = add(
+    check = sub.add_parser(
         "check-config", help="validate the config and what it needs here (packages, port, source)"
     )
-    check.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
+    check.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="the agent's TOML file")
+    add_completion(sub, "edgewise-agent", lambda args: print_completion(_parser(), args.shell))
     return parser
 
 
@@ -128,6 +142,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "run": _run,
     "bench": _bench,
     "check-config": _check_config,
+    "completion": lambda args: int(args.func(args)),
 }
 
 

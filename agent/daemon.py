@@ -24,7 +24,9 @@ from agent.contract import Topics, TrustStore
 from agent.control.actions import Controls
 from agent.control.plane import ControlPlane, shadow_runner
 from agent.delivery.deployer import Deployer
+from agent.delivery.outcomes import DeploymentOutcomes
 from agent.delivery.store import ModelStore
+from agent.delivery.voicegate import build_gate
 from agent.errors import AgentError, ConfigError
 from agent.inference.pipeline import (
     CaptureWorker,
@@ -38,11 +40,12 @@ from agent.inference.stats import StageStats
 from agent.notify import SystemdNotifier, Watchdog
 from agent.sources import make_source
 from agent.upstream.collector import TelemetryCollector
+from agent.upstream.metrics import LiveFigures, PrometheusExporter
 from agent.upstream.outbox import Outbox
 from agent.upstream.results import RateFilter, ResultBuilder, ResultSink
 from agent.upstream.spool import Spool
 from agent.upstream.status import StatusBoard, encode
-from agent.upstream.telemetry import PrometheusExporter, TelemetryReporter
+from agent.upstream.telemetry import TelemetryReporter
 from agent.upstream.uplink import ResultsUplink
 
 log = logging.getLogger(__name__)
@@ -76,12 +79,12 @@ def _open_outbox(config: AgentConfig, board: StatusBoard, agent: Agent) -> Spool
         ) from exc
 
 
-def _exporter(config: AgentConfig) -> PrometheusExporter | None:
+def _exporter(config: AgentConfig, live: LiveFigures) -> PrometheusExporter | None:
     port = config.telemetry.prometheus_port
     if not port:
         return None
     try:
-        return PrometheusExporter(port, config.device.id)
+        return PrometheusExporter(port, config.device.id, live=live)
     except (OSError, RuntimeError) as exc:  # taken since check-config looked, or no package
         raise ConfigError(f"telemetry.prometheus_port: cannot serve on port {port}: {exc}") from exc
 
@@ -96,6 +99,7 @@ class Agent:
         """``config_path``: where SIGHUP (:meth:`request_reload`) reads the config again."""
         self.config = config
         self._config_path = config_path
+        self.voice = build_gate(config)  # [gate]: first, so a bad package stops nothing started
         self.stop_event = threading.Event()
         self._reload = threading.Event()
         self._crashed: str | None = None
@@ -122,6 +126,8 @@ class Agent:
             birth=lambda: (self.status.topic, self.status.payload("online")),
         )
         self.status.link = self.link
+        self.deployments = DeploymentOutcomes()  # telemetry's deployments_total
+        self.status.observe(self.deployments.count)
         self.deployer = self._build_deployer()  # its store makes the state folder's layout
         self.outbox = _open_outbox(config, self.status, self)
         self._build_frame_path(max_results)
@@ -133,8 +139,17 @@ class Agent:
             collect=self._collector(),
             publish=self._publish_telemetry,
             stop=self.stop_event,
-            exporter=_exporter(config),
+            exporter=_exporter(
+                config,
+                LiveFigures(
+                    histograms=self.stages.histograms, connected=self.link.connected.is_set
+                ),
+            ),
         )
+
+    def _live_figures(self) -> LiveFigures:
+        """What /metrics reads at each scrape rather than from the last telemetry message."""
+        return LiveFigures(histograms=self.stages.histograms, connected=self.link.connected.is_set)
 
     def _build_deployer(self) -> Deployer:
         """The deployer, and the shadow runner it hands ``mode: shadow`` packages to."""
@@ -201,6 +216,7 @@ class Agent:
             stages=self.stages,
             heartbeat=self._watchdog.beat,
             gate=RateGate(config.runtime.max_fps),
+            screen=self.voice,
         )
 
     def _controls(self) -> Controls:
@@ -246,6 +262,8 @@ class Agent:
             model=self.status.model,
             announce=self.status.announcement,
             health=self.health,
+            gate=self.voice.counters if self.voice is not None else None,
+            deployments=self.deployments.snapshot,
         )
 
     def _publish_telemetry(self, message: dict[str, object]) -> None:

@@ -1,7 +1,8 @@
 """What a valid config still needs from this machine, checked before anything starts.
 
 ``startup_problems``: what ``run`` would fail on at start — the optional packages the config asks
-for and the port it must listen on; ``run`` and ``check-config`` both refuse them (exit 78).
+for, the port it must listen on, the voice gate's package, a fixed backend this board lacks;
+``run`` and ``check-config`` both refuse them (exit 78).
 ``source_problems``: whether the source is there now — a video or folder, a capture program.
 Only ``check-config`` refuses those: ``run`` starts anyway and reports the source as failed until
 it appears (a camera plugged in later, a mount that comes up after the agent).
@@ -19,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from agent.config import AgentConfig, SourceConfig
+from agent.delivery.voicegate import gate_problems
 from agent.errors import SourceError
 
 PROBE_TIMEOUT_S = 2.0
@@ -38,12 +40,26 @@ def startup_problems(config: AgentConfig) -> list[str]:
             import_picamera2()
         except SourceError as exc:
             problems.append(f"source.kind: {exc}")
+    problems += gate_problems(config)
+    problems += backend_problems(config.runtime.backend)
     port = config.telemetry.prometheus_port
     if port and not problems:
         problem = _port_problem(port, config.device.id)
         if problem:
             problems.append(problem)
     return problems
+
+
+def backend_problems(backend: str) -> list[str]:
+    """A fixed ``[runtime] backend`` that this board lacks: say what it needs and what is here."""
+    from agent.inference.backends import BACKENDS, installed  # ONNX Runtime: only when asked
+
+    if backend == "auto" or BACKENDS[backend].present():
+        return []
+    return [
+        f"runtime.backend: {backend} is not installed here (needs {BACKENDS[backend].needs}); "
+        f'installed: {", ".join(installed())}; or set backend = "auto"'
+    ]
 
 
 def _needed_packages(config: AgentConfig) -> Iterator[tuple[str, str, str, str]]:
@@ -99,10 +115,8 @@ def _serves_device(port: int, device: str) -> bool:
             text = reply.read(1 << 20).decode(errors="replace")
     except Exception:  # anything else on that port, or nothing answering in time
         return False
-    # Gauges show a device's samples only after the first telemetry interval.
-    return "# HELP edgewise_fps " in text and (
-        f'edgewise_fps{{device="{device}"}}' in text or "edgewise_fps{" not in text
-    )
+    # edgewise_build_info is served, with the device, from the moment the endpoint starts.
+    return f'edgewise_build_info{{device="{device}",' in text
 
 
 def source_problems(config: AgentConfig) -> list[str]:

@@ -76,12 +76,15 @@ def status(device: str, boot_id: str) -> bytes:
 
 def telemetry(device: str, boot_id: str, count: int, at: float) -> bytes:
     return json.dumps({
-        "device": device, "boot_id": boot_id, "at": at, "interval_s": PERIOD_S, "fps": 2.0,
-        "latency_ms": {"p50": 3.1, "p99": 7.9},
-        "stages": {"total": {"p50": 3.1, "p99": 7.9, "mean": 3.4}},
-        "dropped_frames": 0, "results_queued": count, "results_dropped": 0, "error_rate": 0.0,
+        "device": device, "boot_id": boot_id, "at": at, "interval_s": PERIOD_S,
+        "frames_total": 4 * count, "frames_per_second": 2.0,
+        "latency_p50_seconds": 0.0031, "latency_p99_seconds": 0.0079,
+        "frame_latency_seconds": {"total": {"p50": 0.0031, "p99": 0.0079, "mean": 0.0034}},
+        "dropped_frames_total": 0, "results_queued": count, "results_dropped_total": 0,
+        "error_ratio": 0.0, "deployments_total": {"active": 1, "passed": 1},
         "model": {"name": "digits-cnn", "version": "1.0.0"}, "source": {"frames": 4 * count},
-        "cpu_percent": 4.2, "rss_mb": 180.5, "disk_free_mb": 9000.0, "soc_temp_c": 51.0,
+        "cpu_ratio": 0.042, "rss_bytes": 180_500_000, "disk_free_bytes": 9_000_000_000,
+        "soc_temp_celsius": 51.0,
         "state": "online", "groups": ["bench"], "source_state": "open", "deployment": None,
     }).encode()  # fmt: skip
 

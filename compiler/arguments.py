@@ -1,5 +1,6 @@
 """Argument types and the parser for ``edgewise``: bad usage is refused before any work starts,
-in one line, with exit code 2."""
+in one line, with exit code 2; every option's help shows its default, and every subcommand takes
+the global flags (``-v``) before or after its name."""
 
 from __future__ import annotations
 
@@ -11,10 +12,11 @@ from typing import Any, NoReturn
 
 from pydantic import TypeAdapter, ValidationError
 
+from agent.clihelp import formatter_for, global_flags, subparsers_action
 from agent.contract import DEVICE_ID_PATTERN, Topics, dot_problem, parse_semver
 from agent.contract.manifest import Name
 
-EXIT_USAGE = 2
+from .errors import EXIT_USAGE
 
 _NAME = TypeAdapter(Name)
 
@@ -25,7 +27,12 @@ class Parser(argparse.ArgumentParser):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("allow_abbrev", False)
+        formatter_for(kwargs)
         super().__init__(*args, **kwargs)
+
+    def add_subparsers(self, **kwargs: Any) -> Any:
+        kwargs.setdefault("action", subparsers_action(global_flags(Parser)))
+        return super().add_subparsers(**kwargs)
 
     def error(self, message: str) -> NoReturn:
         print(f"{self.prog}: {message} (see {self.prog} --help)", file=sys.stderr)
@@ -89,6 +96,21 @@ def positive_float(value: str) -> float:
     number = _float(value)
     if not number > 0:
         raise argparse.ArgumentTypeError(f"{value!r} is not a number > 0")
+    return number
+
+
+def round_to(value: str) -> int | str:
+    """``auto`` (measured on this machine) or the channel multiple pruning keeps, 1 to 256."""
+    if value == "auto":
+        return value
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if not 1 <= number <= 256:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not 'auto' or a whole number of channels from 1 to 256"
+        )
     return number
 
 

@@ -26,6 +26,7 @@ JETSON_DEPS=(
     "cryptography>=42"
     "pydantic>=2.6,<3"
     "tomli>=2; python_version < '3.11'"
+    "shtab>=1.7"
 )
 
 # Picamera2 (sources kind = "picamera") comes from apt on Raspberry Pi OS, not from pip: it needs

@@ -426,8 +426,24 @@ class NatsCluster(_Broker):
 
     name = "nats-cluster"
 
-    def __init__(self, tmp: Path, nodes: int = 3):
-        self.dir = Path(tmp) / f"nats-cluster-{secrets.token_hex(3)}"
+    def __init__(self, tmp: Path, nodes: int = 3, tries: int = 3):
+        """``tries``: a port :func:`free_port` found free can be taken (by any process) before
+        the node binds it; the node then exits "address already in use", and the cluster starts
+        again on new ports."""
+        started = time.monotonic()
+        for attempt in range(1, tries + 1):
+            try:
+                self._start(Path(tmp), nodes)
+                break
+            except BrokerStartError:
+                taken = any("address already in use" in _tail(n.log) for n in self.nodes)
+                shutil.rmtree(self.dir, ignore_errors=True)
+                if attempt == tries or not taken:
+                    raise
+        self.startup_s = time.monotonic() - started
+
+    def _start(self, tmp: Path, nodes: int) -> None:
+        self.dir = tmp / f"nats-cluster-{secrets.token_hex(3)}"
         cluster = f"edgewise-{secrets.token_hex(3)}"
         self.nodes: list[_NatsNode] = []
 
@@ -443,16 +459,18 @@ class NatsCluster(_Broker):
             for i in range(nodes)
         ]
         self.mqtt_port = self.nodes[0].mqtt_port
-        started = time.monotonic()
         try:
             for node in self.nodes:
                 node.start()
             for node in self.nodes:
                 node.wait_ready(START_TIMEOUT_S)
-        except BaseException:
-            self.close()
+        except BaseException as exc:
+            # On a start error the logs stay for __init__ to read (a port taken?), then go.
+            for node in self.nodes:
+                node.stop()
+            if not isinstance(exc, BrokerStartError):
+                shutil.rmtree(self.dir, ignore_errors=True)
             raise
-        self.startup_s = time.monotonic() - started
 
     @property
     def urls(self) -> list[str]:

@@ -12,10 +12,10 @@ STAGES = {
 
 def sample_process(**overrides: float | None) -> dict[str, float | None]:
     figures: dict[str, float | None] = {
-        "cpu_percent": 37.5,
-        "rss_mb": 81.0,
-        "disk_free_mb": 2048.0,
-        "soc_temp_c": 55.2,
+        "cpu_ratio": 0.375,
+        "rss_bytes": 81 * 1024 * 1024,
+        "disk_free_bytes": 2048 * 1024 * 1024,
+        "soc_temp_celsius": 55.2,
     }
     figures.update(overrides)
     return figures

@@ -92,6 +92,10 @@ CONFIG_CASES = [
     Case("unknown source kind", GOOD.replace('"video"', '"webcam"'), "source.kind"),
     Case("window on a video", GOOD + "window = 4\n", "apply to kind = 'sensor' only"),
     Case("negative threads", GOOD + "\n[runtime]\nintra_op_threads = -1\n", "intra_op_threads"),
+    Case("unknown backend", GOOD + '\n[runtime]\nbackend = "tpu"\n', "runtime.backend"),
+    Case("backend not here", GOOD + '\n[runtime]\nbackend = "ort-tensorrt"\n',
+         "runtime.backend: ort-tensorrt is not installed here (needs onnxruntime-gpu with "
+         "TensorRT); installed: onnxruntime"),
     Case("bad results mode", GOOD + '\n[results]\nmode = "always"\n', "results.mode"),
     Case("state dir is a file", GOOD.replace('"state"', '"clip.avi/state"'), "not a directory"),
     Case("bad env value", GOOD, "$EDGEWISE_MQTT__PORT", env={"EDGEWISE_MQTT__PORT": "high"}),
@@ -277,7 +281,7 @@ BENCH_CASES: list[tuple[str, Callable[[Path], None] | None, str, str]] = [
     ("model missing", lambda r: model_file(r).unlink(), "good", "is missing"),
     ("model corrupt", lambda r: model_file(r).write_bytes(b"\x00garbage" * 64), "good",
      "the model does not load"),
-    ("input name wrong", rename_input, "good", "do not match manifest 'pixels'"),
+    ("input name wrong", rename_input, "good", "do not match the manifest's ['pixels']"),
     ("video missing", lambda r: None, "missing", "no such file"),
     ("video is a folder", lambda r: None, "folder", "no such file"),
     ("video is text", lambda r: None, "text", "cannot read it as a video"),
@@ -355,6 +359,6 @@ def test_check_config_beside_the_running_agent_and_a_second_agent_on_its_port(
 def metrics_served(port: int) -> bool:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as reply:
-            return b"edgewise_fps{" in reply.read()
+            return b"edgewise_build_info{" in reply.read()
     except OSError:
         return False

@@ -58,6 +58,7 @@ def shipped_config(pki: Path, port: int, workdir: Path) -> str:
         "/etc/mosquitto/certs/ca.crt": str(pki / "ca.crt"),
         "/etc/mosquitto/certs/broker.crt": str(pki / "broker.crt"),
         "/etc/mosquitto/certs/broker.key": str(pki / "broker.key"),
+        "/etc/mosquitto/certs/crl.pem": str(pki / "crl.pem"),
         "/etc/mosquitto/edgewise.acl": str(pki / "edgewise.acl"),
         "/var/lib/mosquitto/": f"{workdir}/",
         "log_dest syslog": "log_dest stderr",

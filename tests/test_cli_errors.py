@@ -16,7 +16,7 @@ import pytest
 
 from compiler.cli import main
 
-USAGE, FAILED = 2, 1
+USAGE, FAILED, DATA = 2, 1, 65  # DATA: a file exists but its content cannot be used
 
 # Wrong in the same way for every subcommand: argparse's own errors, made one line.
 GENERIC = [
@@ -139,8 +139,8 @@ COMPILE_OK = ["--name", "d", "--version", "1.0.0", "--key", "{key}", "--out", "{
 COMPILE = [
     (["compile"], USAGE),
     (["compile", "{file}"], USAGE),
-    (["compile", "{file}", *COMPILE_OK], USAGE),  # not a model in any format
-    (["compile", "{onnx}", *COMPILE_OK], USAGE),
+    (["compile", "{file}", *COMPILE_OK], DATA),  # not a model in any format
+    (["compile", "{onnx}", *COMPILE_OK], DATA),
     (["compile", "{tmp}/missing.onnx", *COMPILE_OK], USAGE),
     (["compile", "no.such.module:factory", *COMPILE_OK], USAGE),
     (["compile", "{onnx}", *COMPILE_OK[:2], "--version", "v1", *COMPILE_OK[4:]], USAGE),
@@ -151,8 +151,8 @@ COMPILE = [
     (["compile", "{onnx}", "--name", "", *COMPILE_OK[2:]], USAGE),
     (["compile", "{onnx}", "--name", "x" * 80, *COMPILE_OK[2:]], USAGE),
     (["compile", "{onnx}", *COMPILE_OK[:4], "--key", "{tmp}/nokey", *COMPILE_OK[6:]], USAGE),
-    (["compile", "{onnx}", *COMPILE_OK[:4], "--key", "{pub}", *COMPILE_OK[6:]], USAGE),
-    (["compile", "{onnx}", *COMPILE_OK[:4], "--key", "{file}", *COMPILE_OK[6:]], USAGE),
+    (["compile", "{onnx}", *COMPILE_OK[:4], "--key", "{pub}", *COMPILE_OK[6:]], DATA),
+    (["compile", "{onnx}", *COMPILE_OK[:4], "--key", "{file}", *COMPILE_OK[6:]], DATA),
     (["compile", "{onnx}", *COMPILE_OK[:6], "--out", "{file}"], USAGE),
     (["compile", "{onnx}", *COMPILE_OK, "--prune-ratio", "1"], USAGE),
     (["compile", "{onnx}", *COMPILE_OK, "--prune-ratio", "0"], USAGE),
@@ -297,7 +297,7 @@ TOP = [
     ([], USAGE),
     (["bogus"], USAGE),
     (["Compile"], USAGE),
-    (["--version"], USAGE),
+    (["--versio"], USAGE),  # an abbreviation of --version: refused, not guessed
 ]
 
 COMMANDS = {
@@ -358,4 +358,4 @@ def test_the_console_script_prints_one_line(argv: list[str], places: dict[str, s
     )
     assert "Traceback" not in done.stdout + done.stderr
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
-    assert done.returncode in (USAGE, FAILED)
+    assert done.returncode in (USAGE, FAILED, DATA)

@@ -27,12 +27,13 @@ def compile_args(model: object, key: Path, out: Path, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
-def assert_fails_cleanly(capsys, args: list[str], out: Path, *needles: str) -> None:  # type: ignore[no-untyped-def]
+def assert_fails_cleanly(capsys, args: list[str], out: Path, *needles: str, code: int = 2) -> None:  # type: ignore[no-untyped-def]
+    """``code``: 2 the command is wrong, 65 a file's content, 1 the compile itself failed."""
     try:
-        code = main(args)
+        got = main(args)
     except SystemExit as exit_:  # refused by argument parsing, before any work
-        code = exit_.code
-    assert code == 2
+        got = exit_.code
+    assert got == code
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1, err
     for needle in needles:
@@ -53,15 +54,14 @@ def test_unknown_model_format(signing_keys, tmp_path, capsys) -> None:  # type: 
     junk.write_bytes(b"\x00definitely not a model" * 50)
     out = tmp_path / "out"
     assert_fails_cleanly(
-        capsys, compile_args(junk, signing_keys[0], out), out, "unknown model format"
+        capsys, compile_args(junk, signing_keys[0], out), out, "unknown model format", code=65
     )
 
 
 def test_export_failure_names_the_op(signing_keys, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
     out = tmp_path / "out"
-    assert_fails_cleanly(
-        capsys, compile_args("nets:unexportable", signing_keys[0], out), out, "aten.linalg_eig"
-    )
+    args = compile_args("nets:unexportable", signing_keys[0], out)
+    assert_fails_cleanly(capsys, args, out, "aten.linalg_eig", code=1)  # the export failed
 
 
 def test_data_that_does_not_fit_the_input(model_file, signing_keys, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
@@ -69,14 +69,14 @@ def test_data_that_does_not_fit_the_input(model_file, signing_keys, tmp_path, ca
     spec.write_text('width = 28\nheight = 28\ncolor = "RGB"\n')
     out = tmp_path / "out"
     args = compile_args(model_file, signing_keys[0], out, "--preprocess", str(spec))
-    assert_fails_cleanly(capsys, args, out, "does not fit the model", "--preprocess")
+    assert_fails_cleanly(capsys, args, out, "does not fit the model", "--preprocess", code=65)
 
 
 def test_empty_data_folder(model_file, signing_keys, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
     (tmp_path / "data" / "cat").mkdir(parents=True)
     out = tmp_path / "out"
     args = compile_args(model_file, signing_keys[0], out, "--data", str(tmp_path / "data"))
-    assert_fails_cleanly(capsys, args, out, "hold no images")
+    assert_fails_cleanly(capsys, args, out, "hold no images", code=65)
 
 
 @pytest.mark.parametrize("ratio", ["0", "1", "1.5", "-0.1", "half"])
@@ -98,13 +98,15 @@ def test_missing_or_unreadable_signing_key(model_file, tmp_path, capsys) -> None
     )
     garbage = tmp_path / "garbage.key"
     garbage.write_text("-----BEGIN PRIVATE KEY-----\nnot base64\n-----END PRIVATE KEY-----\n")
-    assert_fails_cleanly(capsys, compile_args(model_file, garbage, out), out, "garbage.key")
+    assert_fails_cleanly(
+        capsys, compile_args(model_file, garbage, out), out, "garbage.key", code=65
+    )
 
 
 def test_missed_budget_exit_code(model_file, signing_keys, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
     out = tmp_path / "out"
     args = compile_args(model_file, signing_keys[0], out, "--max-accuracy-drop", "-5")
-    assert_fails_cleanly(capsys, args, out, "max-accuracy-drop")
+    assert_fails_cleanly(capsys, args, out, "max-accuracy-drop")  # -5: refused as usage
 
 
 def test_image_folder_and_npz_data(digits, model_file, signing_keys, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
@@ -134,7 +136,7 @@ def test_npz_without_labels_array(model_file, signing_keys, tmp_path, capsys) ->
     np.savez(npz, images=np.zeros((4, 28, 28), np.uint8))
     out = tmp_path / "out"
     args = compile_args(model_file, signing_keys[0], out, "--data", str(npz))
-    assert_fails_cleanly(capsys, args, out, "'x'", "'y'")
+    assert_fails_cleanly(capsys, args, out, "'x'", "'y'", code=65)
 
 
 def test_a_package_that_fails_while_written_leaves_nothing(compiled, tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -46,7 +46,7 @@ def _status(state: str = "online", boot: str = "boot-1", **extra: object) -> byt
 
 
 def _telemetry(at: float = T0, boot: str = "boot-1", **extra: object) -> bytes:
-    return _json(sample_message(at=at, boot_id=boot, interval_s=10.0, error_rate=0.02, **extra))
+    return _json(sample_message(at=at, boot_id=boot, interval_s=10.0, error_ratio=0.02, **extra))
 
 
 def _board(clock: Clock | None = None, **options: Any) -> tuple[Board, Clock]:
@@ -71,7 +71,7 @@ def test_status_and_telemetry_make_a_row() -> None:
             "age_s": 0.0, "groups": ["lobby", "north"], "model": "digits-cnn 1.0.0",
             "deployment": "active", "probation": False, "shadow": None, "fps": 12.5,
             "p99_ms": 14.25, "error_rate": 0.02, "queued": 4.0, "dropped": 1.0,
-            "cpu_percent": 37.5, "rss_mb": 81.0, "temp_c": 55.2,
+            "cpu_percent": 37.5, "rss_mb": 84.934656, "temp_c": 55.2,
         }
     }  # fmt: skip
 
@@ -92,7 +92,8 @@ def test_events_replies_results_and_snapshot_fold_into_the_detail() -> None:
     assert [e["n"] for e in detail["events"]] == [4, 3, 2], "newest first, the oldest dropped"
     assert [r["state"] for r in detail["replies"]] == ["done", "accepted"]
     assert [r["seq"] for r in detail["results"]] == [5, 4, 3, 2]
-    assert detail["status"]["boot_id"] == "boot-1" and detail["telemetry"]["fps"] == 12.5
+    assert detail["status"]["boot_id"] == "boot-1"
+    assert detail["telemetry"]["frames_per_second"] == 12.5
     assert detail["row"] == board.rows()["cam-1"]
     snap = detail["snapshot"]
     assert snap["at"] == T0 + 2 and snap["size"] == len(JPEG)

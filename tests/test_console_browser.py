@@ -32,6 +32,7 @@ from console_harness import (
 )
 from control_harness import command_keys
 from fleet_harness import Fleet, edgewise
+from hostile_run import wait_until
 
 from agent.contract import ClassificationSpec, Package, PreprocessSpec, Topics
 from compiler.compile.package import write_package
@@ -231,6 +232,26 @@ def test_the_packages_page_lists_the_reports_and_diffs_two(operator, rig) -> Non
     diff = operator.locator("table#diff")
     expect(diff).to_contain_text(re.compile("accuracy", re.I), timeout=WAIT_MS)
     expect(diff).to_contain_text(re.compile(r"[-−](0\.01|1\.0)"))  # the accuracy's delta
+    # A device reports 1.0.1 installed with its probe's figures: serve's feedback job keeps them
+    # beside the package, and the page shows them once reloaded.
+    event = {
+        "type": "deployment", "state": "installed", "at": 1764547200.0,
+        "model": {"name": "digits-cnn", "version": "1.0.1"},
+        "backend": "onnxruntime", "latency_p50_ms": 0.061, "latency_p99_ms": 0.2,
+    }  # fmt: skip
+    client = connect(BrokerAddress("127.0.0.1", rig.fleet.port))
+    try:
+        client.publish(Topics().events("cam-fb"), json.dumps(event), qos=1).wait_for_publish(5)
+    finally:
+        disconnect(client)
+    # (The rollout test's agents may have reported 1.0.1 already: the cell counts them too.)
+    kept = rig.candidate.root / "devices.json"
+    assert wait_until(lambda: kept.exists() and "cam-fb" in json.loads(kept.read_text()), 30)
+    reported = json.loads(kept.read_text())
+    operator.reload()
+    devices = operator.locator('tr[data-package="digits-cnn-1.0.1"] td[data-field="devices"]')
+    count = f"{len(reported)} device{'s' if len(reported) > 1 else ''}"
+    expect(devices).to_have_text(re.compile(rf"^{count} · p50 [0-9.]+–[0-9.]+ ms · .*onnxruntime"))
     screenshot(operator, "packages")
 
 

@@ -51,6 +51,14 @@ def test_a_console_option_without_console_is_refused(tmp_path: Path) -> None:
     assert "--users is a console option: add --console" in one_line(run)
 
 
+def test_packages_without_console_is_checked_not_refused(tmp_path: Path) -> None:
+    """--packages alone feeds devices' figures into the reports (the feedback job): allowed,
+    and a folder that is not there is one line before anything connects."""
+    run = edgewise("serve", "--packages", str(tmp_path / "missing"), "--port", "1")
+    assert run.returncode == 2
+    assert one_line(run).endswith(f"--packages {tmp_path / 'missing'} is not a folder")
+
+
 def test_the_console_without_users_says_how_to_make_them(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "CREDENTIALS_DIRECTORY"}
     run = edgewise("serve", "--console", "0", "--port", "1", env=env)

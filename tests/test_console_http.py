@@ -107,7 +107,8 @@ def status(device: str, **fields: Any) -> tuple[str, bytes]:
 
 def telemetry(device: str, at: float, **fields: Any) -> tuple[str, bytes]:
     body = {"state": "online", "device": device, "boot_id": "b1", "at": at, "interval_s": 1.0,
-            "fps": 12.5, "model": {"name": "digits-cnn", "version": "1.0.0"}, **fields}  # fmt: skip
+            "frames_per_second": 12.5, "model": {"name": "digits-cnn", "version": "1.0.0"},
+            **fields}  # fmt: skip
     return TOPICS.telemetry(device), json.dumps(body).encode()
 
 

@@ -102,7 +102,7 @@ def test_devices_reach_the_console_through_serves_one_subscription(
             "device": "cam-7",
             "boot_id": "b1",
             "at": time.time(),
-            "fps": 12.5,
+            "frames_per_second": 12.5,
             "interval_s": 10,
         }
         cloud.publish(topics.telemetry("cam-7"), json.dumps(telemetry), qos=1).wait_for_publish(10)

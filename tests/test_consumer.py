@@ -147,7 +147,8 @@ def test_fleet_lists_devices_from_retained_status_and_telemetry(topics: Topics) 
     client = connect(BROKER)
     status = {"state": "online", "model": {"name": "digits-cnn", "version": "1.2.0"}}
     # retained telemetry counts as heard at its own "at": just now, so the row is online
-    telemetry = {"fps": 29.5, "latency_ms": {"p50": 3.0, "p99": 7.5}, "results_queued": 12,
+    telemetry = {"frames_per_second": 29.5, "latency_p50_seconds": 0.003,
+                 "latency_p99_seconds": 0.0075, "results_queued": 12,
                  "at": time.time()}  # fmt: skip
     try:
         for device, leaf, body in (("cam-a", "status", status), ("cam-a", "telemetry", telemetry),
@@ -371,7 +372,7 @@ def test_fleet_reads_the_summary_and_live_telemetry(topics: Topics) -> None:
     summary = {"devices": {"cam-s": {"state": "online", "model": "digits-cnn 1.0.0", "fps": 7.5,
                                      "at": time.time()}},
                "updated_at": time.time()}  # fmt: skip
-    live = {"state": "online", "fps": 33.5, "at": time.time(), "source_state": "open",
+    live = {"state": "online", "frames_per_second": 33.5, "at": time.time(), "source_state": "open",
             "model": {"name": "digits-cnn", "version": "2.0.0"}}  # fmt: skip
     client.publish(topics.fleet_state(), json.dumps(summary), 1, retain=True).wait_for_publish(10)
     try:

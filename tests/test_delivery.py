@@ -17,6 +17,7 @@ from onnx_models import flaky_model
 
 from agent.contract import generate_keypair, iter_chunks
 from agent.delivery.store import ModelStore
+from agent.inference.backends import installed as installed_backends
 from compiler.fleet.push import push_package
 
 # --- a good push -------------------------------------------------------------------------------
@@ -24,10 +25,12 @@ from compiler.fleet.push import push_package
 
 def test_push_swaps_in_a_newer_version(device, cloud, v2) -> None:  # type: ignore[no-untyped-def]
     push_package(cloud, TOPICS, v2, f"device:{DEVICE}")
-    steps = [
-        device.deployment(s)["state"] for s in ("downloading", "verifying", "installed", "active")
-    ]
-    assert steps == ["downloading", "verifying", "installed", "active"]
+    events = [device.deployment(s) for s in ("downloading", "verifying", "installed", "active")]
+    assert [e["state"] for e in events] == ["downloading", "verifying", "installed", "active"]
+    installed = events[2]  # the backend the probe chose, and every installed one's figures
+    assert list(installed["backends"]) == installed_backends()
+    chosen = installed["backends"][installed["backend"]]
+    assert chosen["p50_ms"] == pytest.approx(installed["latency_p50_ms"], abs=1e-3)
     deadline = time.monotonic() + 20
     while "1.1.0" not in device.serving(1) and time.monotonic() < deadline:
         pass

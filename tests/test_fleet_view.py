@@ -44,7 +44,7 @@ def _fleet(clock: Callable[[], float] = lambda: 1_000_030.0) -> tuple[FleetView,
         ),
         retained=True,
     )
-    telemetry = sample_message(at=1_000_000.0, boot_id="boot", interval_s=10.0, error_rate=0.25)
+    telemetry = sample_message(at=1_000_000.0, boot_id="boot", interval_s=10.0, error_ratio=0.25)
     view.update(topics.device("cam-1", "telemetry"), json.dumps(telemetry).encode(), retained=True)
     view.update(topics.status("cam-0"), _status("cam-0", "offline"), retained=True)
     return view, topics
@@ -69,7 +69,7 @@ def test_fleet_rows() -> None:
         "queued": 4.0,
         "dropped": 1.0,
         "cpu_percent": 37.5,
-        "rss_mb": 81.0,
+        "rss_mb": 84.934656,  # 81 MiB in MB (10^6 bytes)
         "temp_c": 55.2,
         "seen_at": 1_000_000.0,  # a retained telemetry: its own time
         "age_s": 30.0,
@@ -104,7 +104,8 @@ def test_fleet_table() -> None:
     assert len(lines) == 3
     assert lines[0].split()[:4] == ["DEVICE", "HEALTH", "STATE", "MODEL"]
     offline = lines[1].split()
-    assert offline[:3] == ["cam-0", "offline", "offline"] and set(offline[3:]) == {"-"}
+    # Not a terminal: no colour, the health marked.
+    assert offline[:3] == ["cam-0", "offline!", "offline"] and set(offline[3:]) == {"-"}
     assert lines[2].split()[:3] == ["cam-1", "online", "online"]
     assert lines[2].startswith("cam-1") and "digits-cnn 1.0.0" in lines[2]
     assert "12.5" in lines[2] and "55.2" in lines[2]
@@ -201,7 +202,7 @@ def test_offline_and_stale_devices_show_no_live_figures() -> None:
     cam1 = view.rows()[1]
     assert cam1["health"] == "stale" and cam1["fps"] is None and cam1["age_s"] == 31.0
     assert cam1["deployment"] == "active", "a fact, not a live figure"
-    assert "stale" in view.table().splitlines()[2].split()[:2]
+    assert "stale!" in view.table().splitlines()[2].split()[:2]
     strict = FleetView(topics, clock=lambda: 1_000_006.0, stale_after=5.0)
     live = sample_message(at=1.0, state="online")
     strict.update(topics.telemetry("cam-1"), json.dumps(live).encode())

@@ -93,7 +93,7 @@ def test_a_result_too_big_for_any_message_is_sent_truncated(
     )  # fmt: skip
     try:
         wait_until(
-            lambda: any(t.get("results_truncated", 0) >= 20 for t in watcher.telemetry()), 30
+            lambda: any(t.get("results_truncated_total", 0) >= 20 for t in watcher.telemetry()), 30
         )
     finally:
         assert agent.stop() == 0, agent.output()[-3000:]

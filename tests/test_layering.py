@@ -75,8 +75,8 @@ def subsystems() -> dict[str, set[str]]:
 # The agent's layers, lowest first: a part imports only parts of lower layers (ARCHITECTURE.md).
 AGENT_LAYERS = [
     {"agent.contract"},
-    {"agent.errors", "agent.logs", "agent.notify"},
-    {"agent.config"},
+    {"agent.errors", "agent.logs", "agent.notify", "agent.extras"},
+    {"agent.config", "agent.clihelp"},
     {"agent.comms"},
     {"agent.sources"},
     {"agent.inference"},
@@ -84,6 +84,8 @@ AGENT_LAYERS = [
     {"agent.control"},
     {"agent.daemon", "agent.bench", "agent.preflight"},
     {"agent.cli"},
+    {"agent.launch"},  # the console script: checks the extra, then imports agent.cli
+    {"agent.__main__"},
 ]
 
 

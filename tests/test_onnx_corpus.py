@@ -21,7 +21,7 @@ from compiler.compile.loading import SourceModel, load_model
 from compiler.compile.onnx_source import QUANT_OPSET, prepare_onnx
 from compiler.compile.pipeline import CompileOptions, CompileResult, compile_model
 from compiler.compile.report_render import format_table
-from compiler.errors import ModelInputError
+from compiler.errors import InputError, ModelInputError
 from compiler.recipe.digits import PREPROCESS
 
 CORPUS: dict[str, tuple[CorpusModel, str | None]] = {  # model, --output
@@ -148,7 +148,7 @@ def test_output_choice_and_its_errors(weights, digits, signing_keys, tmp_path) -
         match=r"'features' has shape \[32\].*outputs: features, probs; choose with --output",
     ):
         _compile(path, digits, signing_keys, tmp_path / "a")  # the first output: the features
-    with pytest.raises(ModelInputError, match="no output 'scores'; choose one of features, probs"):
+    with pytest.raises(InputError, match="no output 'scores'; choose one of features, probs"):
         _compile(path, digits, signing_keys, tmp_path / "b", output="scores")
     torch_model = SourceModel("eager", nn.Sequential(nn.Flatten(), nn.Linear(784, 10)))
     options = _options(signing_keys, tmp_path / "c", output="probs")

@@ -79,7 +79,7 @@ def test_a_full_disk_is_reported_held_in_memory_and_recovered(
     assert "disk is full" in failing["error"]
     assert recovered["dropped"] == 0
     reported = [t for t in watcher.telemetry() if t["outbox_error"]]
-    assert reported and reported[-1]["outbox_errors"] >= 1
+    assert reported and reported[-1]["outbox_errors_total"] >= 1
     assert queued_in_outbox(small_disk) == (0, 0)
 
 
@@ -101,7 +101,7 @@ def test_past_the_memory_bound_the_oldest_are_dropped_and_counted(
         wait_until(lambda: queued_in_outbox(small_disk)[0] < 30, 30)
         dropped = watcher.events("outbox")[-1]["dropped"]
         assert dropped > 0
-        wait_until(lambda: watcher.latest("results_dropped") == [dropped], 10)
+        wait_until(lambda: watcher.latest("results_dropped_total") == [dropped], 10)
     finally:
         assert agent.stop() == 0, agent.output()[-3000:]
         watcher.close()

@@ -87,13 +87,15 @@ def sample(**changes: Any) -> dict[str, Any]:
     return report
 
 
-def cells(table: str, first: str) -> list[str]:
-    """The cells of the row whose first cell is ``first`` (columns are 2+ spaces apart)."""
-    for line in table.splitlines():
-        row = re.split(r"\s{2,}", line.strip())
-        if row[0] == first:
-            return row
-    raise AssertionError(f"no row {first!r} in:\n{table}")
+def cells(table: str, first: str, nth: int = 0) -> list[str]:
+    """The cells of the ``nth`` row whose first cell is ``first`` (columns are 2+ spaces apart):
+    a stage's row in the size and accuracy table (0), then in the latency table (1)."""
+    found = [
+        row for line in table.splitlines() if (row := re.split(r"\s{2,}", line.strip()))[0] == first
+    ]
+    if len(found) <= nth:
+        raise AssertionError(f"no row {first!r} in:\n{table}")
+    return found[nth]
 
 
 def test_table_has_every_stage_with_human_units() -> None:
@@ -101,9 +103,18 @@ def test_table_has_every_stage_with_human_units() -> None:
     assert table.startswith("Edgewise compile report: digits-cnn 1.0.0")
     fp32 = cells(table, "fp32")
     assert fp32 == [
-        "fp32", "1.20 M", "11.98 M", "4.81 MB", "1.00×", "97.22%", "100.00%",
-        "0.284 ms", "0.458 ms", "0.135 ms", "1.00×",
-    ]  # fmt: skip
+        "fp32",
+        "1.20 M",
+        "11.98 M",
+        "4.81 MB",
+        "1.00×",
+        "97.22%",
+        "-",
+        "-",
+        "100.00%",
+    ]  # fmt: skip  (no sample count in this report: no interval)
+    latency = cells(table, "fp32", 1)
+    assert latency == ["fp32", "0.284 ms", "0.458 ms", "0.135 ms", "0.200 ms", "1.00×"]
     pruned = cells(table, "pruned")
     assert pruned[1:6] == ["301.23 k", "3.01 M", "1.21 MB", "0.25×", "96.94%"]
     int8 = cells(table, "int8")
@@ -117,7 +128,7 @@ def test_speed_up_and_size_ratio_are_relative_to_fp32() -> None:
     report["stages"]["int8"] |= {"ort_p50_ms_1t": 0.1, "file_bytes": 1_000_000}
     int8 = cells(format_table(report), "int8")
     assert int8[4] == "0.25×"  # size ratio
-    assert int8[-1] == "3.00×"  # speed-up, p50 at one thread
+    assert cells(format_table(report), "int8", 1)[-1] == "3.00×"  # speed-up, p50 at one thread
     # torch eager 0.591 ms vs int8 0.1 ms
     assert "int8 5.91×" in format_table(report)
 
@@ -131,10 +142,10 @@ def test_missing_values_print_as_dash() -> None:
     table = format_table(report)
     int8 = cells(table, "int8")
     assert int8[1:3] == ["-", "-"]  # params, MACs of an ONNX-quantized graph
-    assert int8[-1] == "-"
+    assert cells(table, "int8", 1)[-1] == "-"
     pruned = cells(table, "pruned")
-    assert pruned[5:7] == ["-", "-"]
-    assert pruned[8] == "-"
+    assert pruned[5:9] == ["-", "-", "-", "-"]  # accuracy, interval, n, agreement
+    assert cells(table, "pruned", 1)[2] == "-"  # p99, one thread
     assert "torch eager (1 thread): p50 -, p99 -" in table
     assert "speed-up vs torch eager" not in table
 
@@ -184,7 +195,7 @@ def test_minimal_report_without_pruning_or_layers(tmp_path: Path) -> None:
     }
     table = format_table(report)
     assert "pruned" not in table
-    assert cells(table, "int8")[-1] == "2.00×"
+    assert cells(table, "int8", 1)[-1] == "2.00×"
     assert "layers: -" in table
     assert "budget: no accuracy budget recorded" in table
     assert "environment: -" in table

@@ -1,14 +1,21 @@
-"""The cloud daemon's unit: the console's users arrive as a systemd credential, and
-`systemd-analyze verify` accepts the unit."""
+"""The cloud daemon's unit: the console's users arrive as a systemd credential,
+`systemd-analyze verify` accepts the unit, `systemd-analyze security` rates it at most 2.5, and
+`edgewise serve` works under its system-call filter."""
 
 from __future__ import annotations
 
+import re
 import shutil
+import signal
 import subprocess
+import sys
 from pathlib import Path
 
+import pytest
 from helpers import BIN
+from test_serve import blob, chunk_of, device  # noqa: F401 (fixtures used below)
 
+from agent.contract import ChunkRequest
 from compiler.cli.console import CREDENTIAL
 
 UNIT = Path(__file__).resolve().parents[1] / "systemd" / "edgewise-serve.service"
@@ -43,3 +50,44 @@ def test_systemd_analyze_verify(tmp_path: Path) -> None:
     assert run.returncode == 0, run.stderr
     complaints = [line for line in run.stderr.splitlines() if UNIT.name in line]
     assert not complaints, complaints
+
+
+def test_systemd_analyze_security_rates_the_unit_at_most_2_5() -> None:
+    analyze = shutil.which("systemd-analyze")
+    assert analyze is not None, ".ci/run installs systemd (systemd-analyze)"
+    unit = directives()
+    assert unit["SystemCallFilter"] == ["@system-service", "~@privileged @resources"]
+    assert unit["ProtectProc"] == ["invisible"] and unit["ProcSubset"] == ["pid"]
+    # --offline (systemd 252+) rates the file itself; --threshold is on the 0-100 scale.
+    run = subprocess.run(
+        [analyze, "security", "--offline=true", "--threshold=25", "--no-pager", str(UNIT)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    found = re.search(r"Overall exposure level for \S+: (\d+\.\d)", run.stdout)
+    assert found, run.stdout[-2000:] + run.stderr
+    assert float(found.group(1)) <= 2.5 and run.returncode == 0, found.group(0)
+
+
+def test_serve_answers_under_the_units_system_call_filter(  # type: ignore[no-untyped-def]
+    mosquitto, request: pytest.FixtureRequest
+) -> None:
+    """As tests/test_serve.py runs it, under the unit's filter loaded through libseccomp
+    (tests/syscall_filter.py): it serves a chunk and stops cleanly, and nothing is refused."""
+    raw, stored = request.getfixturevalue("device"), request.getfixturevalue("blob")
+    launcher = Path(__file__).with_name("syscall_filter.py")
+    proc = subprocess.Popen(
+        [sys.executable, str(launcher), str(UNIT), str(BIN / "edgewise"), "serve",
+         "--blobs", str(stored[0]), "--host", mosquitto.host, "--port", str(mosquitto.port)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    started = proc.stdout.readline()
+    assert started.startswith(f"serving 1 blobs from {stored[0]} on "), started
+    raw.ask(ChunkRequest(sha256=stored[1], chunks=(2,)).encode())
+    assert raw.wait_for(1)[0].payload == chunk_of(stored[0], stored[1], 2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "setgroups: EPERM" in err  # the filter was in force
+    for refused in ("Operation not permitted", "PermissionError", "Traceback"):
+        assert refused not in err, err

@@ -11,6 +11,7 @@ import urllib.request
 
 import pytest
 from device_harness import DEVICE, TOPICS
+from metrics_rules import problems
 from upstream_harness import (
     Consumer,
     assert_complete_and_ordered,
@@ -96,6 +97,18 @@ def test_sigkill_mid_stream_loses_nothing_that_reached_the_outbox(
     assert assert_complete_and_ordered(consumer.results, boot) == last
 
 
+def _scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        return str(response.read().decode())
+
+
+def _metric(port: int, name: str, label: str = "") -> float | None:
+    """The value of ``name`` for the device (and ``label``, as ``k="v"``) on /metrics."""
+    labels = f'device="{DEVICE}"' + (f",{label}" if label else "")
+    found = re.search(rf"^{name}\{{{re.escape(labels)}\}} (\S+)$", _scrape(port), re.MULTILINE)
+    return float(found[1]) if found else None
+
+
 def test_queue_cap_drops_the_oldest_and_says_so(
     broker, compiled, signing_keys, video, tmp_path
 ) -> None:  # type: ignore[no-untyped-def]
@@ -107,19 +120,27 @@ def test_queue_cap_drops_the_oldest_and_says_so(
         consumer.collect_until(lambda: len(consumer.results) >= 5, 30)
         broker.stop()
         wait_until(lambda: queued_in_outbox(tmp_path / "state")[1] >= 100, 30)
+        # /metrics says the broker is gone while it is (read at the scrape, not from telemetry).
+        wait_until(lambda: _metric(port, "edgewise_broker_connected") == 0.0, 10)
         broker.start()
         watcher = connect(BrokerAddress(broker.host, broker.port))
         seen: list[dict] = []
         watcher.on_message = lambda _c, _u, msg: seen.append(json.loads(msg.payload))
         watcher.subscribe(TOPICS.device(DEVICE, "telemetry"), qos=1)
-        wait_until(lambda: any(t.get("results_dropped", 0) >= 100 for t in seen), 20)
+        wait_until(lambda: any(t.get("results_dropped_total", 0) >= 100 for t in seen), 20)
         disconnect(watcher)
         # Dropped by the outbox's own cap: the disk and the packet cap were never the problem.
-        assert seen[-1]["outbox_errors"] == 0 and seen[-1]["results_in_memory"] == 0
+        assert seen[-1]["outbox_errors_total"] == 0 and seen[-1]["results_in_memory"] == 0
         assert seen[-1]["max_packet_bytes"] == 512 * 1024
-        metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
-        dropped = re.search(rb'edgewise_results_dropped\{device="cam-1"\} ([0-9.e+]+)', metrics)
-        assert dropped and float(dropped[1]) >= 100, metrics.decode()[:2000]
+        dropped = _metric(port, "edgewise_results_dropped_total")
+        assert dropped is not None and dropped >= 100
+        wait_until(lambda: _metric(port, "edgewise_broker_connected") == 1.0, 10)
+        # The real agent's endpoint: base units, counters, its histograms, all by the rules.
+        body = _scrape(port)
+        assert problems(body) == [], body[:3000]
+        assert (_metric(port, "edgewise_frames_total") or 0) > 0
+        assert (_metric(port, "edgewise_frame_latency_seconds_count", 'stage="total"') or 0) > 0
+        assert _metric(port, "edgewise_deployments_total", 'outcome="rejected"') == 0.0
         consumer.collect_until(lambda: len(consumer.results) >= 80, 30)
     finally:
         agent.stop()

@@ -36,6 +36,7 @@ else:  # JetPack 6 ships Python 3.10
 from pydantic_core import PydanticCustomError
 
 from agent.config.control import CommandsConfig, HomeAssistantConfig, ShadowConfig
+from agent.config.gate import GateConfig
 from agent.config.sources import CameraConfig as CameraConfig
 from agent.config.sources import CommandConfig as CommandConfig
 from agent.config.sources import ImagesConfig as ImagesConfig
@@ -157,6 +158,13 @@ class RuntimeConfig(_Section):
     # resort. Jetson: ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
     warmup_runs: int = Field(default=3, ge=0)
+    # What runs the model: "auto" lets the probe load each installed backend, check it against
+    # the golden outputs, time it, and serve with the fastest that matches; or one of
+    # agent.inference.backends.BACKENDS ("onnxruntime" with `providers` above, "ort-xnnpack",
+    # "openvino", "ort-openvino", "ort-cuda", "ort-tensorrt").
+    backend: Literal[
+        "auto", "onnxruntime", "ort-xnnpack", "openvino", "ort-openvino", "ort-cuda", "ort-tensorrt"
+    ] = "auto"
     # Frames inferred per second at most (the `rate` command sets it live); None: every frame.
     max_fps: float | None = Field(default=None, gt=0)
 
@@ -200,6 +208,7 @@ class AgentConfig(_Section):
     commands: CommandsConfig = CommandsConfig()
     shadow: ShadowConfig = ShadowConfig()
     homeassistant: HomeAssistantConfig = HomeAssistantConfig()
+    gate: GateConfig | None = None
 
 
 # What SIGHUP can change without a restart: read at use time by whoever needs them.
@@ -323,6 +332,9 @@ def changed_keys(old: AgentConfig, new: AgentConfig) -> list[str]:
     def flat(config: AgentConfig) -> dict[str, object]:
         out: dict[str, object] = {}
         for section, values in config.model_dump().items():
+            if not isinstance(values, dict):  # an optional section left out ([gate])
+                out[section] = values
+                continue
             for key, value in values.items():
                 out[f"{section}.{key}"] = value
         return out
@@ -369,6 +381,8 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None) -> AgentCo
                 public_keys=tuple(base / p for p in config.commands.public_keys)
             ),
             "source": resolve_paths(config.source, base),
+            "gate": config.gate
+            and config.gate.model_copy(update={"package": base / config.gate.package}),
         }
     )
     problems = _check_files(config)

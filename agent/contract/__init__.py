@@ -18,21 +18,27 @@ from agent.contract.manifest import (
     DELIVERIES,
     BlobSpec,
     ClassificationSpec,
+    ConstantSpec,
     Delivery,
     DetectionSpec,
+    EventsSpec,
     InputSpec,
     Manifest,
     ScoreSpec,
+    StateSpec,
     describe_errors,
     parse_semver,
 )
 from agent.contract.package import MANIFEST_FILE, Package, read_package
 from agent.contract.preprocess import (
+    AnySpec,
+    InputTransform,
     PreprocessSpec,
     SensorSpec,
     letterbox_transform,
     preprocess,
     preprocess_batch,
+    preprocess_into,
     to_tensor,
 )
 from agent.contract.reasons import MAX_REASON, clip, summarise
@@ -48,6 +54,7 @@ from agent.contract.signing import (
 from agent.contract.strictjson import parse_json
 from agent.contract.topics import DEVICE_ID_PATTERN, Topics, dot_problem
 from agent.contract.wants import ChunkRequest
+from agent.contract.waveform import WaveformSpec, waveform_tensor
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
@@ -56,13 +63,17 @@ __all__ = [
     "MANIFEST_FILE",
     "MAX_REASON",
     "PAYLOAD_TYPE",
+    "AnySpec",
     "BlobSpec",
     "ChunkRequest",
     "ClassificationSpec",
+    "ConstantSpec",
     "ContractError",
     "Delivery",
     "DetectionSpec",
+    "EventsSpec",
     "InputSpec",
+    "InputTransform",
     "IntegrityError",
     "LogMelSpec",
     "Manifest",
@@ -73,8 +84,10 @@ __all__ = [
     "ScoreSpec",
     "SensorSpec",
     "SignatureError",
+    "StateSpec",
     "Topics",
     "TrustStore",
+    "WaveformSpec",
     "canonical_json",
     "clip",
     "describe_blob",
@@ -95,10 +108,12 @@ __all__ = [
     "parse_semver",
     "preprocess",
     "preprocess_batch",
+    "preprocess_into",
     "read_package",
     "sha256_file",
     "sign_manifest",
     "summarise",
     "to_tensor",
+    "waveform_tensor",
     "write_private",
 ]

@@ -159,12 +159,69 @@ class ScoreSpec(_Strict):
     label_below: Label = "normal"
 
 
+class EventsSpec(_Strict):
+    """Keyword spotting: a classifier run on overlapping windows of a stream, reported as events.
+
+    Class probabilities (softmax of the logits when ``softmax``) are averaged over the last
+    ``smoothing`` windows; a label not in ``ignore`` whose average reaches its threshold
+    (``thresholds[label]``, else ``threshold``) is an event, unless an event fired less than
+    ``debounce_s`` of stream time before (one spoken word spans several windows)."""
+
+    kind: Literal["events"]
+    labels: Labels
+    softmax: bool = True
+    threshold: float = Field(default=0.6, gt=0, le=1)
+    thresholds: dict[Label, Annotated[float, Field(gt=0, le=1)]] = Field(
+        default_factory=dict, max_length=1000
+    )
+    ignore: tuple[Label, ...] = Field(default=("_unknown_", "_silence_"), max_length=1000)
+    debounce_s: float = Field(default=1.0, ge=0, le=3600)
+    smoothing: int = Field(default=1, ge=1, le=100)
+
+    @model_validator(mode="after")
+    def _known_labels(self) -> EventsSpec:
+        unknown = set(self.thresholds) - set(self.labels)
+        if unknown:
+            raise ValueError(f"thresholds name labels the model lacks: {sorted(unknown)}")
+        if set(self.ignore) >= set(self.labels):
+            raise ValueError("every label is ignored: the model could never report an event")
+        return self
+
+
 PostprocessSpec = Annotated[
     Annotated[ClassificationSpec, Tag("classification")]
     | Annotated[DetectionSpec, Tag("detection")]
-    | Annotated[ScoreSpec, Tag("score")],
+    | Annotated[ScoreSpec, Tag("score")]
+    | Annotated[EventsSpec, Tag("events")],
     kind_or("classification"),
 ]
+
+TensorName = Annotated[str, Field(min_length=1, max_length=256)]
+MAX_STATE_VALUES = 2**24  # a state is held in memory between two runs; bound what a manifest asks
+
+
+class StateSpec(_Strict):
+    """A recurrent model's state: the runtime feeds ``input`` zeros of ``shape`` on the first run
+    (and after a reset), then each run's ``output`` as the next run's ``input``."""
+
+    input: TensorName
+    output: TensorName
+    shape: tuple[Dim, ...] = Field(min_length=1, max_length=8)
+    dtype: Literal["float32"] = "float32"
+
+    @model_validator(mode="after")
+    def _bounded(self) -> StateSpec:
+        if math.prod(self.shape) > MAX_STATE_VALUES:
+            raise ValueError(f"state {self.input!r} holds over {MAX_STATE_VALUES} values")
+        return self
+
+
+class ConstantSpec(_Strict):
+    """An input fed the same scalar on every run (Silero VAD's sample rate ``sr``)."""
+
+    name: TensorName
+    value: float
+    dtype: Literal["int64", "float32"] = "int64"
 
 
 class Manifest(_Strict):
@@ -194,6 +251,16 @@ class Manifest(_Strict):
     # "shadow": install and run beside the serving model on sampled frames, never serving nor
     # publishing, until promoted (by command, or by agreement); "serve": go live.
     mode: Literal["serve", "shadow"] = "serve"
+    # Recurrent models: the states carried from run to run, and the inputs held constant.
+    state: tuple[StateSpec, ...] = Field(default=(), max_length=16)
+    constants: tuple[ConstantSpec, ...] = Field(default=(), max_length=16)
+
+    @model_validator(mode="after")
+    def _distinct_inputs(self) -> Manifest:
+        names = [self.input.name, *(s.input for s in self.state), *(c.name for c in self.constants)]
+        if len(set(names)) != len(names):
+            raise ValueError(f"model inputs named twice among input, state and constants: {names}")
+        return self
 
     @model_validator(mode="after")
     def _distinct_files(self) -> Manifest:

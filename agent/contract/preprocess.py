@@ -13,7 +13,8 @@ import cv2
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
-from agent.contract.audio import LogMelSpec, logmel_tensor
+from agent.contract.audio import LogMelSpec, logmel_batch, logmel_tensor
+from agent.contract.waveform import WaveformSpec, waveform_tensor
 
 # Bounds on what a manifest may ask of the device: the agent allocates frames and windows of
 # this size in the serving process (warm-up), so they must be sane before anything runs.
@@ -115,6 +116,23 @@ def preprocess(frame: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     return np.ascontiguousarray(tensor[None])
 
 
+def preprocess_into(frame: np.ndarray, spec: PreprocessSpec, out: np.ndarray) -> np.ndarray:
+    """:func:`preprocess` written into ``out`` (the spec's input shape for a batch of one, its
+    dtype), with the same float32 operations in the same order, so the result is identical; the
+    serving session reuses one ``out`` for every frame instead of allocating four arrays."""
+    image = _resize(_to_color(frame, spec.color), spec)
+    if image.ndim == 2:
+        image = image[:, :, None]
+    target = out[0].transpose(1, 2, 0) if spec.layout == "NCHW" else out[0]  # H×W×C view
+    if spec.dtype == "uint8":
+        np.copyto(target, image)
+        return out
+    np.multiply(image, np.float32(spec.scale), out=target, dtype=np.float32)
+    np.subtract(target, np.asarray(spec.mean, np.float32), out=target)
+    np.multiply(target, 1.0 / np.asarray(spec.std, np.float32), out=target)
+    return out
+
+
 def letterbox_transform(
     frame_shape: tuple[int, ...], spec: PreprocessSpec
 ) -> tuple[float, int, int]:
@@ -181,25 +199,32 @@ def kind_or(default: str) -> Discriminator:
     return Discriminator(kind)
 
 
-# What the manifest's ``preprocess`` holds: an image spec (the default), a sensor spec or a
-# log-mel spec (audio, agent/contract/audio.py).
+# What the manifest's ``preprocess`` holds: an image spec (the default), a sensor spec, a
+# log-mel spec (audio, agent/contract/audio.py) or raw samples (agent/contract/waveform.py).
 InputTransform = Annotated[
     Annotated[PreprocessSpec, Tag("image")]
     | Annotated[SensorSpec, Tag("sensor")]
-    | Annotated[LogMelSpec, Tag("logmel")],
+    | Annotated[LogMelSpec, Tag("logmel")]
+    | Annotated[WaveformSpec, Tag("waveform")],
     kind_or("image"),
 ]
+AnySpec = PreprocessSpec | SensorSpec | LogMelSpec | WaveformSpec
 
 
-def to_tensor(sample: np.ndarray, spec: PreprocessSpec | SensorSpec | LogMelSpec) -> np.ndarray:
+def to_tensor(sample: np.ndarray, spec: AnySpec) -> np.ndarray:
     """A frame, a sensor window or an audio window to the model's input, by the manifest's spec."""
     if isinstance(spec, SensorSpec):
         return sensor_tensor(sample, spec)
     if isinstance(spec, LogMelSpec):
         return logmel_tensor(sample, spec)
+    if isinstance(spec, WaveformSpec):
+        return waveform_tensor(sample, spec)
     return preprocess(sample, spec)
 
 
-def preprocess_batch(frames: np.ndarray | list[np.ndarray], spec: PreprocessSpec) -> np.ndarray:
-    """Many frames to one batch tensor (used by the compiler for calibration and evaluation)."""
-    return np.concatenate([preprocess(f, spec) for f in frames], axis=0)
+def preprocess_batch(frames: np.ndarray | list[np.ndarray], spec: AnySpec) -> np.ndarray:
+    """Many frames or windows to one batch tensor (the compiler's calibration, evaluation and
+    training), exactly as :func:`to_tensor` makes each."""
+    if isinstance(spec, LogMelSpec):
+        return logmel_batch(frames, spec)  # one vectorised pass: a corpus is many windows
+    return np.concatenate([to_tensor(f, spec) for f in frames], axis=0)

@@ -210,11 +210,13 @@ class HomeAssistant:
                 "state_class": "measurement",
                 "suggested_display_precision": 2,
             },
-            "fps": figure("FPS", "{{ value_json.fps }}", "fps", 1),
-            # latency_ms is null before the first frame: "None" makes the sensor unknown.
+            "fps": figure("FPS", "{{ value_json.frames_per_second }}", "fps", 1),
+            # Telemetry says seconds, people read ms; null before the first frame: "None" makes
+            # the sensor unknown.
             "latency_p99": figure(
                 "Latency p99",
-                "{{ value_json.latency_ms.p99 if value_json.latency_ms else None }}",
+                "{{ (value_json.latency_p99_seconds * 1000) | round(3) "
+                "if value_json.latency_p99_seconds is not none else None }}",
                 "ms",
                 1,
             ),

@@ -4,6 +4,7 @@ it. Nothing here touches the serving model."""
 
 from __future__ import annotations
 
+import json
 import threading
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from agent.delivery.outcomes import Rejected, Status
 from agent.delivery.probe import ProbeReport, probe_candidate
 from agent.delivery.store import ModelStore, blobs_of, verify_blob
 from agent.errors import DeployError
+from agent.inference.backends import CHOICE
 
 
 class Candidates:
@@ -44,7 +46,8 @@ class Candidates:
         except (ContractError, DeployError) as exc:
             raise Rejected(str(exc)) from exc
         _check_budgets(manifest, report, config.deploy)
-        slot = self._store.stage(manifest, envelope, files)
+        choice = {"backend": report.backend, "backends": report.backends}
+        slot = self._store.stage(manifest, envelope, files, notes={CHOICE: json.dumps(choice)})
         self._status(
             "installed",
             manifest,
@@ -53,6 +56,7 @@ class Candidates:
             peak_rss_mb=round(report.peak_rss_mb, 1),
             chunks=chunks,
             delivery=manifest.delivery,
+            **choice,
         )
         return slot
 

@@ -17,6 +17,7 @@ rolled_back, rejected).
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -50,3 +51,30 @@ def model_of(manifest: Manifest | None) -> dict[str, str] | None:
 
 def deployment_event(state: str, model: dict[str, str] | None, **extra: Any) -> dict[str, Any]:
     return {"type": "deployment", "state": state, "model": model, **extra}
+
+
+# The deployment steps that end something, as ``edgewise_deployments_total{outcome}`` counts
+# them: ``active`` a model started serving (a deployment, or an ``activate`` command), ``passed``
+# its probation window passed, ``staged`` a shadow candidate was handed over, ``rolled_back``
+# and ``rejected``. Steps under way (downloading, verifying, installed) are not outcomes.
+OUTCOMES = ("active", "passed", "staged", "rolled_back", "rejected")
+
+
+class DeploymentOutcomes:
+    """Deployment events by outcome since start; every outcome starts at 0 (a counter that
+    appears only on its first increment hides the first one from ``rate()``)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts = dict.fromkeys(OUTCOMES, 0)
+
+    def count(self, event: dict[str, Any]) -> None:
+        """Count ``event`` if it is a deployment step that ends something; ignore anything else."""
+        state = event.get("state")
+        if event.get("type") == "deployment" and state in self._counts:
+            with self._lock:
+                self._counts[state] += 1
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._counts)

@@ -15,8 +15,9 @@ from typing import Any
 import numpy as np
 
 from agent.contract import Manifest, clip, to_tensor
-from agent.inference.postprocess import postprocess
+from agent.inference.events import Postprocessor
 from agent.inference.runtime import blank_sample
+from agent.inference.state import FeedError, feeder_for
 
 ELEMENT = {"float32": "tensor(float)", "uint8": "tensor(uint8)", "int8": "tensor(int8)"}
 
@@ -34,13 +35,14 @@ def _fits(declared: list[object], wanted: list[int | None]) -> bool:
 
 
 def check_input(session: Any, manifest: Manifest) -> str:
-    """The model's one input against the manifest's name, dtype and shape, and against what the
-    preprocessing produces; returns the input's name."""
-    inputs = session.get_inputs()
-    if len(inputs) != 1 or inputs[0].name != manifest.input.name:
-        names = clip([i.name for i in inputs], 100)
-        raise Unfit(f"model inputs {names} do not match the manifest's {manifest.input.name!r}")
-    model = inputs[0]
+    """The model's inputs against the manifest's (input, state, constants), and its main input
+    against the manifest's dtype and shape and what the preprocessing produces; returns the
+    main input's name."""
+    try:
+        feeder_for(session, manifest)
+    except FeedError as exc:
+        raise Unfit(str(exc)) from None
+    model = next(i for i in session.get_inputs() if i.name == manifest.input.name)
     declared = ELEMENT[manifest.input.dtype]
     if model.type != declared:
         raise Unfit(
@@ -61,14 +63,16 @@ def check_input(session: Any, manifest: Manifest) -> str:
     return str(model.name)
 
 
-def check_serving_path(session: Any, manifest: Manifest, name: str) -> np.ndarray:
+def check_serving_path(session: Any, manifest: Manifest) -> dict[str, np.ndarray]:
     """A blank frame or window through preprocess → model → postprocess, as serving does it;
-    returns the model-ready sample."""
+    returns the model-ready feeds (the sample, constants and states)."""
     sample = blank_sample(manifest.preprocess)
     tensor = to_tensor(sample, manifest.preprocess).astype(manifest.input.dtype, copy=False)
-    outputs = session.run(None, {name: tensor})
+    feeder = feeder_for(session, manifest)
+    feeds = feeder.feeds(feeder.with_context(tensor))
+    outputs = session.run(None, feeds)
     try:
-        postprocess(outputs, manifest.postprocess, sample.shape, manifest.preprocess)
+        Postprocessor(manifest.postprocess, manifest.preprocess)(outputs, sample.shape, 0.0)
     except (ValueError, IndexError, TypeError) as exc:
         raise Unfit(f"postprocessing does not fit the model's output: {clip(exc, 160)}") from exc
-    return tensor
+    return feeds

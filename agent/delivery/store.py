@@ -67,6 +67,16 @@ def blobs_of(manifest: Manifest) -> list[BlobSpec]:
     return [manifest.model] + ([manifest.golden] if manifest.golden else [])
 
 
+def verified_folder(root: Path, envelope_file: str, trust: TrustStore) -> Package:
+    """The package in ``root``, verified as an installed one is: the envelope's signature by a
+    trusted key, then every file's size and sha256 (ContractError or OSError if not)."""
+    envelope = (root / envelope_file).read_bytes()
+    manifest = trust.verify(envelope)
+    for blob in blobs_of(manifest):
+        verify_blob(root / blob.path, blob)
+    return Package(root, envelope, manifest)
+
+
 class ModelStore:
     def __init__(self, state_dir: Path):
         self.root = Path(state_dir)
@@ -82,8 +92,15 @@ class ModelStore:
     def slot_of(self, manifest: Manifest) -> Path:
         return self.models / manifest.name / manifest.version
 
-    def stage(self, manifest: Manifest, envelope: bytes, files: dict[str, Path]) -> Path:
-        """Move verified downloads (``blob path → file``) into their slot; not yet current. A
+    def stage(
+        self,
+        manifest: Manifest,
+        envelope: bytes,
+        files: dict[str, Path],
+        notes: dict[str, str] | None = None,
+    ) -> Path:
+        """Move verified downloads (``blob path → file``) into their slot; not yet current.
+        ``notes``: the device's own files beside the package (the backend the probe chose). A
         failure leaves no staging folder behind."""
         slot = self.slot_of(manifest)
         staging = slot.with_name(slot.name + ".staging")
@@ -97,6 +114,8 @@ class ModelStore:
                     os.fsync(fh.fileno())
                 os.replace(source, staging / blob.path)
             write_durably(staging / ENVELOPE, envelope)
+            for name, text in (notes or {}).items():
+                write_durably(staging / name, text.encode())
             fsync_dir(staging)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
@@ -167,11 +186,7 @@ class ModelStore:
 
     def load(self, slot: Path, trust: TrustStore) -> Package:
         """A slot's package, re-verified: signature and every file's sha256."""
-        envelope = (slot / ENVELOPE).read_bytes()
-        manifest = trust.verify(envelope)
-        for blob in blobs_of(manifest):
-            verify_blob(slot / blob.path, blob)
-        return Package(slot, envelope, manifest)
+        return verified_folder(slot, ENVELOPE, trust)
 
     def linked(self, link: str) -> Path | None:
         """The slot ``current`` or ``previous`` points at, or None."""

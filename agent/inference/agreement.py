@@ -18,7 +18,13 @@ from typing import Any
 
 import numpy as np
 
-from agent.contract.manifest import ClassificationSpec, DetectionSpec, PostprocessSpec, ScoreSpec
+from agent.contract.manifest import (
+    ClassificationSpec,
+    DetectionSpec,
+    EventsSpec,
+    PostprocessSpec,
+    ScoreSpec,
+)
 from agent.inference.postprocess import Box, Prediction
 
 Z_95 = 1.96
@@ -158,11 +164,12 @@ def compare(
         raise ValueError(
             f"the candidate is {candidate_spec.kind}, the serving model {serving_spec.kind}"
         )
-    if isinstance(serving_spec, ClassificationSpec):
+    if isinstance(serving_spec, ClassificationSpec | EventsSpec):
+        # events: whether both heard the same keyword in this window (usually: none)
         return compare_classification(serving, candidate)
     if isinstance(serving_spec, DetectionSpec):
         return compare_detection(serving, candidate, iou)
-    assert isinstance(candidate_spec, ScoreSpec)
+    assert isinstance(serving_spec, ScoreSpec) and isinstance(candidate_spec, ScoreSpec)
     return compare_score(serving, candidate, serving_spec, candidate_spec)
 
 

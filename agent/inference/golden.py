@@ -18,6 +18,7 @@ import numpy as np
 
 from agent.contract import Manifest, clip
 from agent.errors import ModelLoadError
+from agent.inference.state import FeedError, feeder_for
 
 NUMERIC_KINDS = "biuf"  # bool, signed, unsigned, float: what a model takes and returns
 
@@ -47,7 +48,17 @@ def load_golden(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return inputs, outputs
 
 
-def check_golden(session: Any, input_name: str, manifest: Manifest, golden: Path) -> None:
+def golden_outputs(session: Any, manifest: Manifest, inputs: np.ndarray) -> np.ndarray:
+    """The first output for the golden inputs: one batch; or, for a stateful model, each input
+    (a batch of one) in turn from the initial state, the outputs stacked. The compiler writes a
+    package's golden file with this same function."""
+    feeder = feeder_for(session, manifest)
+    if not feeder.stateful:
+        return np.array(feeder.run(session, inputs)[0])  # runners reuse their outputs
+    return np.stack([np.array(feeder.run(session, one)[0]) for one in inputs])
+
+
+def check_golden(session: Any, manifest: Manifest, golden: Path) -> None:
     """The golden inputs through an ONNX Runtime ``session`` give the golden outputs, within
     ``golden_atol``; GoldenError says how they do not. What ``session.run`` raises passes
     through: the caller names it (a child's out-of-memory is not a wrong answer)."""
@@ -55,7 +66,10 @@ def check_golden(session: Any, input_name: str, manifest: Manifest, golden: Path
     dtype = np.dtype(manifest.input.dtype)
     if inputs.dtype != dtype:
         raise GoldenError(f"golden inputs are {inputs.dtype}, the manifest's input is {dtype}")
-    got = session.run(None, {input_name: inputs})[0]
+    try:
+        got = golden_outputs(session, manifest, inputs)
+    except FeedError as exc:
+        raise GoldenError(str(exc)) from None
     if got.shape != expected.shape:
         raise GoldenError(
             f"golden outputs differ from the package's: shape {list(got.shape)} != "

@@ -246,14 +246,18 @@ class InferenceWorker(threading.Thread):
         stages: StageStats,
         heartbeat: Callable[[], None] = lambda: None,
         gate: RateGate | None = None,
+        screen: Callable[[Frame], bool] | None = None,
     ):
         """``heartbeat`` runs on every pass of the loop, a frame or not (the systemd watchdog):
-        if the loop hangs, it stops. ``gate``: skips frames over a maximum rate."""
+        if the loop hangs, it stops. ``gate``: skips frames over a maximum rate. ``screen``:
+        a frame it refuses is not inferred and gives no result (the voice gate); it sees every
+        frame taken, before the rate gate, so that it hears the stream whole."""
         super().__init__(name="inference", daemon=True)
         self._slot, self._models, self._sink, self._halt = slot, models, sink, stop
         self.frames_without_model = 0
         self._health, self._stages, self._heartbeat = health, stages, heartbeat
         self.gate = gate or RateGate()
+        self._screen = screen
         self.observers: list[Observer] = []  # add before start()
         self.last_frame: Frame | None = None  # the latest frame inferred (a snapshot's)
 
@@ -264,6 +268,8 @@ class InferenceWorker(threading.Thread):
             if frame is None:
                 continue
             taken = time.perf_counter()
+            if self._screen is not None and not self._screen(frame):
+                continue
             if not self.gate.admit(taken):
                 continue
             waited_ms = max(0.0, (time.time() - frame.captured_at) * 1e3)
@@ -272,7 +278,7 @@ class InferenceWorker(threading.Thread):
                 self.frames_without_model += 1
                 continue
             try:
-                inference = session.infer(frame.image)
+                inference = session.infer(frame.image, frame.at)
             except Exception as exc:  # one bad frame must not stop the camera
                 # One line; the traceback only with --verbose (users never see one).
                 log.error(

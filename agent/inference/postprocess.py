@@ -11,9 +11,14 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from agent.contract.audio import LogMelSpec
-from agent.contract.manifest import ClassificationSpec, DetectionSpec, PostprocessSpec, ScoreSpec
-from agent.contract.preprocess import PreprocessSpec, SensorSpec, letterbox_transform
+from agent.contract.manifest import (
+    ClassificationSpec,
+    DetectionSpec,
+    EventsSpec,
+    PostprocessSpec,
+    ScoreSpec,
+)
+from agent.contract.preprocess import AnySpec, PreprocessSpec, letterbox_transform
 
 Box = tuple[float, float, float, float]
 
@@ -33,15 +38,21 @@ class Prediction:
         return out
 
 
-def classify(logits: np.ndarray, spec: ClassificationSpec) -> list[Prediction]:
-    """Top-k labels of one output row (probabilities when ``spec.softmax``), best first,
-    without those under ``spec.min_score``."""
+def label_scores(logits: np.ndarray, spec: ClassificationSpec | EventsSpec) -> np.ndarray:
+    """One output row as one score per label: probabilities when ``spec.softmax``."""
     row = np.asarray(logits, dtype=np.float32).reshape(-1)
     if len(row) != len(spec.labels):
         raise ValueError(f"model outputs {len(row)} scores for {len(spec.labels)} labels")
     if spec.softmax:
         row = np.exp(row - row.max())
         row /= row.sum()
+    return row
+
+
+def classify(logits: np.ndarray, spec: ClassificationSpec) -> list[Prediction]:
+    """Top-k labels of one output row (probabilities when ``spec.softmax``), best first,
+    without those under ``spec.min_score``."""
+    row = label_scores(logits, spec)
     # Per frame on a small CPU: the common top-1 case needs no sort.
     order = (
         [int(row.argmax())] if spec.top_k == 1 else np.argsort(-row, kind="stable")[: spec.top_k]
@@ -167,7 +178,7 @@ def postprocess(
     outputs: list[np.ndarray],
     spec: PostprocessSpec,
     frame_shape: tuple[int, ...],
-    preprocess: PreprocessSpec | SensorSpec | LogMelSpec,
+    preprocess: AnySpec,
 ) -> list[Prediction]:
     """Predictions for one input from the model's outputs (the first is read), per ``spec``."""
     if not outputs:
@@ -179,4 +190,6 @@ def postprocess(
         if not isinstance(preprocess, PreprocessSpec):
             raise ValueError("detection needs an image preprocess spec to map boxes to the frame")
         return detect(first, spec, frame_shape, preprocess)
+    if isinstance(spec, EventsSpec):
+        raise TypeError("events remember the stream: use agent.inference.events.Postprocessor")
     return score(first, spec)

@@ -126,7 +126,7 @@ class AudioSource:
             if stop.wait(max(0.0, due - time.monotonic())):
                 return None
         self.windows += 1
-        return Frame(window, index, time.time())
+        return Frame(window, index, time.time(), at=heard / self.config.sample_rate)
 
     def close(self) -> None:
         self._input.close()

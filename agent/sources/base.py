@@ -16,6 +16,9 @@ class Frame:
     image: np.ndarray
     index: int  # position in the source (restarts when a file loops)
     captured_at: float  # unix time
+    # stream time in seconds at the end of the frame, when the source keeps one (audio: samples
+    # heard / sample rate); what events debounce on, since a file is read faster than real time
+    at: float | None = None
 
 
 @runtime_checkable

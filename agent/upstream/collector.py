@@ -13,7 +13,7 @@ from agent.inference.stats import StageStats
 from agent.sources import Source
 from agent.upstream.results import ResultSink
 from agent.upstream.spool import Spool
-from agent.upstream.telemetry import ProcessSampler, telemetry_message
+from agent.upstream.telemetry import ProcessSampler, gate_figures, telemetry_message
 from agent.upstream.uplink import ResultsUplink
 
 
@@ -37,8 +37,12 @@ class TelemetryCollector:
     # The status fields telemetry repeats (StatusBoard.announcement), so a fleet view on a broker
     # that keeps retained status from wildcard subscribers still learns them.
     announce: Callable[[], Mapping[str, object]] | None = None
-    # Inference outcomes since the serving model came in: the telemetry's error_rate.
+    # Inference outcomes since the serving model came in: the telemetry's error_ratio.
     health: HealthStats | None = None
+    # The voice gate's figures (VoiceGate.counters), where a [gate] runs.
+    gate: Callable[[], Mapping[str, float]] | None = None
+    # Deployment steps by outcome since start (DeploymentOutcomes.snapshot).
+    deployments: Callable[[], Mapping[str, int]] | None = None
     _frames_before: int = 0
 
     def __call__(self, elapsed_s: float) -> dict[str, object]:
@@ -59,6 +63,8 @@ class TelemetryCollector:
             upstream=self._upstream(),
             source=self.source.counters(),
             error_rate=self._error_rate(),
+            gate=gate_figures(self.gate()) if self.gate is not None else None,
+            deployments=self.deployments() if self.deployments is not None else None,
         )
         message["broker"] = self.link.capabilities.as_dict()  # what the last CONNACK offered
         if self.announce is not None:
@@ -73,12 +79,12 @@ class TelemetryCollector:
 
     def _upstream(self) -> dict[str, object]:
         return {
-            "outbox_errors": self.outbox.errors,
+            "outbox_errors_total": self.outbox.errors,
             "outbox_error": self.outbox.error,
             "results_in_memory": self.outbox.in_memory,
-            "results_truncated": self.results.truncated + self.uplink.truncated,
-            "results_suppressed": self.results.suppressed,
-            "messages_shortened": self.link.shortened,
+            "results_truncated_total": self.results.truncated + self.uplink.truncated,
+            "results_suppressed_total": self.results.suppressed,
+            "messages_shortened_total": self.link.shortened,
             "max_packet_bytes": self.link.max_packet,
-            "messages_rejected": self.boundary.rejected,
+            "messages_rejected_total": self.boundary.rejected,
         }

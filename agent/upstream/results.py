@@ -53,6 +53,8 @@ class ResultBuilder:
                 "total": round((now - frame.captured_at) * 1e3, 3),
             },
         }
+        if frame.at is not None:
+            result["at"] = round(frame.at, 3)  # stream seconds: where in a recording it was heard
         if self._max_bytes is None:
             return json.dumps(result, separators=(",", ":")).encode()
         encoded, cut = fit_result(result, self._max_bytes)
@@ -133,6 +135,8 @@ class ResultSink:
         self._rate = RateFilter(config)
 
     def __call__(self, frame: Frame, session: ModelSession, inference: Inference) -> None:
+        if not inference.predictions and session.manifest.postprocess.kind == "events":
+            return  # a keyword model reports what it heard, not every window of silence
         if not self._rate.admit(inference, time.monotonic()):
             return
         self._outbox.append(self._builder.build(frame, session, inference))

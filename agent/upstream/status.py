@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 from agent import __version__
@@ -44,6 +45,7 @@ class StatusBoard:
         self._source_failed = False
         self._deployment: dict[str, Any] | None = None
         self.link: MqttLink | None = None
+        self._observers: list[Callable[[dict[str, Any]], None]] = []
 
     @property
     def topic(self) -> str:
@@ -55,6 +57,14 @@ class StatusBoard:
             return None
         return {"name": session.manifest.name, "version": session.manifest.version}
 
+    def backend(self) -> dict[str, Any] | None:
+        """What runs the serving model, and every backend's figures from the probe that chose
+        it (None for a package installed before backends were chosen)."""
+        session = self._models.current
+        if session is None:
+            return None
+        return {"name": session.backend, "measured": session.measured}
+
     def payload(self, state: str) -> bytes:
         return encode(
             {
@@ -64,6 +74,7 @@ class StatusBoard:
                 "agent_version": __version__,
                 "boot_id": self._boot_id,
                 "model": self.model(),
+                "backend": self.backend(),
                 "source": {"uri": self._source_uri, **(self._source or {})},
                 "uptime_s": round(time.time() - self._started_at, 1),
                 "deployment": self._deployment,
@@ -81,6 +92,7 @@ class StatusBoard:
             "state": "online",  # telemetry goes out only while connected
             "groups": list(self._groups),
             "model": self.model(),
+            "backend": self.backend(),
             "source_state": (self._source or {}).get("state"),
             "deployment": self._deployment,
         }
@@ -95,6 +107,8 @@ class StatusBoard:
     def event(self, event: dict[str, Any]) -> None:
         """Publish an event; a deployment step also becomes part of the retained status."""
         event = {"device": self._device, "boot_id": self._boot_id, "at": time.time(), **event}
+        for observer in self._observers:
+            observer(event)
         if self.link is None:
             return
         self.link.publish(self._topics.events(self._device), encode(event), qos=1)
@@ -102,6 +116,10 @@ class StatusBoard:
             self._deployment = {k: v for k, v in event.items() if k not in ("device", "boot_id")}
             self.link.announce()
             self._notifier.status(self.serving())
+
+    def observe(self, observer: Callable[[dict[str, Any]], None]) -> None:
+        """Hand every event to ``observer`` too (the daemon counts deployment outcomes so)."""
+        self._observers.append(observer)
 
     def source_state(self, state: str, detail: str) -> None:
         """The capture thread's news: a failure or an end is an event; so is the first open

@@ -1,13 +1,14 @@
 """Periodic health figures of a device: pipeline rates and latencies plus process and SoC state.
 
 ``telemetry_message`` builds the payload published on ``devices/{id}/telemetry``;
-``TelemetryReporter`` is the thread that sends one every interval; ``PrometheusExporter`` serves
-the same figures for scraping when a site prefers pull.
+``TelemetryReporter`` is the thread that sends one every interval; ``agent.upstream.metrics``
+serves the same figures for scraping when a site prefers pull. Every figure is in base units
+(seconds, bytes, ratios) and every count since start ends in ``_total``, under the same name in
+the JSON and (with ``edgewise_`` in front) on ``/metrics``: ``FIGURES`` is that table.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import resource
@@ -17,14 +18,13 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Protocol
 
-_MB = 1024 * 1024
 log = logging.getLogger(__name__)
 
 
 class ProcessSampler:
-    """Samples this process and its host: CPU %, RSS, free disk and SoC temperature."""
+    """Samples this process and its host: CPU use, RSS, free disk and SoC temperature."""
 
     def __init__(self, thermal_root: Path = Path("/sys/class/thermal")):
         self._thermal_root = thermal_root
@@ -32,20 +32,21 @@ class ProcessSampler:
         self._last_wall = time.monotonic()
 
     def sample(self, disk_path: Path) -> dict[str, float | None]:
-        """``cpu_percent`` (since the previous sample, or construction; 100 = one core busy),
-        ``rss_mb``, ``disk_free_mb`` of ``disk_path`` and ``soc_temp_c`` (None without sensors)."""
+        """``cpu_ratio`` (CPU seconds per second since the previous sample, or construction;
+        1.0 = one core busy), ``rss_bytes``, ``disk_free_bytes`` of ``disk_path`` and
+        ``soc_temp_celsius`` (None without sensors)."""
         cpu, wall = _cpu_seconds(), time.monotonic()
         elapsed = wall - self._last_wall
-        cpu_percent = 100.0 * (cpu - self._last_cpu) / elapsed if elapsed > 0 else 0.0
+        cpu_ratio = (cpu - self._last_cpu) / elapsed if elapsed > 0 else 0.0
         self._last_cpu, self._last_wall = cpu, wall
         return {
-            "cpu_percent": round(max(cpu_percent, 0.0), 1),
-            "rss_mb": round(_rss_bytes() / _MB, 1),
-            "disk_free_mb": round(shutil.disk_usage(disk_path).free / _MB, 1),
-            "soc_temp_c": self._soc_temp_c(),
+            "cpu_ratio": round(max(cpu_ratio, 0.0), 4),
+            "rss_bytes": _rss_bytes(),
+            "disk_free_bytes": shutil.disk_usage(disk_path).free,
+            "soc_temp_celsius": self._soc_temp_celsius(),
         }
 
-    def _soc_temp_c(self) -> float | None:
+    def _soc_temp_celsius(self) -> float | None:
         readings = []
         for zone in sorted(self._thermal_root.glob("thermal_zone*/temp")):
             try:
@@ -71,6 +72,10 @@ def _rss_bytes() -> int:
         return peak if sys.platform == "darwin" else peak * 1024
 
 
+def _seconds(ms: float) -> float:
+    return round(ms / 1000.0, 7)  # 0.1 µs: finer than any stage is timed
+
+
 def telemetry_message(
     *,
     device: str,
@@ -87,53 +92,84 @@ def telemetry_message(
     upstream: Mapping[str, object] | None = None,
     source: Mapping[str, int] | None = None,
     error_rate: float | None = None,
+    gate: Mapping[str, float] | None = None,
+    deployments: Mapping[str, int] | None = None,
 ) -> dict[str, object]:
-    """The telemetry payload for one interval. ``stages`` is ``StageStats.summary()``;
+    """The telemetry payload for one interval. ``stages`` is ``StageStats.summary()`` (ms);
     ``frames``/``frames_before`` are frame counts now and one interval ago; ``process`` is
     ``ProcessSampler.sample()``; ``upstream`` the outbox's and uplink's figures (``UPSTREAM``);
     ``source`` the counters the source keeps (``Source.counters()``); ``error_rate`` and
     ``interval_s`` as ``HEALTH`` says (``TelemetryReporter`` puts its configured interval in
-    ``interval_s``)."""
+    ``interval_s``); ``gate`` the voice gate's figures (``gate_figures``), only where one runs;
+    ``deployments`` ``DeploymentOutcomes.snapshot()``."""
     fps = round((frames - frames_before) / interval_s, 2) if interval_s > 0 else 0.0
     total = stages.get("total")
-    latency = {"p50": total["p50"], "p99": total["p99"]} if total else None
     return {
         "device": device,
         "boot_id": boot_id,
         "at": time.time(),
         "interval_s": interval_s,
-        "fps": fps,
-        "error_rate": error_rate,
-        "latency_ms": latency,
-        "stages": stages,
-        "dropped_frames": dropped_frames,
+        "frames_total": frames,
+        "frames_per_second": fps,
+        "error_ratio": error_rate,
+        "latency_p50_seconds": _seconds(total["p50"]) if total else None,
+        "latency_p99_seconds": _seconds(total["p99"]) if total else None,
+        "frame_latency_seconds": {
+            stage: {key: _seconds(ms) for key, ms in figures.items()}
+            for stage, figures in stages.items()
+        },
+        "dropped_frames_total": dropped_frames,
         "results_queued": results_queued,
-        "results_dropped": results_dropped,
+        "results_dropped_total": results_dropped,
+        "deployments_total": dict(deployments or {}),
         "model": model,
         "source": dict(source or {}),
         **process,
         **(upstream or {}),
+        **(gate or {}),
     }
+
+
+def gate_figures(counters: Mapping[str, float]) -> dict[str, float]:
+    """``VoiceGate.counters()`` under telemetry's names (``GATE``): counts end in ``_total``,
+    the voice-activity model's time is in seconds."""
+    out: dict[str, float] = {}
+    for key, value in counters.items():
+        if key == "gate_vad_ms":
+            out["gate_vad_seconds_total"] = round(value / 1000.0, 4)
+        else:
+            out[f"{key}_total"] = value
+    return out
 
 
 # How a reader judges the figures: when to call the device stale, and how well it infers.
 HEALTH = {
     "interval_s": "The configured telemetry interval (s): no message for 3 of them is stale",
-    "error_rate": "Failed / seen frames since the serving model came in (HealthStats), "
+    "error_ratio": "Failed / seen frames since the serving model came in (HealthStats), "
     "0.0 before any frame; null where the agent keeps no such figure",
 }
 
 
-# What the outbox and the uplink report besides results_queued and results_dropped.
+# What the outbox and the uplink report besides results_queued and results_dropped_total.
 UPSTREAM = {
-    "outbox_errors": "Failed outbox database operations since start",
+    "outbox_errors_total": "Failed outbox database operations since start",
     "outbox_error": "The outbox's last error while it fails (null when it writes)",
     "results_in_memory": "Results held in memory while the outbox cannot write",
-    "results_truncated": "Results cut to fit one MQTT message, since start",
-    "results_suppressed": "Results the [results] mode held back, since start",
-    "messages_shortened": "Events and status shortened to fit the cap, since start",
+    "results_truncated_total": "Results cut to fit one MQTT message, since start",
+    "results_suppressed_total": "Results the [results] mode held back, since start",
+    "messages_shortened_total": "Events and status shortened to fit the cap, since start",
     "max_packet_bytes": "The packet cap in force (configured, or the broker's if lower)",
-    "messages_rejected": "Deploy and chunk messages the agent rejected, since start",
+    "messages_rejected_total": "Deploy and chunk messages the agent rejected, since start",
+}
+
+
+# The voice gate's figures ([gate], ``gate_figures``), since start; absent without a gate.
+GATE = {
+    "gate_passed_total": "Audio windows the voice gate let through to the model (speech heard)",
+    "gate_closed_total": "Audio windows the voice gate held back (no speech within hangover_s)",
+    "gate_vad_chunks_total": "Chunks the voice-activity model ran on (32 ms each for Silero VAD)",
+    "gate_vad_seconds_total": "Time the voice-activity model took in all (its share of the CPU)",
+    "gate_errors_total": "Windows let through because the voice-activity model failed on them",
 }
 
 
@@ -144,104 +180,41 @@ ANNOUNCED = {
     "state": 'Always "online" (telemetry is sent only while connected)',
     "groups": "The device's groups ([device] groups), as in the status",
     "model": "The serving model's {name, version}, or null",
+    "backend": "What runs it, {name, measured}: every backend the probe tried, p50/p99 or why "
+    "it was skipped (null measured: not chosen by a probe), or null",
     "source_state": "The source's state as in the status (open, failed, ended), or null",
     "deployment": "The last deployment step as in the status, or null",
     "broker": "What the broker offers, from CONNACK (BrokerCapabilities: protocol, ...)",
 }
 
 
-# gauge name -> (help, how to read it from a telemetry message)
-_GAUGES: dict[str, tuple[str, tuple[str, ...]]] = {
-    "edgewise_fps": ("Frames inferred per second", ("fps",)),
-    "edgewise_latency_p50_ms": ("Median end-to-end frame latency (ms)", ("latency_ms", "p50")),
-    "edgewise_latency_p99_ms": ("99th percentile end-to-end latency (ms)", ("latency_ms", "p99")),
-    "edgewise_dropped_frames": ("Frames dropped before inference", ("dropped_frames",)),
-    "edgewise_results_queued": ("Results waiting in the outbox", ("results_queued",)),
-    "edgewise_results_dropped": ("Results dropped from the outbox", ("results_dropped",)),
-    "edgewise_cpu_percent": ("Agent CPU use (100 = one core)", ("cpu_percent",)),
-    "edgewise_rss_mb": ("Agent resident memory (MB)", ("rss_mb",)),
-    "edgewise_disk_free_mb": ("Free disk under the agent's state dir (MB)", ("disk_free_mb",)),
-    "edgewise_soc_temp_celsius": ("Hottest SoC thermal zone (°C)", ("soc_temp_c",)),
-    "edgewise_error_rate": (HEALTH["error_rate"], ("error_rate",)),
+# Every number a telemetry message carries at its top level that /metrics also serves, as
+# ``edgewise_<key>``: key -> (Prometheus type, help). A counter's key ends in ``_total``.
+FIGURES: dict[str, tuple[str, str]] = {
+    "frames_total": ("counter", "Frames inferred since start"),
+    "dropped_frames_total": ("counter", "Frames dropped before inference, since start"),
+    "results_queued": ("gauge", "Results waiting in the outbox"),
+    "results_dropped_total": ("counter", "Results dropped from the full outbox, since start"),
+    "cpu_ratio": ("gauge", "Agent CPU seconds per second over the last interval (1 = one core)"),
+    "rss_bytes": ("gauge", "Agent resident memory in bytes"),
+    "disk_free_bytes": ("gauge", "Free disk under the agent's state dir in bytes"),
+    "soc_temp_celsius": ("gauge", "Hottest SoC thermal zone in degrees Celsius"),
+    "error_ratio": ("gauge", HEALTH["error_ratio"]),
     **{
-        f"edgewise_{key}": (help_, (key,))
+        key: ("counter" if key.endswith("_total") else "gauge", help_)
         for key, help_ in UPSTREAM.items()
-        if key != "outbox_error"  # text: no gauge
+        if key != "outbox_error"  # text: no metric
     },
+    **{key: ("counter", help_) for key, help_ in GATE.items()},
 }
 
 
-def _lookup(message: dict[str, object], path: tuple[str, ...]) -> float | None:
-    value: Any = message
-    for key in path:
-        if not isinstance(value, dict):
-            return None
-        value = value.get(key)
-    return float(value) if isinstance(value, (int, float)) else None
+class Exporter(Protocol):
+    """Where else the figures go (``metrics.PrometheusExporter``)."""
 
+    def update(self, message: dict[str, object]) -> None: ...
 
-class PrometheusExporter:
-    """Serves telemetry figures as Prometheus gauges on ``http://HOST:PORT/metrics``.
-
-    Needs the optional ``prometheus-client`` package. ``port=0`` picks a free port; ``port``
-    then tells which.
-    """
-
-    def __init__(self, port: int, device: str, host: str = "0.0.0.0"):
-        try:
-            import prometheus_client
-        except ImportError as exc:
-            raise RuntimeError(
-                "the Prometheus endpoint needs prometheus-client: pip install prometheus-client"
-            ) from exc
-        self._device = device
-        # A private registry: several exporters (tests, or two agents in one process) must not
-        # collide on the global one.
-        self._registry = prometheus_client.CollectorRegistry()
-        self._gauges = {
-            name: prometheus_client.Gauge(name, help_, ["device"], registry=self._registry)
-            for name, (help_, _) in _GAUGES.items()
-        }
-        self._gauge_type = prometheus_client.Gauge
-        started = prometheus_client.start_http_server(port, addr=host, registry=self._registry)
-        # Older versions return None: their server cannot be stopped.
-        self._server: Any = started[0] if started else None
-        self._thread: threading.Thread | None = started[1] if started else None
-        self.port = self._server.server_port if self._server is not None else port
-
-    def update(self, message: dict[str, object]) -> None:
-        """Set every gauge from a ``telemetry_message``; a figure now missing is withdrawn
-        rather than left at a stale value."""
-        for name, (_, path) in _GAUGES.items():
-            value = _lookup(message, path)
-            gauge = self._gauges[name]
-            if value is not None:
-                gauge.labels(device=self._device).set(value)
-            else:
-                # Older prometheus-client raises when the child was never set.
-                with contextlib.suppress(KeyError):
-                    gauge.remove(self._device)
-        source = message.get("source")
-        for key, value in source.items() if isinstance(source, dict) else ():
-            self._source_gauge(key).labels(device=self._device).set(value)
-
-    def _source_gauge(self, key: str) -> Any:
-        """A source's counters differ by kind: each gets its gauge the first time it is seen."""
-        name = f"edgewise_source_{key}"
-        if name not in self._gauges:
-            help_ = f"Source counter {key!r} (see the source kind's docs), since start"
-            self._gauges[name] = self._gauge_type(name, help_, ["device"], registry=self._registry)
-        return self._gauges[name]
-
-    def close(self) -> None:
-        """Stop serving."""
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
+    def close(self) -> None: ...
 
 
 class TelemetryReporter(threading.Thread):
@@ -254,7 +227,7 @@ class TelemetryReporter(threading.Thread):
         collect: Callable[[float], dict[str, object]],
         publish: Callable[[dict[str, object]], None],
         stop: threading.Event,
-        exporter: PrometheusExporter | None = None,
+        exporter: Exporter | None = None,
     ):
         super().__init__(name="telemetry", daemon=True)
         self.interval_s, self._collect, self._publish = interval_s, collect, publish  # SIGHUP sets

@@ -65,7 +65,8 @@ def add_console_args(serve: argparse.ArgumentParser) -> None:
         "--packages",
         type=arg.path,
         metavar="DIR",
-        help="package folders (NAME-VERSION/) whose compile reports the console shows and diffs",
+        help="package folders (NAME-VERSION/) whose compile reports the console shows and "
+        "diffs; devices' installed figures go into their reports (also without --console)",
     )
     group.add_argument(
         "--results",
@@ -93,10 +94,17 @@ def users_file(given: Path | None) -> Path:
     )
 
 
+def packages_folder(args: argparse.Namespace) -> Path | None:
+    """--packages, checked: the console's reports and the feedback job's devices' figures."""
+    if args.packages is not None and not args.packages.is_dir():
+        raise InputError(f"--packages {args.packages} is not a folder")
+    return args.packages
+
+
 def console_options(args: argparse.Namespace) -> ConsoleOptions | None:
     """What --console asks for, checked before anything connects; None without --console."""
     if args.console is None:
-        for flag in ("users", "console_cert", "console_key", "packages", "results", "stale_after"):
+        for flag in ("users", "console_cert", "console_key", "results", "stale_after"):
             if getattr(args, flag) is not None:
                 raise InputError(f"--{flag.replace('_', '-')} is a console option: add --console")
         return None
@@ -104,8 +112,6 @@ def console_options(args: argparse.Namespace) -> ConsoleOptions | None:
 
     if (args.console_cert is None) != (args.console_key is None):
         raise InputError("HTTPS needs both --console-cert and --console-key")
-    if args.packages is not None and not args.packages.is_dir():
-        raise InputError(f"--packages {args.packages} is not a folder")
     host, port = args.console
     return ConsoleOptions(
         host=host,
@@ -113,7 +119,7 @@ def console_options(args: argparse.Namespace) -> ConsoleOptions | None:
         users=load_users(users_file(args.users)),
         certificate=args.console_cert,
         certificate_key=args.console_key,
-        packages=args.packages,
+        packages=packages_folder(args),
         results_db=args.results,
         stale_after=args.stale_after,
     )
@@ -123,8 +129,11 @@ def add_console_user(sub: Subparsers) -> None:
     user = sub.add_parser(
         "console-user", help="a line for the console's users file (a password or an API token)"
     )
-    user.add_argument("name", type=arg.device_id, metavar="NAME")
-    user.add_argument("--role", choices=("viewer", "operator"), default="viewer")
+    user.add_argument("name", type=arg.device_id, metavar="NAME", help="the user's login name")
+    user.add_argument(
+        "--role", choices=("viewer", "operator"), default="viewer",
+        help="viewer: reads the console; operator: also acts on devices",
+    )  # fmt: skip
     user.add_argument(
         "--token",
         action="store_true",

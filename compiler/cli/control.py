@@ -44,7 +44,10 @@ def add_command(sub: Subparsers) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    command.add_argument("target", type=arg.target, metavar="device:ID|group:NAME|all")
+    command.add_argument(
+        "target", type=arg.target, metavar="device:ID|group:NAME|all",
+        help="one device, a deploy group, or the whole fleet",
+    )  # fmt: skip
     command.add_argument("cmd", type=command_name, metavar="CMD", help=KNOWN)
     command.add_argument("args", nargs="*", metavar="ARGS", help="key=value, or the action")
     command.add_argument(

@@ -18,7 +18,7 @@ from agent.contract.manifest import HttpUrl
 
 from .. import arguments as arg
 from .common import Subparsers, add_broker_args, broker_address
-from .console import add_console_args, console_options
+from .console import add_console_args, console_options, packages_folder
 
 _URL = TypeAdapter(HttpUrl)
 
@@ -87,7 +87,9 @@ def run_serve(args: argparse.Namespace) -> int:
     """Until Ctrl-C or SIGTERM, then a clean stop and exit 0."""
     from pathlib import Path
 
+    from ..compile.report_package import rewrite_page
     from ..console.server import with_console
+    from ..fleet.feedback import with_feedback
     from ..fleet.serve import ServeOptions, Service
     from ..rollout.controller import with_rollouts
 
@@ -97,7 +99,10 @@ def run_serve(args: argparse.Namespace) -> int:
         Path(args.blobs), topics, args.shared, args.state_interval,
         db=args.db, signing_key=args.key, command_key=args.command_key,
     )  # fmt: skip
-    service = Service(broker_address(args), with_console(with_rollouts(options), console))
+    options = with_console(with_rollouts(options), console)
+    # --packages: devices' installed figures go into those packages' reports (fleet.feedback)
+    options = with_feedback(options, packages_folder(args), rewrite_page)
+    service = Service(broker_address(args), options)
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
         service.start()
@@ -124,7 +129,10 @@ def add_gc(sub: Subparsers) -> None:
     gc.add_argument(
         "--dry-run", action="store_true", help="say what would be removed; change nothing"
     )
-    gc.add_argument("--timeout", type=arg.positive_float, default=30.0, metavar="SECONDS")
+    gc.add_argument(
+        "--timeout", type=arg.positive_float, default=30.0, metavar="SECONDS",
+        help="give up on the broker after this long",
+    )  # fmt: skip
     add_broker_args(gc)
     gc.set_defaults(func=run_gc_command)
 
@@ -145,8 +153,14 @@ def add_withdraw(sub: Subparsers) -> None:
     withdraw = sub.add_parser(
         "withdraw", help="clear a target's retained deployment (devices keep what they run)"
     )
-    withdraw.add_argument("target", type=arg.target, metavar="device:ID|group:NAME|all")
-    withdraw.add_argument("--timeout", type=arg.positive_float, default=30.0, metavar="SECONDS")
+    withdraw.add_argument(
+        "target", type=arg.target, metavar="device:ID|group:NAME|all",
+        help="the device, deploy group or fleet whose retained deployment to clear",
+    )  # fmt: skip
+    withdraw.add_argument(
+        "--timeout", type=arg.positive_float, default=30.0, metavar="SECONDS",
+        help="give up on the broker after this long",
+    )  # fmt: skip
     add_broker_args(withdraw)
     withdraw.set_defaults(func=run_withdraw)
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from agent.contract import Topics
 
 from .. import arguments as arg
-from .common import Subparsers, add_broker_args, broker_address, writable_folder
+from .common import Subparsers, add_broker_args, add_json, as_json, broker_address, writable_folder
 
 if TYPE_CHECKING:
     import paho.mqtt.client as mqtt
@@ -20,7 +20,9 @@ if TYPE_CHECKING:
 
 def add_certs(sub: Subparsers) -> None:
     certs = sub.add_parser(
-        "certs", help="fleet CA, broker and client certificates, and the broker's ACL file"
+        "certs",
+        help="fleet CA, broker and client certificates, the broker's ACL file and CRL; renew "
+        "and revoke certificates",
     )
     certs.add_argument("--out", type=arg.path, required=True, help="folder; what exists is kept")
     certs.add_argument(
@@ -33,31 +35,104 @@ def add_certs(sub: Subparsers) -> None:
         metavar="ID[:GROUP,...]",
         help="a device to issue a certificate for, with its deploy groups (repeat)",
     )
-    certs.add_argument("--topic-root", type=arg.topic_root, default="edgewise")
+    certs.add_argument(
+        "--topic-root", type=arg.topic_root, default="edgewise", help="the fleet's topic root"
+    )
+    certs.add_argument(
+        "--days",
+        type=arg.positive_int,
+        default=365,
+        help="validity of the certificates issued or renewed in this run, in days",
+    )
+    certs.add_argument(
+        "--renew",
+        action="append",
+        default=[],
+        metavar="ID",
+        help="a new key and certificate for this device (or broker, edgewise-cloud), same "
+        "identity; the old one works until it expires or --revoke-old (repeat)",
+    )
+    certs.add_argument(
+        "--revoke",
+        action="append",
+        default=[],
+        metavar="ID",
+        help="revoke every certificate of this device (or edgewise-cloud) and drop it from the "
+        "ACL; the broker refuses it once it reloads the CRL (repeat)",
+    )
+    certs.add_argument(
+        "--revoke-old",
+        action="append",
+        default=[],
+        metavar="ID",
+        help="revoke only the certificates --renew superseded for this device (repeat)",
+    )
+    certs.add_argument(
+        "--crl", action="store_true", help="re-sign crl.pem now (before its next update)"
+    )
+    certs.add_argument(
+        "--crl-days",
+        type=arg.positive_int,
+        default=180,
+        help="how long a CRL signed in this run stays valid; the broker refuses every client "
+        "once it has expired",
+    )
     certs.set_defaults(func=run_certs)
 
 
 def run_certs(args: argparse.Namespace) -> int:
+    from ..errors import InputError
+    from ..fleet import renewal
     from ..fleet.certs import build_fleet
 
     devices = {}
     for spec in args.device:
         device, _, groups = spec.partition(":")
         devices[device] = [g for g in groups.split(",") if g]
+    both = sorted(set(devices) & set(args.revoke + args.renew))
+    if both:
+        raise InputError(f"{both[0]}: named in --device and in --renew/--revoke; pick one")
     writable_folder(args.out, "--out")
     topics = Topics(args.topic_root)
-    for cert in build_fleet(args.out, devices, args.broker_name, topics):
-        print(f"{cert} ({cert.with_suffix('.key').name} is private: mode 0600)")
+    for name in dict.fromkeys(args.renew):
+        print(renewal.renew(args.out, name, args.days))
+    for line in renewal.revoke_all(
+        args.out, args.revoke, args.revoke_old, topics, resign=args.crl, crl_days=args.crl_days
+    ):
+        print(line)
+    maintenance = args.revoke or args.revoke_old or args.renew or args.crl
+    if maintenance and not devices and not args.broker_name:
+        return 0  # nothing to issue: a revocation rewrote the ACL already
+    for cert in build_fleet(args.out, devices, args.broker_name, topics, days=args.days):
+        print(f"{cert} ({cert.with_suffix('.key').name} is private: mode 0600){expiry(cert)}")
     print(f"{args.out / 'edgewise.acl'}: the broker's acl_file")
+    warning = renewal.crl_warning(args.out)
+    if warning:
+        print(f"edgewise: warning: {warning}", file=sys.stderr)
     return 0
+
+
+def expiry(cert: Path) -> str:
+    """``, expires DATE`` (with a warning inside 30 days): renewals are the operator's job."""
+    import datetime as dt
+
+    from cryptography import x509
+
+    until = x509.load_pem_x509_certificate(cert.read_bytes()).not_valid_after_utc
+    left = until - dt.datetime.now(dt.timezone.utc)
+    soon = f": renew it, {max(left.days, 0)} days left" if left < dt.timedelta(days=30) else ""
+    return f", expires {until:%Y-%m-%d}{soon}"
 
 
 def add_push(sub: Subparsers) -> None:
     from .delivery import url_base
 
     push = sub.add_parser("push", help="publish a package to a device, a group or the fleet")
-    push.add_argument("package", type=Path)
-    push.add_argument("--to", type=arg.target, required=True, metavar="device:ID|group:NAME|all")
+    push.add_argument("package", type=Path, help="the package folder (NAME-VERSION/)")
+    push.add_argument(
+        "--to", type=arg.target, required=True, metavar="device:ID|group:NAME|all",
+        help="one device, a deploy group, or the whole fleet",
+    )  # fmt: skip
     push.add_argument("--key", type=Path, help="re-sign the package bound to this target")
     push.add_argument(
         "--rollback", action="store_true", help="signed rollback: may replace a newer version"
@@ -100,6 +175,7 @@ def add_push(sub: Subparsers) -> None:
         action="store_true",
         help="with --wait: do not clear chunks no deployment uses once all devices are active",
     )
+    add_json(push, "the package, target, chunks, devices' outcomes with --wait")
     add_broker_args(push)
     push.set_defaults(func=run_push)
 
@@ -107,6 +183,8 @@ def add_push(sub: Subparsers) -> None:
 def run_push(args: argparse.Namespace) -> int:
     from ..fleet import push_command
 
+    if args.json:
+        return as_json(lambda record: push_command.run_push(args, broker_address(args), record))
     return push_command.run_push(args, broker_address(args))
 
 
@@ -214,11 +292,15 @@ def run_results(args: argparse.Namespace) -> int:
 
 
 def add_fleet(sub: Subparsers) -> None:
+    from ..fleet.table import SORT_KEYS, sort_key
+
     fleet = sub.add_parser(
         "fleet", help="a live table of devices from status, telemetry and the fleet summary"
     )
     fleet.add_argument("--once", action="store_true", help="print the table once and exit")
-    fleet.add_argument("--interval", type=arg.positive_float, default=2.0)
+    fleet.add_argument(
+        "--interval", type=arg.positive_float, default=2.0, help="seconds between two tables"
+    )
     fleet.add_argument(
         "--wait",
         type=arg.positive_float,
@@ -233,20 +315,47 @@ def add_fleet(sub: Subparsers) -> None:
         help="a device not heard from this long is stale, its figures blanked (default 3 x its "
         "telemetry interval, 30 s when unknown)",
     )
+    fleet.add_argument(
+        "--sort",
+        type=sort_key,
+        choices=SORT_KEYS,
+        metavar="COLUMN",
+        help="order the rows by this column (its key or heading, e.g. p99_ms or CPU%%); "
+        "unknown values last; default device. One of: " + ", ".join(SORT_KEYS),
+    )
+    fleet.add_argument(
+        "--reverse", action="store_true", help="the largest (or last alphabetically) first"
+    )
+    fleet.add_argument(
+        "--json",
+        action="store_true",
+        help="one JSON document of the rows per table instead of text (JSON lines without "
+        "--once): {at, broker_connected, broker_lost_since, devices: [...]}",
+    )
     add_broker_args(fleet)
     fleet.set_defaults(func=run_fleet)
+
+
+def _colour() -> bool:
+    """ANSI colour only on a terminal, and never when NO_COLOR is set (no-color.org)."""
+    import os
+
+    return sys.stdout.isatty() and not os.environ.get("NO_COLOR")
 
 
 def run_fleet(args: argparse.Namespace) -> int:
     """Retained status and telemetry of every device, the retained fleet summary on its exact
     topic, then whatever arrives live; the table every --interval (first after --wait), with a
-    HEALTH column, and a banner line above it while the broker connection is lost."""
+    HEALTH column (stale and offline rows coloured or marked), and a banner line above it while
+    the broker connection is lost; with --json one JSON document per table instead."""
     import time
 
     from ..fleet.mqtt import connect, disconnect
+    from ..fleet.table import document, sorted_rows
     from ..fleet.view import FleetView
 
     view = FleetView(Topics(args.topic_root), stale_after=args.stale_after)
+    colour = _colour()
     client = connect(broker_address(args))
     try:
         view.follow(client)
@@ -254,8 +363,12 @@ def run_fleet(args: argparse.Namespace) -> int:
         while True:
             time.sleep(pause)  # a refresh period for the screen, not synchronisation
             pause = args.interval
-            print("\033[2J\033[H" if not args.once else "", end="")
-            print(view.table(), flush=True)
+            if args.json:
+                rows = sorted_rows(view.rows(), args.sort, args.reverse)
+                print(document(rows, view.lost_since(), time.time()), flush=True)
+            else:
+                clear = "\033[2J\033[H" if not args.once and sys.stdout.isatty() else ""
+                print(clear + view.table(colour, args.sort, args.reverse), flush=True)
             if args.once:
                 return 0
     finally:  # Ctrl-C leaves through here: a clean disconnect, then "interrupted", exit 130

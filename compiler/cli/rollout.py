@@ -133,7 +133,7 @@ def add_rollout(sub: Subparsers) -> None:
     status = actions.add_parser(
         "status", help="state, wave, devices per wave and state, abort reason and evidence"
     )
-    status.add_argument("id", type=rollout_id, metavar="ID")
+    status.add_argument("id", type=rollout_id, metavar="ID", help="the rollout's id")
     status.add_argument("--json", action="store_true", help="one JSON document")
     _db(status)
     status.set_defaults(func=run_status)
@@ -143,9 +143,12 @@ def add_rollout(sub: Subparsers) -> None:
         ("abort", "stop and roll the current wave back (the controller does it)"),
     ):
         change = actions.add_parser(name, help=text)
-        change.add_argument("id", type=rollout_id, metavar="ID")
+        change.add_argument("id", type=rollout_id, metavar="ID", help="the rollout's id")
         if name == "abort":
-            change.add_argument("--reason", type=arg.nonempty, default="aborted by hand")
+            change.add_argument(
+                "--reason", type=arg.nonempty, default="aborted by hand",
+                help="recorded with the rollout",
+            )  # fmt: skip
         _db(change)
         change.set_defaults(func=run_change, change=name)
 
@@ -158,10 +161,19 @@ def _add_create(actions: Subparsers) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     create.add_argument("package", type=Path, metavar="PKG", help="the package folder")
-    create.add_argument("--to", type=arg.target, required=True, metavar="device:ID|group:NAME|all")
+    create.add_argument(
+        "--to", type=arg.target, required=True, metavar="device:ID|group:NAME|all",
+        help="the devices the rollout reaches, in waves",
+    )  # fmt: skip
     waves = create.add_mutually_exclusive_group(required=True)
-    waves.add_argument("--waves", type=waves_text, metavar="1,10%,50%,100%")
-    waves.add_argument("--exponential", type=exponential_text, metavar="BASE,FACTOR", dest="waves")
+    waves.add_argument(
+        "--waves", type=waves_text, metavar="1,10%,50%,100%",
+        help="cumulative wave sizes: device counts or percentages of the target",
+    )  # fmt: skip
+    waves.add_argument(
+        "--exponential", type=exponential_text, metavar="BASE,FACTOR", dest="waves",
+        help="waves of BASE, BASE*FACTOR, BASE*FACTOR^2... devices",
+    )  # fmt: skip
     create.add_argument(
         "--agreement", type=arg.labeled_fraction, metavar="X",
         help="first run it as a shadow; promote once agreement's lower bound ≥ X",

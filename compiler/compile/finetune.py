@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from agent.contract import PreprocessSpec, preprocess_batch
+from agent.contract import AnySpec, preprocess_batch
 
 from .datasets import Split
 
@@ -16,7 +16,7 @@ from .datasets import Split
 def train_classifier(
     model: nn.Module,
     train: Split,
-    spec: PreprocessSpec,
+    spec: AnySpec,
     *,
     epochs: int = 4,
     batch_size: int = 64,

@@ -12,7 +12,7 @@ import onnx
 import torch
 from torch import nn
 
-from ..errors import ModelInputError
+from ..errors import InputError, ModelInputError
 
 ModelKind = Literal["eager", "torchscript", "onnx"]
 
@@ -41,7 +41,8 @@ def _from_factory(source: str, weights: Path | None) -> nn.Module:
     try:
         factory = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as exc:
-        raise ModelInputError(f"{source}: cannot import factory: {exc}") from exc
+        # the command names a module that is not there: exit 2, like a missing file
+        raise InputError(f"{source}: cannot import factory: {exc}") from exc
     model = factory()
     if weights is not None:
         try:
@@ -64,7 +65,7 @@ def load_model(source: str, weights: Path | None = None) -> SourceModel:
                     f"{source}: returned a {type(model).__name__}, not an nn.Module"
                 )
             return SourceModel("eager", model.eval())
-        raise ModelInputError(f"{source}: no such file (nor a package.module:factory)")
+        raise InputError(f"{source}: no such file (nor a package.module:factory)")
     if path.suffix == ".onnx" or _looks_like_onnx(path):
         try:
             onnx.checker.check_model(str(path))

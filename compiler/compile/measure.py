@@ -72,6 +72,10 @@ class StageMetrics:
     # Accuracy of each class present in the test set, keyed by class index ("0", "1", ...): a
     # budget met on average can hide one class int8 broke.
     per_class_accuracy: dict[str, float] | None = None
+    # The held-out images the accuracy is over (its 95% interval needs it), and counts by
+    # [true class][predicted class]: which classes a stage confuses, not only how often.
+    samples: int | None = None
+    confusion: list[list[int]] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -82,13 +86,24 @@ class Evaluation:
     logits: np.ndarray
     accuracy: float
     per_class: dict[str, float] | None = None
+    confusion: list[list[int]] | None = None
+
+
+def confusion_matrix(labels: np.ndarray, predicted: np.ndarray, classes: int) -> list[list[int]]:
+    """Counts by [true class][predicted class], over ``classes`` classes."""
+    counts = np.zeros((classes, classes), dtype=np.int64)
+    np.add.at(counts, (labels.astype(np.int64), predicted.astype(np.int64)), 1)
+    return counts.tolist()
 
 
 def evaluate(path: Path, x: np.ndarray, y: np.ndarray) -> Evaluation:
     logits = ort_outputs(path, x)
-    hits = logits.argmax(1) == y
+    predicted = logits.argmax(1)
+    hits = predicted == y
     per_class = {str(int(c)): round(float(hits[y == c].mean()), 5) for c in np.unique(y)}
-    return Evaluation(logits, float(hits.mean()), per_class)
+    classes = max(int(logits.shape[1]), int(y.max()) + 1) if len(y) else int(logits.shape[1])
+    confusion = confusion_matrix(y, predicted, classes) if logits.ndim == 2 else None
+    return Evaluation(logits, float(hits.mean()), per_class, confusion)
 
 
 def stage_metrics(
@@ -112,4 +127,6 @@ def stage_metrics(
         ort_p50_ms_all=round(every.p50_ms, 4),
         ort_p99_ms_all=round(every.p99_ms, 4),
         per_class_accuracy=result.per_class,
+        samples=len(result.logits),
+        confusion=result.confusion,
     )

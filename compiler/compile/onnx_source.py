@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 from onnx import helper, version_converter
 
-from ..errors import ModelInputError
+from ..errors import InputError, ModelInputError
 from .datasets import DataError
 from .export import OPSET, ExportCheck, ort_outputs, ort_session
 
@@ -128,8 +128,8 @@ def select_output(model: onnx.ModelProto, name: str | None) -> str:
     graph = model.graph
     names = [o.name for o in graph.output]
     chosen = names[0] if name is None else name
-    if chosen not in names:
-        raise ModelInputError(
+    if chosen not in names:  # the command asks for what is not there: usage, exit 2
+        raise InputError(
             f"the model has no output {chosen!r}; choose one of {', '.join(names)} (--output)"
         )
     kept_output = [o for o in graph.output if o.name == chosen]

@@ -19,15 +19,17 @@ from typing import Any
 from agent.contract import (
     DEFAULT_CHUNK_SIZE,
     MANIFEST_FILE,
-    ClassificationSpec,
+    AnySpec,
+    ConstantSpec,
     InputSpec,
     Manifest,
     Package,
-    PreprocessSpec,
+    StateSpec,
     describe_blob,
     load_private_key,
     sign_manifest,
 )
+from agent.contract.manifest import PostprocessSpec
 
 GOLDEN = "golden.npz"
 
@@ -39,13 +41,17 @@ def write_package(
     name: str,
     version: str,
     input_spec: InputSpec,
-    preprocess: PreprocessSpec,
-    postprocess: ClassificationSpec,
+    preprocess: AnySpec,
+    postprocess: PostprocessSpec,
     metrics: dict[str, Any],
     signing_key: Path,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     golden: Path | None = None,
+    state: tuple[StateSpec, ...] = (),
+    constants: tuple[ConstantSpec, ...] = (),
 ) -> Package:
+    """``state`` and ``constants``: a recurrent model's carried state and fixed inputs
+    (``edgewise vad``); a compiled classifier has neither."""
     root = Path(out_dir) / f"{name}-{version}"
     staging = root.with_name(root.name + ".tmp")
     shutil.rmtree(staging, ignore_errors=True)
@@ -65,6 +71,8 @@ def write_package(
             postprocess=postprocess,
             metrics=metrics,
             golden=describe_blob(staging / GOLDEN, chunk_size) if golden is not None else None,
+            state=state,
+            constants=constants,
         )
         envelope = sign_manifest(manifest, load_private_key(signing_key))
         (staging / MANIFEST_FILE).write_bytes(envelope)

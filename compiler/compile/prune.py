@@ -17,6 +17,7 @@ import torch_pruning as tp
 from torch import nn
 
 from ..errors import InputError
+from .kernels import RoundTo, resolve_round_to
 
 ROUND_TO = 8
 
@@ -66,12 +67,17 @@ def output_layer(model: nn.Module, example: torch.Tensor) -> nn.Module:
 
 
 def rounded_ratio(channels: int, ratio: float, round_to: int = ROUND_TO) -> float:
-    """The ratio that keeps a multiple of ``round_to`` channels, for layers wide enough to keep
-    at least ``round_to``; narrower layers keep their exact share (and at least one channel)."""
+    """The ratio that keeps a multiple of ``round_to`` channels (at least one multiple) for
+    layers at least ``round_to`` wide: int8 kernels compute channels in blocks, so fewer would
+    run no faster (see ``kernels``) and would starve the next layer's input too. Narrower
+    layers keep their exact share (and at least one channel).
+
+    Torch-Pruning keeps ``int(channels * (1 - ratio))``: the exact ratio for 32 of 96 channels
+    gives 31.999… there, so the ratio returned aims a quarter channel above ``keep``."""
     keep = max(1, round(channels * (1 - ratio)))
-    if keep >= round_to:
+    if channels >= round_to:
         keep = max(round_to, round(keep / round_to) * round_to)
-    return 1 - min(keep, channels) / channels
+    return 1 - min(keep + 0.25, channels) / channels
 
 
 def macs_and_params(model: nn.Module, example: torch.Tensor) -> tuple[int, int]:
@@ -79,14 +85,19 @@ def macs_and_params(model: nn.Module, example: torch.Tensor) -> tuple[int, int]:
     return int(macs), int(params)
 
 
-def prune_channels(model: nn.Module, example: torch.Tensor, ratio: float) -> nn.Module:
-    """A pruned copy of ``model`` with ``ratio`` of each prunable layer's channels removed."""
+def prune_channels(
+    model: nn.Module, example: torch.Tensor, ratio: float, round_to: RoundTo = ROUND_TO
+) -> nn.Module:
+    """A pruned copy of ``model`` with ``ratio`` of each prunable layer's channels removed, each
+    layer keeping a multiple of ``round_to`` channels (``auto``: what this machine's int8
+    kernels run efficiently, see ``kernels``)."""
     if not 0 < ratio < 1:
         raise PruningError(f"pruning ratio must be in (0, 1), got {ratio}")
+    multiple = resolve_round_to(round_to)
     model = copy.deepcopy(model).eval()
     keep_out = output_layer(model, example)
     ratios = {
-        m: rounded_ratio(_channels(m), ratio)
+        m: rounded_ratio(_channels(m), ratio, multiple)
         for m in _prunable(model).values()
         if m is not keep_out
     }
@@ -103,7 +114,11 @@ def prune_channels(model: nn.Module, example: torch.Tensor, ratio: float) -> nn.
 
 
 def prune_to_macs(
-    model: nn.Module, example: torch.Tensor, target_fraction: float, steps: int = 10
+    model: nn.Module,
+    example: torch.Tensor,
+    target_fraction: float,
+    round_to: RoundTo = ROUND_TO,
+    steps: int = 10,
 ) -> tuple[nn.Module, float]:
     """Prune until MACs are at most ``target_fraction`` of the original; returns the model and the
     channel ratio found (bisection, so the least pruning that meets the target)."""
@@ -114,13 +129,13 @@ def prune_to_macs(
     best: tuple[nn.Module, float] | None = None
     for _ in range(steps):
         mid = (low + high) / 2
-        candidate = prune_channels(model, example, mid)
+        candidate = prune_channels(model, example, mid, round_to)
         if macs_and_params(candidate, example)[0] <= target_fraction * base:
             best, high = (candidate, mid), mid
         else:
             low = mid
     if best is None:
-        candidate = prune_channels(model, example, high)
+        candidate = prune_channels(model, example, high, round_to)
         got = macs_and_params(candidate, example)[0] / base
         if got > target_fraction:
             raise PruningError(

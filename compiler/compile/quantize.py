@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import ast
 import logging
-import platform
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import onnx
@@ -26,12 +24,14 @@ from tqdm import tqdm
 
 from ..errors import AccuracyBudgetError
 
+# Re-exported: importers of quantize keep finding them here.
+from .targets import CALIBRATIONS as CALIBRATIONS
+from .targets import TARGETS as TARGETS
+from .targets import Calibration, Target
+from .targets import detect_target as detect_target
+
 log = logging.getLogger(__name__)
 
-Target = Literal["x86-vnni", "x86-avx2", "arm64"]
-Calibration = Literal["minmax", "entropy", "percentile"]
-TARGETS: tuple[Target, ...] = ("x86-vnni", "x86-avx2", "arm64")
-CALIBRATIONS: tuple[Calibration, ...] = ("minmax", "entropy", "percentile")
 _METHODS = {
     "minmax": CalibrationMethod.MinMax,
     "entropy": CalibrationMethod.Entropy,
@@ -45,17 +45,6 @@ _NOT_COMPUTE = frozenset(
     {"QuantizeLinear", "DequantizeLinear", "Shape", "Size", "Cast", "Identity"}
 )
 CALIBRATION_BATCH = 16
-
-
-def detect_target() -> Target:
-    """The ISA of this machine, which decides how int8 kernels may saturate."""
-    if platform.machine().lower() in ("aarch64", "arm64"):
-        return "arm64"
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        flags = ""
-    return "x86-vnni" if ("avx512_vnni" in flags or "avx_vnni" in flags) else "x86-avx2"
 
 
 def target_settings(target: Target) -> dict[str, object]:

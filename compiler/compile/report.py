@@ -7,7 +7,10 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from .export import ExportCheck
+from .kernels import KernelProfile
+from .layer_speed import LayerSpeed
 from .measure import StageMetrics
+from .prune_search import Search
 from .quantize import FloatOp
 
 
@@ -54,6 +57,7 @@ class LayerRow:
     pruning_ratio: float | None
     quantized: bool
     sensitivity: float | None  # relative logit MSE with only this layer quantized
+    module: str | None = None  # the torch module's class (Conv2d); None for an ONNX input
 
 
 @dataclass(frozen=True)
@@ -96,6 +100,11 @@ class CompileReport:
     export: ExportCheck | None = None  # a torch input's export, checked against it
     torch_eager: EagerLatency | None = None
     export_pruned: ExportCheck | None = None
+    prune_search: Search | None = None  # --prune auto's trials and the ratio chosen
+    layer_speed: list[LayerSpeed] | None = None  # MACs, µs and GMAC/s per weighted layer
+    kernels: KernelProfile | None = None  # --round-to auto: the rate per width measured here
+    labels: list[str] | None = None  # class index → label, for per-class figures
+    previous: dict[str, Any] | None = None  # the earlier version's figures (report_previous)
 
     def as_metrics(self) -> dict[str, Any]:
         """The report as the manifest's ``metrics`` carry it (plain JSON values)."""
@@ -104,6 +113,11 @@ class CompileReport:
             "export": asdict(self.export) if self.export else None,
             "torch_eager": asdict(self.torch_eager) if self.torch_eager else None,
             "export_pruned": asdict(self.export_pruned) if self.export_pruned else None,
+            "prune_search": self.prune_search.as_dict() if self.prune_search else None,
+            "kernels": self.kernels.as_dict() if self.kernels else None,
+            "layer_speed": [s.as_dict() for s in self.layer_speed] if self.layer_speed else None,
+            "labels": list(self.labels) if self.labels else None,
+            "previous": self.previous,
         }
         return {
             "model": asdict(self.model),

@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from . import report_rows as sections
+from .report_stats import accuracy_floor
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -53,33 +54,43 @@ def _labels(values: Sequence[float], fmt: str) -> list[str]:
     return ["" if math.isnan(v) else format(v, fmt) for v in values]
 
 
-def _latency_chart(report: Mapping[str, Any]) -> Figure | None:
-    stages = sections.stage_items(report)
-    one = _values([s for _, s in stages], "ort_p50_ms_1t")
-    every = _values([s for _, s in stages], "ort_p50_ms_all")
-    if all(math.isnan(v) for v in one + every):
-        return None
-    fig, (ax,) = _new_figure(6.4, 3.6)
+def _latency_panel(
+    ax: Axes, report: Mapping[str, Any], stages: list[tuple[str, Mapping[str, Any]]], q: str
+) -> None:
+    """One percentile (``p50`` or ``p99``): one thread and all threads per stage, and torch
+    eager's same percentile on one thread as a dashed line."""
     x = range(len(stages))
     width = 0.38
-    bars = ax.bar([i - width / 2 for i in x], one, width, label="1 thread", color=_BLUE)
-    ax.bar_label(bars, _labels(one, ".3f"), padding=2, fontsize=8)
-    bars = ax.bar([i + width / 2 for i in x], every, width, label="all threads", color=_GREY)
-    ax.bar_label(bars, _labels(every, ".3f"), padding=2, fontsize=8)
-    eager = sections.number(sections.mapping(report.get("torch_eager")).get("p50_ms_1t"))
+    for offset, key, label, colour in (
+        (-width / 2, f"ort_{q}_ms_1t", "1 thread", _BLUE),
+        (width / 2, f"ort_{q}_ms_all", "all threads", _GREY),
+    ):
+        values = _values([s for _, s in stages], key)
+        bars = ax.bar([i + offset for i in x], values, width, label=label, color=colour)
+        ax.bar_label(bars, _labels(values, ".3f"), padding=2, fontsize=8)
+    eager = sections.number(sections.mapping(report.get("torch_eager")).get(f"{q}_ms_1t"))
     if eager is not None:
         ax.axhline(
-            eager,
-            color=_ORANGE,
-            linestyle="--",
-            linewidth=1.2,
-            label=f"torch eager, 1 thread ({eager:.3f})",
+            eager, color=_ORANGE, linestyle="--", linewidth=1.2, label="torch eager, 1 thread"
         )
     ax.set_xticks(list(x), [name for name, _ in stages])
-    ax.set_ylabel("p50 latency, ms (batch 1)")
-    ax.set_title("ONNX Runtime latency per stage")
+    ax.set_ylabel(f"{q} latency, ms (batch 1)")
+    ax.set_title(f"ONNX Runtime {q}")
     ax.margins(y=0.15)
-    fig.legend(frameon=False, fontsize=8, loc="outside lower center", ncols=3)
+
+
+def _latency_chart(report: Mapping[str, Any]) -> Figure | None:
+    """p50 and p99 side by side, each on its own axis: on a busy machine p99 can be tens of
+    times p50, and one axis for both would flatten the p50 bars to nothing."""
+    stages = sections.stage_items(report)
+    keys = ("ort_p50_ms_1t", "ort_p50_ms_all", "ort_p99_ms_1t", "ort_p99_ms_all")
+    if all(math.isnan(v) for key in keys for v in _values([s for _, s in stages], key)):
+        return None
+    fig, (left, right) = _new_figure(9.6, 3.6, ncols=2)
+    _latency_panel(left, report, stages, "p50")
+    _latency_panel(right, report, stages, "p99")
+    handles, labels = left.get_legend_handles_labels()
+    fig.legend(handles, labels, frameon=False, fontsize=8, loc="outside lower center", ncols=3)
     return fig
 
 
@@ -96,27 +107,39 @@ def _size_accuracy_chart(report: Mapping[str, Any]) -> Figure | None:
     left.set_ylabel("MB")
     left.set_title("Model file size")
     left.margins(y=0.15)
-    # Dots, not bars: accuracies differ by tenths of a point, and bars on a cut axis mislead.
-    right.plot(names, accuracy, marker="o", color=_BLUE, linestyle=":")
+    _accuracy_axis(right, names, [s for _, s in stages])
+    return fig
+
+
+def _accuracy_axis(ax: Axes, names: list[str], stages: Sequence[Mapping[str, Any]]) -> None:
+    """Dots with their 95% interval as error bars, on an axis from a floor (report_stats) to
+    100%: the interval, not the axis, says how big a difference is."""
+    accuracy = _values(stages, "accuracy", 100.0)
+    bounds = [sections.interval(s) for s in stages]
+    low = [
+        v - b[0] * 100 if b and not math.isnan(v) else 0.0
+        for v, b in zip(accuracy, bounds, strict=True)
+    ]
+    high = [
+        b[1] * 100 - v if b and not math.isnan(v) else 0.0
+        for v, b in zip(accuracy, bounds, strict=True)
+    ]
+    ax.errorbar(names, accuracy, yerr=[low, high], fmt="o", color=_BLUE, capsize=5, elinewidth=1.2)
     for i, v in enumerate(accuracy):
         if not math.isnan(v):
-            right.annotate(
-                f"{v:.2f}%",
-                (i, v),
-                textcoords="offset points",
-                xytext=(0, 7),
-                ha="center",
-                fontsize=8,
-            )
-    right.set_ylabel("top-1 accuracy, %")
-    right.set_title("Accuracy")
-    right.margins(x=0.25, y=0.35)
-    return fig
+            ax.annotate(f"{v:.2f}%", (i, v), textcoords="offset points", xytext=(8, 0), fontsize=8)
+    lows = [b[0] * 100 for b in bounds if b] or [v for v in accuracy if not math.isnan(v)]
+    ax.set_ylim(accuracy_floor(lows), 100.5)
+    counts = {sections.samples(s) for s in stages} - {None}
+    n = f", n = {counts.pop()}" if len(counts) == 1 else ""
+    ax.set_ylabel("top-1 accuracy, %")
+    ax.set_title(f"Accuracy, 95% interval{n}")
+    ax.margins(x=0.25)
 
 
 def _layer_axis(ax: Axes, layers: Sequence[Mapping[str, Any]], floating: Sequence[bool]) -> None:
     """Layer names on the x axis, float (not quantized) layers in orange."""
-    names = [sections.plain(layer.get("name")) for layer in layers]
+    names = [sections.layer_label(layer) for layer in layers]
     crowded = len(names) > 6
     ax.set_xticks(
         range(len(names)),
@@ -203,10 +226,15 @@ def charts(report: Mapping[str, Any]) -> list[tuple[str, bytes]]:
     """(caption, PNG) for every chart the report has data for."""
     builders = (
         (
-            "ORT p50 latency per stage, batch 1, one thread and all threads; dashed: torch eager.",
+            "ORT latency per stage, batch 1, p50 and p99, one thread and all threads; "
+            "dashed: torch eager on one thread.",
             _latency_chart,
         ),
-        ("Model file size and top-1 accuracy per stage.", _size_accuracy_chart),
+        (
+            "Model file size, and top-1 accuracy per stage with its 95% Wilson interval; the "
+            "accuracy axis starts at the lowest lower bound less 2 points, rounded down to 5.",
+            _size_accuracy_chart,
+        ),
         ("Output channels per layer before and after pruning.", _channels_chart),
         (
             "Sensitivity of each layer to int8 quantization; orange layers were kept in float.",

@@ -10,6 +10,8 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from .report_stats import wilson
+
 STAGE_ORDER = ("fp32", "pruned", "int8")
 MISSING = "-"
 
@@ -31,10 +33,13 @@ STAGE_HEADERS = (
     "size",
     "size ratio",
     "accuracy",
+    "95% CI",
+    "n",
     "top-1 agr",
     "p50 1t",
     "p99 1t",
     "p50 all",
+    "p99 all",
     "speed-up",
 )
 LAYER_HEADERS = ("layer", "op", "channels", "pruned", "precision", "sensitivity")
@@ -101,8 +106,25 @@ def stage_items(report: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]
     return [(name, mapping(stages[name])) for name in names]
 
 
+def samples(stage: Mapping[str, Any]) -> int | None:
+    n = number(stage.get("samples"))
+    return int(n) if n is not None and n > 0 else None
+
+
+def interval(stage: Mapping[str, Any]) -> tuple[float, float] | None:
+    """The 95% Wilson interval of a stage's accuracy (fractions); None without a sample count."""
+    accuracy, n = number(stage.get("accuracy")), samples(stage)
+    return None if accuracy is None or n is None else wilson(accuracy, n)
+
+
+def interval_text(stage: Mapping[str, Any]) -> str:
+    bounds = interval(stage)
+    return MISSING if bounds is None else f"{bounds[0] * 100:.1f}–{bounds[1] * 100:.1f}%"
+
+
 def stage_rows(report: Mapping[str, Any]) -> list[list[str]]:
-    """One row per stage; size ratio and speed-up (ORT p50, 1 thread) are relative to fp32."""
+    """One row per stage; size ratio and speed-up (ORT p50, 1 thread) are relative to fp32;
+    the accuracy's 95% interval (Wilson) over the n held-out samples it was measured on."""
     stages = stage_items(report)
     base = mapping(mapping(report.get("stages")).get("fp32"))
     return [
@@ -113,10 +135,13 @@ def stage_rows(report: Mapping[str, Any]) -> list[list[str]]:
             _si(s.get("file_bytes"), "B"),
             _ratio(s.get("file_bytes"), base.get("file_bytes")),
             _percent(s.get("accuracy")),
+            interval_text(s),
+            plain(samples(s)),
             _percent(s.get("top1_agreement")),
             _ms(s.get("ort_p50_ms_1t")),
             _ms(s.get("ort_p99_ms_1t")),
             _ms(s.get("ort_p50_ms_all")),
+            _ms(s.get("ort_p99_ms_all")),
             _ratio(base.get("ort_p50_ms_1t"), s.get("ort_p50_ms_1t")),
         ]
         for name, s in stages
@@ -155,11 +180,18 @@ def _sensitivity(value: Any) -> str:
     return MISSING if v is None else f"{v:.3g}"
 
 
+def layer_label(layer: Mapping[str, Any]) -> str:
+    """The layer's module path, with its module's class where the report has it: a Sequential's
+    children are named by index alone (``2``), which says nothing without ``Conv2d``."""
+    name, module = plain(layer.get("name")), layer.get("module")
+    return f"{name} ({module})" if isinstance(module, str) and module else name
+
+
 def layer_rows(report: Mapping[str, Any]) -> list[list[str]]:
     float_names = float_layer_names(report)
     return [
         [
-            plain(layer.get("name")),
+            layer_label(layer),
             plain(layer.get("op")),
             _channels(layer),
             _percent(layer.get("pruning_ratio"), 1),
@@ -255,3 +287,28 @@ def join_wrapped(prefix: str, items: Sequence[str], width: int = 100) -> list[st
             current, piece = " " * len(prefix) + item, ""
         current += piece
     return [*lines, current]
+
+
+def search_lines(report: Mapping[str, Any]) -> list[str]:
+    """``--prune auto``'s trials by ratio and the ratio chosen; nothing without a search."""
+    search = mapping(report.get("prune_search"))
+    if not search:
+        return []
+    out = ["prune search (--prune auto): ratio, int8 top-1, drop (pt), p50 1 thread, verdict"]
+    trials = [mapping(t) for t in search.get("trials") or []]
+    for t in sorted(trials, key=lambda t: number(t.get("ratio")) or 0.0):
+        cells = [
+            _or_missing(number(t.get("ratio")), "{:.3f}"),
+            _or_missing(number(t.get("accuracy")), "{:.4f}"),
+            _or_missing(number(t.get("drop_points")), "{:.2f}"),
+            _or_missing(number(t.get("p50_ms_1t")), "{:.3f} ms"),
+            "pass" if t.get("passed") is True else f"fail: {t.get('reason') or MISSING}",
+        ]
+        out.append("  " + "  ".join(cells))
+    chosen = number(search.get("chosen"))
+    out.append(f"  chosen: {'none passed, not pruned' if chosen is None else f'{chosen:.3f}'}")
+    return out
+
+
+def _or_missing(value: float | None, pattern: str) -> str:
+    return MISSING if value is None else pattern.format(value)

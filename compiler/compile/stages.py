@@ -16,10 +16,11 @@ import torch
 from torch import nn
 
 from agent import __version__
-from agent.contract import ClassificationSpec, InputSpec, Package, PreprocessSpec, preprocess_batch
+from agent.contract import AnySpec, ClassificationSpec, InputSpec, Package, preprocess_batch
+from agent.contract.manifest import PostprocessSpec
 
 from ..errors import AccuracyBudgetError, ModelInputError
-from .datasets import DataError, Dataset
+from .datasets import DataError, Dataset, check_labels
 from .export import (
     OPSET,
     OUTPUT_NAME,
@@ -44,6 +45,7 @@ from .onnx_source import OnnxSource, check_input_fits, prepare_onnx
 from .options import CompileOptions
 from .package import write_package
 from .prune import LayerChange, layer_changes, macs_and_params, prune_channels, prune_to_macs
+from .prune_search import Search
 from .quantize import (
     Calibration,
     QuantOutcome,
@@ -65,6 +67,7 @@ from .report import (
 )
 
 log = logging.getLogger(__name__)
+_Search = Search | None  # --prune auto's, when it ran
 
 
 @dataclass(frozen=True)
@@ -107,15 +110,22 @@ def _export(model: nn.Module, x: np.ndarray, path: Path) -> ExportCheck:
 
 
 def _prune(
-    source: nn.Module, dataset: Dataset, spec: PreprocessSpec, options: CompileOptions
+    source: nn.Module,
+    dataset: Dataset,
+    spec: AnySpec,
+    options: CompileOptions,
+    ratio: float | None = None,
 ) -> tuple[nn.Module, list[LayerChange]]:
+    """Pruned at ``ratio`` (a search's trial), else as the options ask; then recovered."""
     example = torch.from_numpy(preprocess_batch(dataset.test.images[:1], spec))
-    if options.target_macs is not None:
-        pruned, ratio = prune_to_macs(source, example, options.target_macs)
+    if ratio is not None:
+        pruned = prune_channels(source, example, ratio, options.round_to)
+    elif options.target_macs is not None:
+        pruned, ratio = prune_to_macs(source, example, options.target_macs, options.round_to)
         log.info("MACs target %.2f met at channel ratio %.3f", options.target_macs, ratio)
     else:
         assert options.prune_ratio is not None
-        pruned = prune_channels(source, example, options.prune_ratio)
+        pruned = prune_channels(source, example, options.prune_ratio, options.round_to)
     if options.recovery_epochs > 0:
         pruned = train_classifier(
             pruned,
@@ -168,7 +178,7 @@ class Compilation:
         self,
         source: SourceModel,
         dataset: Dataset,
-        spec: PreprocessSpec,
+        spec: AnySpec,
         options: CompileOptions,
         work: Path,
     ) -> None:
@@ -197,10 +207,10 @@ class Compilation:
         self.reference_top1 = evaluation.logits.argmax(1)
         return origin, _Float(path, evaluation, self._metrics(path, evaluation, params, macs))
 
-    def pruned(self, fp32: _Float) -> _Pruned:
+    def pruned(self, fp32: _Float, ratio: float | None = None, work: Path | None = None) -> _Pruned:
         assert self.source.module is not None
-        model, changes = _prune(self.source.module, self.dataset, self.spec, self.options)
-        path = self.work / "pruned.onnx"
+        model, changes = _prune(self.source.module, self.dataset, self.spec, self.options, ratio)
+        path = (work or self.work) / "pruned.onnx"
         export = _export(model, self.x_test, path)
         evaluation = evaluate(path, self.x_test, self.y_test)
         macs, params = macs_and_params(model, torch.from_numpy(self.x_test[:1]))
@@ -209,11 +219,12 @@ class Compilation:
         _check_budget("pruned", reference, accuracy, self.options.max_accuracy_drop)
         return _Pruned(_Float(path, evaluation, metrics), changes, export)
 
-    def int8(self, float_model: _Float, fp32: _Float) -> _Int8:
-        prepared = prepare(float_model.path, self.work / "prepared.onnx")
+    def int8(self, float_model: _Float, fp32: _Float, work: Path | None = None) -> _Int8:
+        work = work or self.work
+        prepared = prepare(float_model.path, work / "prepared.onnx")
         outcome = quantize_within_budget(
             prepared,
-            self.work,
+            work,
             self.x_cal,
             _input_name(fp32.path),
             evaluate=lambda path: _as_pair(evaluate(path, self.x_test, self.y_test)),
@@ -229,7 +240,7 @@ class Compilation:
         return _Int8(prepared, outcome, evaluation, metrics)
 
     def report(
-        self, origin: _Origin, fp32: _Float, pruned: _Pruned | None, int8: _Int8
+        self, origin: _Origin, fp32: _Float, pruned: _Pruned | None, int8: _Int8, search: _Search
     ) -> CompileReport:
         stages = {"fp32": fp32.metrics}
         if pruned is not None:
@@ -251,7 +262,17 @@ class Compilation:
             export=origin.export,
             torch_eager=origin.torch_eager,
             export_pruned=pruned.export if pruned else None,
+            prune_search=search,
         )
+
+    def _postprocess(self, float_path: Path) -> PostprocessSpec:
+        """The options' postprocess (events for keyword spotting), else top-1 classification;
+        either way over the dataset's labels."""
+        labels, given = self.dataset.labels, self.options.postprocess
+        if given is None:
+            return ClassificationSpec(labels=labels, softmax=not _ends_in_softmax(float_path))
+        check_labels(given, labels)
+        return given
 
     def package(self, float_model: _Float, int8: _Int8, report: CompileReport) -> Package:
         options, model = self.options, int8.outcome.path
@@ -263,9 +284,7 @@ class Compilation:
             version=options.version,
             input_spec=InputSpec(name=_input_name(model), shape=_input_shape(model)),
             preprocess=self.spec,
-            postprocess=ClassificationSpec(
-                labels=self.dataset.labels, softmax=not _ends_in_softmax(float_model.path)
-            ),
+            postprocess=self._postprocess(float_model.path),
             metrics=report.as_metrics(),
             signing_key=options.signing_key,
             chunk_size=options.chunk_size,

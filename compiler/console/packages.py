@@ -4,6 +4,7 @@ with the compile report their manifest carries, and the difference between two o
 What is shown comes from the manifest's ``metrics`` (``CompileReport.as_metrics()``): the served
 stage's accuracy, size and ORT latency (int8, or the last stage when there is no int8), every
 stage, and per-class accuracy when a report has it. A value missing or not a number is None.
+``devices``: what the devices measured after installing it (compiler.fleet.feedback).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 from agent.contract import ContractError, read_package
 
 from ..errors import InputError
+from ..fleet.feedback import read_devices
 
 # key in a package's summary: (stage field, what it is)
 FIGURES = {
@@ -78,6 +80,8 @@ def summary(root: Path) -> dict[str, Any]:
             for name in _in_order(stages)
         },
         "per_class": _per_class(served, manifest.postprocess),
+        # each device's own probe figures, fed back by serve's feedback job: {id: {backend, ...}}
+        "devices": read_devices(root),
     }
 
 

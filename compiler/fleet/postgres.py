@@ -14,6 +14,8 @@ import json
 import math
 from typing import TYPE_CHECKING, Any
 
+from agent.extras import EX_UNAVAILABLE
+
 from ..errors import CompilerError, InputError
 
 if TYPE_CHECKING:
@@ -60,6 +62,12 @@ _RETRIES = 3
 class DatabaseUnavailable(CompilerError):
     """A database (PostgreSQL here, or the rollouts' SQLite file) could not be reached or
     opened, refused the login, or failed a read or a write."""
+
+
+class DriverMissing(DatabaseUnavailable):
+    """psycopg is not installed: the ``postgres`` extra, exit 69 as for any missing extra."""
+
+    exit_code = EX_UNAVAILABLE
 
 
 def _server(params: dict[str, Any]) -> str:
@@ -142,7 +150,7 @@ def driver(option: str = "--postgres") -> Any:
     try:
         import psycopg
     except ImportError as exc:
-        raise DatabaseUnavailable(
+        raise DriverMissing(
             f"{option} needs the PostgreSQL driver psycopg: pip install 'edgewise[postgres]'"
         ) from exc
     return psycopg

@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from agent.contract import (
     MANIFEST_FILE,
@@ -74,7 +74,11 @@ def delivery_choice(args: argparse.Namespace) -> DeliveryChoice:
     return choice
 
 
-def run_push(args: argparse.Namespace, address: BrokerAddress) -> int:
+def run_push(
+    args: argparse.Namespace, address: BrokerAddress, record: dict[str, Any] | None = None
+) -> int:
+    """Pushes and reports in lines on stdout; ``record`` (for ``--json``) gets the same facts."""
+    record = {} if record is None else record
     package = load_package(args.package)
     choice = delivery_choice(args)
     topics, name, version = Topics(args.topic_root), package.manifest.name, package.manifest.version
@@ -92,11 +96,12 @@ def run_push(args: argparse.Namespace, address: BrokerAddress) -> int:
             )
         specs = _prepare_blobs(client, topics, package, choice, args.key is not None)
         how = _send(client, topics, package, args, choice, specs)
+        record.update(name=name, version=version, target=args.to, chunks=choice.mode, sent=how)
         print(f"pushed {name} {version} to {args.to} ({how})", flush=True)
         if args.wait is None or watch is None:
             return EXIT_OK
         code = _report(
-            watch, args.to, args.wait, STAGED if getattr(args, "shadow", False) else ACTIVE
+            watch, args.to, args.wait, STAGED if getattr(args, "shadow", False) else ACTIVE, record
         )
         if code == EXIT_OK and not getattr(args, "keep_blobs", False):
             print(f"gc after {name} {version} went active: {run_gc(client, topics).line()}")
@@ -163,7 +168,9 @@ def _progress(package: Package, specs: list[BlobSpec], stream: TextIO | None) ->
     )
 
 
-def _report(watch: DeployWatch, target: str, seconds: float, goal: str) -> int:
+def _report(
+    watch: DeployWatch, target: str, seconds: float, goal: str, record: dict[str, Any]
+) -> int:
     """One line per device on stdout; 0 only if every targeted device reached ``goal`` (active,
     or staged for a shadow push)."""
     if watch.group is not None:
@@ -173,6 +180,9 @@ def _report(watch: DeployWatch, target: str, seconds: float, goal: str) -> int:
             "(`edgewise rollout` takes a group's devices from their status)"
         )
     verdicts: list[Verdict] = watch.wait(seconds)
+    record["devices"] = [
+        {"device": v.device, "outcome": v.outcome, "detail": v.detail} for v in verdicts
+    ]
     for verdict in verdicts:
         print(verdict.line(), flush=True)
     if not verdicts:

@@ -5,7 +5,8 @@ where a broker does not deliver retained messages to wildcard subscriptions.
 The payload (the format ``view.py`` documents): ``{"devices": {ID: {FIELD: value}},
 "updated_at": UNIX_SECONDS}``, a device's fields those of ``edgewise fleet``'s table (``state``,
 ``model`` as "name version", ``source``, ``deployment``, ``fps``, ``p99_ms``, ``queued``,
-``dropped``, ``cpu_percent``, ``rss_mb``, ``temp_c``, ``error_rate``), ``interval_s`` (its
+``dropped``, ``cpu_percent``, ``rss_mb``, ``temp_c``, ``error_rate``: the figures people read,
+``view.live_figures`` derives them from telemetry's base units), ``interval_s`` (its
 telemetry interval) and ``at`` (its last telemetry's time), each left out when unknown. A
 telemetry message of another boot than the status' is left out (``view.device_fields``); the
 live figures are the device's last, whatever its state: readers judge freshness themselves.

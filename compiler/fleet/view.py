@@ -11,7 +11,8 @@ device's fields are the table's (``state``, ``model`` as "name version" or {"nam
 ``source``, ``deployment``, ``fps``, ``p99_ms``, ``error_rate``, ``queued``, ``dropped``,
 ``cpu_percent``, ``rss_mb``, ``temp_c``) plus ``interval_s`` (its telemetry interval) and
 ``at``, the time of its last telemetry (its ``seen_at`` when nothing newer is known); any may be
-missing.
+missing. These figures are for people (fps, ms, %, MB): ``live_figures`` derives them from the
+base units telemetry carries (``agent.upstream.telemetry.FIGURES``).
 
 Freshness (one set of rules, used by ``edgewise fleet`` and the console's Board): a telemetry
 message of another boot than the status' is ignored; ``seen_at`` is when the device was last
@@ -34,6 +35,8 @@ from typing import TYPE_CHECKING, Any
 
 from agent.contract import Topics
 
+from .table import render, sorted_rows
+
 if TYPE_CHECKING:
     import paho.mqtt.client as mqtt
 
@@ -44,25 +47,6 @@ STALE_INTERVALS = 3  # a device is stale after missing this many telemetry inter
 HEALTHS = ("online", "stale", "offline", "unknown")
 # What a device measures as it runs: shown only while it is online.
 LIVE = ("fps", "p99_ms", "error_rate", "queued", "dropped", "cpu_percent", "rss_mb", "temp_c")
-
-# (row key, heading, format for numbers); None format = text, left-aligned
-_COLUMNS: tuple[tuple[str, str, str | None], ...] = (
-    ("device", "DEVICE", None),
-    ("health", "HEALTH", None),
-    ("state", "STATE", None),
-    ("model", "MODEL", None),
-    ("source", "SOURCE", None),
-    ("deployment", "DEPLOY", None),
-    ("fps", "FPS", "{:.1f}"),
-    ("p99_ms", "P99_MS", "{:.1f}"),
-    ("error_rate", "ERRORS", "{:.3f}"),
-    ("queued", "QUEUED", "{:.0f}"),
-    ("dropped", "DROPPED", "{:.0f}"),
-    ("cpu_percent", "CPU%", "{:.1f}"),
-    ("rss_mb", "RSS_MB", "{:.0f}"),
-    ("temp_c", "TEMP_C", "{:.1f}"),
-    ("age_s", "AGE_S", "{:.0f}"),
-)
 
 
 def _get(data: Any, *path: str) -> Any:
@@ -112,17 +96,37 @@ def device_fields(status: Any, telemetry: Any) -> dict[str, object]:
         "source": _text(_get(status, "source", "state")) or _text(_get(telemetry, "source_state")),
         "deployment": _text(_get(status, "deployment", "state"))
         or _text(_get(telemetry, "deployment", "state")),
-        "fps": _number(_get(telemetry, "fps")),
-        "p99_ms": _number(_get(telemetry, "latency_ms", "p99")),
-        "error_rate": _number(_get(telemetry, "error_rate")),
-        "queued": _number(_get(telemetry, "results_queued")),
-        "dropped": _number(_get(telemetry, "results_dropped")),
-        "cpu_percent": _number(_get(telemetry, "cpu_percent")),
-        "rss_mb": _number(_get(telemetry, "rss_mb")),
-        "temp_c": _number(_get(telemetry, "soc_temp_c")),
+        **live_figures(telemetry),
         "interval_s": _number(_get(telemetry, "interval_s")),
         "at": _number(_get(telemetry, "at")),
     }
+
+
+# Row figure <- (telemetry key in base units, factor to the figure people read, the key agents
+# before base units sent: a fleet mid-upgrade still fills its rows).
+_FIGURES: dict[str, tuple[str, float, tuple[str, ...]]] = {
+    "fps": ("frames_per_second", 1.0, ("fps",)),
+    "p99_ms": ("latency_p99_seconds", 1000.0, ("latency_ms", "p99")),
+    "error_rate": ("error_ratio", 1.0, ("error_rate",)),
+    "queued": ("results_queued", 1.0, ("results_queued",)),
+    "dropped": ("results_dropped_total", 1.0, ("results_dropped",)),
+    "cpu_percent": ("cpu_ratio", 100.0, ("cpu_percent",)),
+    "rss_mb": ("rss_bytes", 1e-6, ("rss_mb",)),
+    "temp_c": ("soc_temp_celsius", 1.0, ("soc_temp_c",)),
+}
+
+
+def live_figures(telemetry: Any) -> dict[str, float | None]:
+    """``LIVE``'s figures from a telemetry message: fps, ms, %, MB (10^6 bytes) for people,
+    from the base units (seconds, bytes, ratios) telemetry carries."""
+    out: dict[str, float | None] = {}
+    for figure, (key, factor, before) in _FIGURES.items():
+        value = _number(_get(telemetry, key))
+        if value is None:
+            out[figure] = _number(_get(telemetry, *before))
+        else:
+            out[figure] = round(value * factor, 6) if factor != 1.0 else value
+    return out
 
 
 def stale_limit(interval_s: object, stale_after: float | None = None) -> float:
@@ -346,32 +350,15 @@ class FleetView:
 
     def banner(self) -> str | None:
         """``lost_banner`` while the broker connection is lost, else None."""
-        with self._lock:
-            since = self._lost_since
+        since = self.lost_since()
         return None if since is None else lost_banner(since)
 
-    def table(self) -> str:
-        """``rows()`` as a fixed-width text table; ``-`` where a value is not known; the banner
-        line above it while the broker connection is lost."""
-        cells = [[heading for _, heading, _ in _COLUMNS]]
-        for row in self.rows():
-            line = []
-            for key, _, fmt in _COLUMNS:
-                value = row.get(key)
-                if value is None:
-                    line.append("-")
-                elif fmt is not None and isinstance(value, float):
-                    line.append(fmt.format(value))
-                else:
-                    line.append(str(value))
-            cells.append(line)
-        widths = [max(len(line[i]) for line in cells) for i in range(len(_COLUMNS))]
-        table = "\n".join(
-            "  ".join(
-                cell.ljust(width) if fmt is None else cell.rjust(width)
-                for cell, width, (_, _, fmt) in zip(line, widths, _COLUMNS, strict=True)
-            ).rstrip()
-            for line in cells
-        )
-        banner = self.banner()
-        return table if banner is None else f"{banner}\n{table}"
+    def lost_since(self) -> float | None:
+        """When the broker connection was lost, while it is; else None."""
+        with self._lock:
+            return self._lost_since
+
+    def table(self, colour: bool = False, sort: str | None = None, reverse: bool = False) -> str:
+        """``rows()`` sorted by the column ``sort`` as a fixed-width text table
+        (``table.render``), with the banner line while the broker connection is lost."""
+        return render(sorted_rows(self.rows(), sort, reverse), self.banner(), colour)

@@ -304,7 +304,8 @@ def test_templates_read_the_agents_own_payloads() -> None:
     )  # fmt: skip
     assert (render("fps", sample), render("latency_p99", sample)) == ("10.0", "9.5")
     assert render("results_queued", sample) == "7"
-    assert render("latency_p99", {**sample, "latency_ms": None}) == "None"  # "unknown" in HA
+    idle = {**sample, "latency_p99_seconds": None}
+    assert render("latency_p99", idle) == "None"  # "unknown" in HA
     state = {"label": "7", "score": 0.93, "min_score": 0.4}
     assert (render("last_label", state), render("threshold", state)) == ("7", "0.4")
 

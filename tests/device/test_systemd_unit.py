@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -50,3 +51,25 @@ def test_systemd_analyze_verify(tmp_path: Path) -> None:
     assert run.returncode == 0, run.stderr
     complaints = [line for line in run.stderr.splitlines() if UNIT.name in line]
     assert not complaints, complaints
+
+
+def test_systemd_analyze_security_rates_the_unit_at_most_2_5() -> None:
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze is not installed here (.ci/run installs it)")
+    unit = directives()
+    assert unit["SystemCallFilter"] == ["@system-service", "~@privileged"]
+    assert unit["SystemCallErrorNumber"] == ["EPERM"]
+    assert unit["ProtectProc"] == ["invisible"] and unit["RemoveIPC"] == ["true"]
+    # Cameras, serial ports, JIT kernels, /proc/cpuinfo: see the unit's comments.
+    left_off = ("PrivateDevices", "PrivateUsers", "MemoryDenyWriteExecute", "PrivateNetwork")
+    for absent in (*left_off, "ProcSubset"):
+        assert absent not in unit, absent
+    # --offline (systemd 252+) rates the file itself; --threshold is on the 0-100 scale.
+    run = subprocess.run(
+        [analyze, "security", "--offline=true", "--threshold=25", "--no-pager", str(UNIT)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    found = re.search(r"Overall exposure level for \S+: (\d+\.\d)", run.stdout)
+    assert found, run.stdout[-2000:] + run.stderr
+    assert float(found.group(1)) <= 2.5 and run.returncode == 0, found.group(0)

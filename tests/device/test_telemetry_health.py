@@ -1,5 +1,5 @@
 """The telemetry fields readers judge a device by: its configured ``interval_s`` (when to call
-it stale) and ``error_rate`` (failed / seen frames since the serving model came in)."""
+it stale) and ``error_ratio`` (failed / seen frames since the serving model came in)."""
 
 from __future__ import annotations
 
@@ -31,23 +31,23 @@ def _collector(tmp_path: Path, health: HealthStats | None) -> TelemetryCollector
 
 def test_the_message_carries_both_fields() -> None:
     message = sample_message()
-    assert message["interval_s"] == 10.0 and message["error_rate"] is None
-    assert idle_message(error_rate=0.5)["error_rate"] == 0.5
-    assert set(HEALTH) == {"interval_s", "error_rate"}
+    assert message["interval_s"] == 10.0 and message["error_ratio"] is None
+    assert idle_message(error_rate=0.5)["error_ratio"] == 0.5
+    assert set(HEALTH) == {"interval_s", "error_ratio"}
     json.dumps(message)
 
 
-def test_error_rate_is_failed_over_seen_since_the_model_came_in(tmp_path: Path) -> None:
+def test_error_ratio_is_failed_over_seen_since_the_model_came_in(tmp_path: Path) -> None:
     health = HealthStats()
     collect = _collector(tmp_path, health)
-    assert collect(10.0)["error_rate"] == 0.0, "no frame yet: no error"
+    assert collect(10.0)["error_ratio"] == 0.0, "no frame yet: no error"
     for latency in (5.0, 6.0, None, 7.0):
         health.record(latency)
-    assert collect(10.0)["error_rate"] == 0.25
+    assert collect(10.0)["error_ratio"] == 0.25
     health.reset()  # a new model serves (probation resets the figures)
     health.record(None)
-    assert collect(10.0)["error_rate"] == 1.0
-    assert _collector(tmp_path, None)(10.0)["error_rate"] is None
+    assert collect(10.0)["error_ratio"] == 1.0
+    assert _collector(tmp_path, None)(10.0)["error_ratio"] is None
 
 
 def test_the_reporter_sends_its_configured_interval() -> None:

@@ -500,6 +500,17 @@ async function showDiff() {
   }
 }
 
+// What the devices' probes measured after installing a package (the serve job "feedback"):
+// how many reported, their p50 range on the board and the backends they chose.
+function onDevices(devices) {
+  const entries = Object.values(devices || {});
+  if (!entries.length) return "—";
+  const p50 = entries.map((d) => d.p50_ms).filter((v) => typeof v === "number");
+  const backends = [...new Set(entries.map((d) => d.backend).filter(Boolean))].sort();
+  const range = p50.length ? " · p50 " + num(Math.min(...p50), 3) + "–" + num(Math.max(...p50), 3) + " ms" : "";
+  return entries.length + (entries.length === 1 ? " device" : " devices") + range + (backends.length ? " · " + backends.join(", ") : "");
+}
+
 async function packagesPage() {
   let list = [];
   try {
@@ -512,6 +523,7 @@ async function packagesPage() {
     const tr = el("tr", { "data-package": p.id });
     const cells = [p.id, p.created_at, percent(p.accuracy), bytes(p.size_bytes), num(p.p50_ms, 3), num(p.p99_ms, 3)];
     cells.forEach((value, i) => tr.appendChild(el("td", { class: i > 1 ? "num" : null }, value)));
+    tr.appendChild(el("td", { "data-field": "devices" }, onDevices(p.devices)));
     body.appendChild(tr);
   }
   if (!list.length && !document.getElementById("packages-note").textContent) {
