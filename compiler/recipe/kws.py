@@ -24,7 +24,7 @@ from agent.contract import LogMelSpec
 
 from ..errors import InputError
 from .kws_model import finetune, kws_cnn, pretrain, probabilities, progress_bar
-from .kws_windows import WINDOW, WindowMaker, Windows
+from .kws_windows import SHARES, TRAIN_SHARES, WINDOW, WindowMaker, Windows
 from .speech import (
     HELD_OUT_VOICES,
     KEYWORDS,
@@ -69,8 +69,8 @@ class KwsSize:
 
 SIZES = {
     "default": KwsSize(
-        TRAIN_VOICES, HELD_OUT_VOICES, OTHER_WORDS, 120, 30, (15, 6),
-        train_windows=12000, val_windows=3000, test_windows=1500, calibration_windows=300,
+        TRAIN_VOICES, HELD_OUT_VOICES, OTHER_WORDS, 120, 80, (15, 6),
+        train_windows=16000, val_windows=3000, test_windows=1500, calibration_windows=300,
         pretrain_epochs=2, finetune_epochs=20,
     ),
     "small": KwsSize(
@@ -134,13 +134,13 @@ def make_data(cache: Path, size: KwsSize, seed: int, progress: bool) -> KwsData:
     fit, val = split_clips(train_clips, size.val_share, seed)
     rng = np.random.default_rng(seed + 4)
 
-    def windows(clips: list[Clip], count: int) -> Windows:
+    def windows(clips: list[Clip], count: int, shares: dict[str, float] = SHARES) -> Windows:
         keywords = [c for c in clips if c.spec.text in KEYWORDS]
         others = [c for c in clips if c.spec.text not in KEYWORDS]
-        return WindowMaker(keywords, others, bank, rng).draw(count)
+        return WindowMaker(keywords, others, bank, rng).draw(count, shares)
 
     return KwsData(
-        windows(fit, size.train_windows),
+        windows(fit, size.train_windows, TRAIN_SHARES),
         windows(val, size.val_windows),
         windows(test_clips, size.test_windows),
         bank,
