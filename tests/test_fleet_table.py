@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import subprocess
 
 import pytest
@@ -169,4 +170,56 @@ def test_the_command_sorts_and_prints_json(mosquitto: MosquittoBroker) -> None:
         for name in ("cam-a", "cam-b", "cam-c"):
             for leaf in ("status", "telemetry"):
                 device.publish(TOPICS.device(name, leaf), b"", 1, True).wait_for_publish(5)
+        disconnect(device)
+
+
+def _document_where(proc: subprocess.Popen[str], wanted: str, limit: int = 600) -> dict:
+    """The first JSON line (one per table) whose cam-live row has health ``wanted``; every
+    line before it must parse too. Bounded by lines, not time: the command prints one per
+    --interval."""
+    assert proc.stdout is not None
+    for _ in range(limit):
+        line = proc.stdout.readline()
+        assert line, f"fleet ended early: {proc.stderr.read() if proc.stderr else ''}"
+        data = json.loads(line)
+        assert set(data) == {"at", "broker_connected", "broker_lost_since", "devices"}
+        rows = {row["device"]: row for row in data["devices"]}
+        if rows.get("cam-live", {}).get("health") == wanted:
+            return data
+    raise AssertionError(f"no table showed cam-live {wanted} in {limit} lines")
+
+
+def test_without_once_json_is_a_line_per_table_until_ctrl_c(mosquitto: MosquittoBroker) -> None:
+    topics = Topics("json-lines")
+    device = connect(BrokerAddress(mosquitto.host, mosquitto.port))
+    proc = None
+    try:
+        device.publish(topics.status("cam-live"), _status("cam-live", "online"), 1, True)
+        device.publish(topics.telemetry("cam-live"), json.dumps(sample_message(
+            device="cam-live", boot_id="boot")), 1, True).wait_for_publish(5)  # fmt: skip
+        proc = subprocess.Popen(
+            [str(BIN / "edgewise"), "fleet", "--json", "--interval", "0.1", "--wait", "0.1",
+             "--topic-root", topics.root, "--host", mosquitto.host, "--port", str(mosquitto.port)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        online = _document_where(proc, "online")
+        assert online["broker_connected"] is True and online["broker_lost_since"] is None
+        device.publish(
+            topics.status("cam-live"), _status("cam-live", "offline"), 1, True
+        ).wait_for_publish(5)
+        offline = _document_where(proc, "offline")  # the same process, a later table
+        assert offline["at"] >= online["at"]
+        (row,) = [r for r in offline["devices"] if r["device"] == "cam-live"]
+        assert row["fps"] is None, "an offline device shows no live figures"
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+        assert proc.returncode == 130
+        assert err.strip().splitlines()[-1] == "edgewise: interrupted" and "Traceback" not in err
+        assert all(json.loads(line)["devices"] for line in out.splitlines())  # whole lines only
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        for leaf in ("status", "telemetry"):
+            device.publish(topics.device("cam-live", leaf), b"", 1, True).wait_for_publish(5)
         disconnect(device)
