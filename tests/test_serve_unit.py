@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import re
 import shutil
 import signal
 import subprocess
@@ -13,6 +12,8 @@ from pathlib import Path
 
 import pytest
 from helpers import BIN
+from systemd_units import directives as unit_directives
+from systemd_units import exposure
 from test_serve import blob, chunk_of, device  # noqa: F401 (fixtures used below)
 
 from agent.contract import ChunkRequest
@@ -22,12 +23,7 @@ UNIT = Path(__file__).resolve().parents[1] / "systemd" / "edgewise-serve.service
 
 
 def directives() -> dict[str, list[str]]:
-    found: dict[str, list[str]] = {}
-    for line in UNIT.read_text().replace("\\\n", " ").splitlines():
-        if "=" in line and not line.startswith(("#", "[")):
-            key, _, value = line.partition("=")
-            found.setdefault(key, []).append(value)
-    return found
+    return unit_directives(UNIT)
 
 
 def test_the_unit_hands_the_console_its_users_as_a_credential() -> None:
@@ -58,14 +54,9 @@ def test_systemd_analyze_security_rates_the_unit_at_most_2_5() -> None:
     unit = directives()
     assert unit["SystemCallFilter"] == ["@system-service", "~@privileged @resources"]
     assert unit["ProtectProc"] == ["invisible"] and unit["ProcSubset"] == ["pid"]
-    # --offline (systemd 252+) rates the file itself; --threshold is on the 0-100 scale.
-    run = subprocess.run(
-        [analyze, "security", "--offline=true", "--threshold=25", "--no-pager", str(UNIT)],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    found = re.search(r"Overall exposure level for \S+: (\d+\.\d)", run.stdout)
-    assert found, run.stdout[-2000:] + run.stderr
-    assert float(found.group(1)) <= 2.5 and run.returncode == 0, found.group(0)
+    level, run = exposure(analyze, UNIT)
+    assert level is not None, run.stdout[-2000:] + run.stderr
+    assert level <= 2.5 and run.returncode == 0, f"exposure {level}"
 
 
 def test_serve_answers_under_the_units_system_call_filter(  # type: ignore[no-untyped-def]

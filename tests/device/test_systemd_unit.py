@@ -2,24 +2,20 @@
 
 from __future__ import annotations
 
-import re
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 from helpers import BIN
+from systemd_units import directives as unit_directives
+from systemd_units import exposure
 
 UNIT = Path(__file__).resolve().parents[2] / "systemd" / "edgewise-agent.service"
 
 
 def directives() -> dict[str, list[str]]:
-    found: dict[str, list[str]] = {}
-    for line in UNIT.read_text().splitlines():
-        if "=" in line and not line.startswith(("#", "[")):
-            key, _, value = line.partition("=")
-            found.setdefault(key, []).append(value)
-    return found
+    return unit_directives(UNIT)
 
 
 def test_the_unit_supervises_and_hardens() -> None:
@@ -65,11 +61,6 @@ def test_systemd_analyze_security_rates_the_unit_at_most_2_5() -> None:
     left_off = ("PrivateDevices", "PrivateUsers", "MemoryDenyWriteExecute", "PrivateNetwork")
     for absent in (*left_off, "ProcSubset"):
         assert absent not in unit, absent
-    # --offline (systemd 252+) rates the file itself; --threshold is on the 0-100 scale.
-    run = subprocess.run(
-        [analyze, "security", "--offline=true", "--threshold=25", "--no-pager", str(UNIT)],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    found = re.search(r"Overall exposure level for \S+: (\d+\.\d)", run.stdout)
-    assert found, run.stdout[-2000:] + run.stderr
-    assert float(found.group(1)) <= 2.5 and run.returncode == 0, found.group(0)
+    level, run = exposure(analyze, UNIT)
+    assert level is not None, run.stdout[-2000:] + run.stderr
+    assert level <= 2.5 and run.returncode == 0, f"exposure {level}"
